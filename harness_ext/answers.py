@@ -1,0 +1,619 @@
+"""Read a multiple-choice answer out of a model response.
+
+Models are prompted to reply as ``<think>reasoning</think><answer>X</answer>`` where
+``X`` is an option letter. Real outputs drift from that: draft answer tags inside the
+reasoning, truncated generations, markdown/LaTeX wrappers, the option text instead of
+its letter, hedges such as "A or C". Scores (Acc@1, Pass@K) and the RL format reward
+both depend on reading these the same way every time, so every rule here prefers
+returning ``None`` over guessing: a wrong letter counted as a choice is worse for the
+analysis than an unreadable answer counted as wrong.
+
+Everything is stdlib-only, and every regex is written so that it runs in linear time
+(bounded or possessive quantifiers, character classes that cannot cross their own
+delimiters), because responses are untrusted and can be hundreds of KB of garbage.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import unicodedata
+from collections.abc import Mapping
+
+__all__ = [
+    "EXTRACTOR_VERSION",
+    "extract_choice",
+    "split_think_answer",
+    "has_strict_format",
+]
+
+# Recorded next to every score; bump whenever a rule below changes what is extracted.
+EXTRACTOR_VERSION = "1"
+
+# ---------------------------------------------------------------------------------
+# Regexes (all precompiled; see module docstring for why each is linear-time).
+# ---------------------------------------------------------------------------------
+
+# Any think/answer tag, tolerant of case and a little whitespace ("< /Answer >").
+# Whitespace runs are bounded so a '<' followed by a huge blank run costs O(1).
+_TAG_RE = re.compile(
+    r"<\s{0,16}(/?)\s{0,16}(think|answer)\s{0,16}>",
+    re.IGNORECASE,
+)
+
+# Invisible / control characters that would otherwise split tokens or hide letters.
+_ZERO_WIDTH_RE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad]")
+_CTRL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+# Chat-template special tokens such as <|im_end|>.
+_SPECIAL_TOKEN_RE = re.compile(r"<\|[^<>|]{0,64}\|>")
+# HTML-ish tags. A one-letter tag name only counts for real formatting tags (b/i/u/s/p)
+# so that an answer written as "<C>" keeps its letter. [^<>]* cannot cross another
+# '<', which keeps the scan linear.
+_HTML_TAG_RE = re.compile(
+    r"<(?:/[A-Za-z][^<>]*|[A-Za-z][A-Za-z0-9]+(?:\s[^<>]*)?/?|[bBiIuUsSpP](?:\s[^<>]*)?)>"
+)
+# \boxed{X} is an explicit final-answer marker in math-style outputs; it is rewritten
+# to "answer: X" so the explicit-answer rule sees it. [^{}]* keeps it linear; nested
+# wrappers are peeled by repeating the substitution a bounded number of times.
+_LATEX_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s{0,8}\{([^{}]*)\}")
+_LATEX_WRAP_RE = re.compile(
+    r"\\(?:text|textbf|textit|texttt|mathrm|mathbf|mathit|mathsf|emph|underline)\s{0,8}\{([^{}]*)\}"
+)
+_LATEX_DELIM_RE = re.compile(r"\\[()\[\]]|\$")
+_MD_CHARS_RE = re.compile(r"[*`~]+")
+# Underscores used as markdown emphasis (_B_), but not inside words (lung_left).
+_MD_UNDERSCORE_RE = re.compile(r"(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])")
+_HEADING_RE = re.compile(r"(?m)^[ \t]*#+[ \t]*")
+
+# Normalisation used to compare option texts: everything that is not a letter/digit
+# becomes one space, so case, punctuation and spacing never matter.
+_NON_WORD_RE = re.compile(r"[\W_]+")
+
+# One letter, optionally bracketed, used in several patterns. A bare letter must not
+# be followed by something that makes it part of a word ("Both", "X-ray", "I'm").
+_LETTER = r"(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Za-z])(?![A-Za-z0-9'\u2019\-]))"
+
+# Explicit answer statements: "answer: B", "The final answer is (C).", "answer -> D",
+# "answer is option B", "Answer: Both B and D" (continuation handled separately).
+# Connectors repeat possessively, so a failed match never backtracks through them.
+_ANSWER_MARK_RE = re.compile(
+    r"\banswers?\b"
+    r"(?:\s*+(?:(?:is|are|was|would\s+be|should\s+be|will\s+be|must\s+be|shall\s+be|"
+    r"likely|probably|therefore|thus|then|clearly|option|choice|letter|both|either)\b"
+    r"|[:=>\-\u2013\u2014]))*+"
+    r"\s*+" + _LETTER,
+    re.IGNORECASE,
+)
+# Option statements: "Option B", "option (b)", "I choose B", "the best option is C".
+# Group 1 marks the strong forms (a choice is being made). A plain "Option A" is often
+# just a mention in an explanation ("Option A describes ..."), so it only counts when
+# nothing but punctuation, that option's own text or an affirmation follows it.
+_OPTION_MARK_RE = re.compile(
+    r"\b(?:((?:correct|best|right|final|most\s+(?:likely|appropriate|probable))\s+"
+    r"(?:options?|choices?)|choose|select|pick|go\s+with)|options?|choices?)\b"
+    r"\s*+(?:(?:is|no\.?|number|:|#)\s*+)?+" + _LETTER,
+    re.IGNORECASE,
+)
+_AFFIRM_RE = re.compile(
+    r"[\s,:\-]*(?:is|seems|appears|would\s+be)?\s*(?:to\s+be\s+)?(?:the\s+)?"
+    r"(?:correct|right|best|most\s+likely|answer)\b",
+    re.IGNORECASE,
+)
+_ONLY_PUNCT_RE = re.compile(r"[\s.:;!)\]]*")
+# "... B or C", "B, C", "B and/or (D)" right after an explicit letter.
+_CONT_RE = re.compile(
+    r"\s*+(?:,|/|&|\+|\band/or\b|\bor\b|\band\b|\bvs\b\.?)\s*+(?:(?:options?|choices?)\s*+)?+"
+    + _LETTER,
+    re.IGNORECASE,
+)
+# After a bare 'a' / 'i' / 'I': a following lowercase word means it is English
+# ("a melanoma", "I think"), not an option letter.
+_FOLLOW_WORD_RE = re.compile(r"[ \t]+[a-z]")
+
+# A whole piece that is just one letter: "B", "b", "(B)", "[B].", "B)", "B:", "<C>".
+_LONE_RE = re.compile(r"[(\[{<]?\s{0,4}([A-Za-z])\s{0,4}[)\]}>]?\s{0,4}[.:;,!]?")
+# Leading letter with a separator, then anything: "B. text", "(B) text", "B: text",
+# "B - text", "B\ntext". '.'/':'/')' must be followed by whitespace so "i.e." and
+# "e.g." are not letters.
+_LEAD_RE = re.compile(
+    r"(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]\s*+[.:\-\u2013\u2014]?"
+    r"|([A-Za-z])(?:[.:)\]](?=\s|$)|[ \t]*(?=\n)|[ \t]+[\-\u2013\u2014](?=\s)))"
+    r"\s*+(.*)",
+    re.DOTALL,
+)
+# Leading uppercase letter + space + capitalised text: "B Normal breast tissue".
+# Only accepted when the text after it is an option text (checked in code).
+_LEAD_SPACE_RE = re.compile(r"([A-Z])[ \t]+(?=[A-Z0-9])(.*)", re.DOTALL)
+# Separators for a whole-piece list of letters: "A or C", "A, C", "Both B and D".
+_LIST_PREFIX_RE = re.compile(r"^(?:both|either|options?|choices?)\s+", re.IGNORECASE)
+_LIST_SPLIT_RE = re.compile(
+    r"\s*(?:,|/|&|;|\+|\band/or\b|\bor\b|\band\b|\bvs\b\.?)\s*", re.IGNORECASE
+)
+# Two letters joined anywhere in a text ("A or B. Normal tissue"): a hedge.
+# Bare letters must be uppercase here (lowercase ones are ordinary words); only the
+# connectors are case-insensitive.
+_PAIR_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z])(?![A-Za-z0-9'\u2019\-]))"
+    r"\s*+(?i:,|/|&|\band/or\b|\bor\b|\band\b|\bvs\b\.?)\s*+"
+    r"(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z])(?![A-Za-z0-9'\u2019\-]))"
+)
+# Another option being enumerated inside supporting text: "(C)", "C. something".
+_ENUM_MARK_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z])[.):](?=[ \t]+\S))"
+)
+
+_QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb\u300c\u300d "
+# Beyond these sizes a text is noise, not an answer; capping keeps work bounded.
+_ATTACH_MAX = 400
+_LIST_MAX = 200
+_MAX_EXPLICIT = 256
+_MAX_OCCURRENCES = 5000
+
+# Returned by the piece parser when it found no candidate at all (as opposed to an
+# ambiguous/invalid one, which is a final None).
+_NOTHING = object()
+
+
+# ---------------------------------------------------------------------------------
+# Tag structure
+# ---------------------------------------------------------------------------------
+
+
+def _structure(text: str) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int]]]:
+    """Locate think regions and answer spans.
+
+    Regions are (start, end, content_start, content_end), sorted and disjoint; spans
+    are (open_tag_start, content_start, content_end) in order of appearance.
+    """
+    n = len(text)
+    regions: list[tuple[int, int, int, int]] = []
+    spans: list[tuple[int, int, int]] = []
+    think_open: tuple[int, int] | None = None
+    first_answer_in_open_think: int | None = None
+    boundary = 0  # end of the previous think region
+    answer_open: tuple[int, int] | None = None
+    for m in _TAG_RE.finditer(text):
+        is_close = bool(m.group(1))
+        start, end = m.span()
+        if m.group(2).lower() == "think":
+            if not is_close:
+                # A nested <think> inside reasoning is just reasoning text.
+                if think_open is None:
+                    think_open = (start, end)
+                    first_answer_in_open_think = None
+            else:
+                if think_open is not None:
+                    regions.append((think_open[0], end, think_open[1], start))
+                    think_open = None
+                else:
+                    # Orphan </think>: chat templates often put <think> in the prompt,
+                    # so everything before it (since the last region) is reasoning.
+                    regions.append((boundary, end, boundary, start))
+                boundary = end
+        else:
+            if not is_close:
+                # A later <answer> re-opens: the innermost/latest opening wins.
+                answer_open = (start, end)
+                if think_open is not None and first_answer_in_open_think is None:
+                    first_answer_in_open_think = start
+            elif answer_open is not None:
+                spans.append((answer_open[0], answer_open[1], start))
+                answer_open = None
+    if think_open is not None:
+        # Never closed: the reasoning runs until the model starts answering (a model
+        # that forgets </think> still answers), or to the end (truncated reasoning).
+        stop = first_answer_in_open_think if first_answer_in_open_think is not None else n
+        regions.append((think_open[0], stop, think_open[1], stop))
+    if answer_open is not None:
+        # Truncated generation: an unclosed final <answer> runs to the end of the text.
+        spans.append((answer_open[0], answer_open[1], n))
+    return regions, spans
+
+
+def _in_regions(pos: int, regions: list[tuple[int, int, int, int]], starts: list[int]) -> bool:
+    i = bisect.bisect_right(starts, pos) - 1
+    return i >= 0 and regions[i][0] <= pos < regions[i][1]
+
+
+def _outside_regions(text: str, regions: list[tuple[int, int, int, int]]) -> str:
+    parts = []
+    pos = 0
+    for start, end, _, _ in regions:
+        parts.append(text[pos:start])
+        pos = end
+    parts.append(text[pos:])
+    return "\n".join(parts)
+
+
+def _pick_span(
+    spans: list[tuple[int, int, int]], regions: list[tuple[int, int, int, int]]
+) -> tuple[tuple[int, int, int] | None, bool]:
+    """The answer span to read and whether it is only a draft inside reasoning."""
+    if not spans:
+        return None, False
+    starts = [r[0] for r in regions]
+    outside = [s for s in spans if not _in_regions(s[0], regions, starts)]
+    if outside:
+        return outside[-1], False
+    return spans[-1], True
+
+
+# ---------------------------------------------------------------------------------
+# Text helpers
+# ---------------------------------------------------------------------------------
+
+
+def _clean(s: str) -> str:
+    """Remove formatting that wraps an answer without changing it."""
+    s = unicodedata.normalize("NFKC", s)  # full-width letters, ligatures, odd spaces
+    s = _ZERO_WIDTH_RE.sub("", s)
+    s = _CTRL_RE.sub(" ", s)
+    s = _SPECIAL_TOKEN_RE.sub(" ", s)
+    s = _TAG_RE.sub(" ", s)
+    s = _HTML_TAG_RE.sub(" ", s)
+    for _ in range(4):  # peel \boxed{\text{B}} from the inside out
+        new = _LATEX_WRAP_RE.sub(r"\1", s)
+        new = _LATEX_BOXED_RE.sub(r" answer: \1 ", new)
+        if new == s:
+            break
+        s = new
+    s = _LATEX_DELIM_RE.sub(" ", s)
+    s = _MD_CHARS_RE.sub("", s)
+    s = _MD_UNDERSCORE_RE.sub("", s)
+    s = _HEADING_RE.sub("", s)
+    return s
+
+
+def _norm(s: str) -> str:
+    """Case/punctuation/whitespace-insensitive form used to compare option texts."""
+    return _NON_WORD_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
+
+
+def _prepare(options: object) -> tuple[frozenset[str], tuple[tuple[str, str], ...]] | None:
+    """Valid keys (single uppercase letters) and (key, normalised text) pairs."""
+    if not isinstance(options, Mapping):
+        return None
+    keys = set()
+    texts = []
+    for key, value in options.items():
+        if isinstance(key, str) and len(key) == 1 and "A" <= key <= "Z":
+            keys.add(key)
+            if isinstance(value, str):
+                t = _norm(value)
+                if t:
+                    texts.append((key, t))
+    if not keys:
+        return None
+    return frozenset(keys), tuple(texts)
+
+
+def _letter(m: re.Match, bracket_group: int, bare_group: int, text: str) -> str | None:
+    """The letter a _LETTER match captured, or None when it is an English word."""
+    ch = m.group(bracket_group)
+    if ch:
+        return ch.upper()
+    ch = m.group(bare_group)
+    if not ch:
+        return None
+    # 'a' and 'i'/'I' followed by a lowercase word are the article / the pronoun.
+    # Uppercase 'A' is kept: "Answer: A because ..." is far more common than an
+    # article right after an answer marker.
+    if ch in "aiI" and _FOLLOW_WORD_RE.match(text, m.end(bare_group)):
+        return None
+    return ch.upper()
+
+
+def _prefix_option(s: str, texts: tuple[tuple[str, str], ...]) -> set[str]:
+    """Keys of the longest option text that ``s`` starts with (as whole words)."""
+    n = _norm(s)
+    best: set[str] = set()
+    best_len = 0
+    if not n:
+        return best
+    for key, t in texts:
+        if n == t or n.startswith(t + " "):
+            if len(t) > best_len:
+                best, best_len = {key}, len(t)
+            elif len(t) == best_len:
+                best.add(key)
+    return best
+
+
+def _support_ok(letter: str, s: str, keys: frozenset[str], texts) -> bool:
+    """Whether text written right after a chosen letter agrees with it.
+
+    It disagrees when it starts with another option's text ("B. <text of C>") or
+    enumerates another option ("B. ... (C) ...").
+    """
+    for m in _ENUM_MARK_RE.finditer(s):
+        other = (m.group(1) or m.group(2)).upper()
+        if other != letter and other in keys:
+            return False
+    found = _prefix_option(s, texts)
+    return not found or letter in found
+
+
+def _explicit(text: str, marker: re.Pattern, keys: frozenset[str], texts):
+    """Letters stated by explicit markers; a letter, None (conflict) or _NOTHING."""
+    letters: set[str] = set()
+    count = 0
+    # The letter is always the last two groups of a marker pattern (see _LETTER).
+    bracket_group, bare_group = marker.groups - 1, marker.groups
+    weak_possible = marker is _OPTION_MARK_RE
+    for m in marker.finditer(text):
+        first = _letter(m, bracket_group, bare_group, text)
+        if first is None:
+            continue
+        count += 1
+        if count > _MAX_EXPLICIT:  # hundreds of answer statements: noise, not a choice
+            return None
+        group = {first}
+        pos = m.end()
+        for _ in range(32):  # "A, B, C or D" lists are short
+            c = _CONT_RE.match(text, pos)
+            if not c:
+                break
+            nxt = _letter(c, 1, 2, text)
+            if nxt is None:
+                break
+            group.add(nxt)
+            pos = c.end()
+        line_end = text.find("\n", pos)
+        if line_end == -1:
+            line_end = len(text)
+        support = text[pos : min(line_end, pos + _ATTACH_MAX)]
+        if weak_possible and not m.group(1) and len(group) == 1:
+            # Plain "Option X": a vote only if it reads as a statement of the choice.
+            if not (
+                _ONLY_PUNCT_RE.fullmatch(support)
+                or _AFFIRM_RE.match(support)
+                or first in _prefix_option(support, texts)
+            ):
+                continue
+        letters |= group
+        if len(letters) > 1:
+            return None
+        if not _support_ok(first, support, keys, texts):
+            return None
+    if not letters:
+        return _NOTHING
+    (letter,) = letters
+    return letter if letter in keys else None
+
+
+def _pairs_conflict(text: str, keys: frozenset[str], allowed: str | None = None) -> bool:
+    """True when two different option letters are joined ("A or B") anywhere."""
+    for m in _PAIR_RE.finditer(text):
+        a = m.group(1) or m.group(2)
+        b = m.group(3) or m.group(4)
+        if m.group(4) == "I" and _FOLLOW_WORD_RE.match(text, m.end(4)):
+            continue  # "... A and I think ..."
+        a, b = a.upper(), b.upper()
+        if a in keys and b in keys and (a != b or (allowed is not None and a != allowed)):
+            return True
+    return False
+
+
+def _option_text_choice(text: str, texts):
+    """Choice by option text contained in ``text``; letter, None or _NOTHING."""
+    if not texts:
+        return _NOTHING
+    hay = " " + _norm(text) + " "
+    occurrences: dict[str, list[tuple[int, int]]] = {}
+    total = 0
+    for t in {t for _, t in texts}:  # identical texts are searched once
+        needle = " " + t + " "
+        found = []
+        i = hay.find(needle)
+        while i != -1:
+            found.append((i, i + len(needle)))
+            total += 1
+            if total > _MAX_OCCURRENCES:
+                return None  # a wall of option texts is not an answer
+            i = hay.find(needle, i + 1)
+        if found:
+            occurrences[t] = found  # ascending, as find() scans left to right
+    if not occurrences:
+        return _NOTHING
+    # An occurrence of "grade 1" inside an occurrence of "grade 1 mild" is part of the
+    # longer option, not a mention of the shorter one.
+    starts = {t: [s for s, _ in occ] for t, occ in occurrences.items()}
+    chosen_texts = set()
+    for t, occ in occurrences.items():
+        longer = [u for u in occurrences if len(u) > len(t) and (" " + t + " ") in (" " + u + " ")]
+        for s, e in occ:
+            covered = False
+            for u in longer:
+                # Occurrences of u all have the same length, so the last one starting
+                # at or before s is the only one that can cover [s, e).
+                j = bisect.bisect_right(starts[u], s) - 1
+                if j >= 0 and occurrences[u][j][1] >= e:
+                    covered = True
+                    break
+            if not covered:
+                chosen_texts.add(t)
+                break
+    chosen = {key for key, t in texts if t in chosen_texts}
+    if len(chosen) == 1:
+        return next(iter(chosen))
+    return None if chosen else _NOTHING
+
+
+def _lone_letter(s: str) -> str | None:
+    m = _LONE_RE.fullmatch(s.strip().strip(_QUOTES))
+    return m.group(1).upper() if m else None
+
+
+def _parse_piece(raw: str, keys: frozenset[str], texts):
+    """Read one piece of text (answer span or non-reasoning remainder).
+
+    Returns a key, None (a decisive no: ambiguous, invalid letter, conflict) or
+    _NOTHING (no candidate at all).
+    """
+    text = _clean(raw)
+    core = text.strip().strip(_QUOTES).strip()
+    if not core:
+        return _NOTHING
+
+    # 1. The whole piece is one letter ("B", "(b)", "C."); any case, since nothing
+    #    else is there to make it a word.
+    lone = _lone_letter(core)
+    if lone is not None:
+        return lone if lone in keys else None
+
+    # 2. The whole piece is exactly one option's text.
+    n = _norm(core)
+    exact = {key for key, t in texts if t == n}
+    if exact:
+        return next(iter(exact)) if len(exact) == 1 else None
+
+    # 3. Explicit answer statements, then weaker "option X" statements.
+    for marker in (_ANSWER_MARK_RE, _OPTION_MARK_RE):
+        res = _explicit(text, marker, keys, texts)
+        if res is not _NOTHING:
+            return res
+
+    # 4. The whole piece is a list of letters: "A or C", "Both B and D", "B, B".
+    if len(core) <= _LIST_MAX:
+        parts = [p for p in _LIST_SPLIT_RE.split(_LIST_PREFIX_RE.sub("", core)) if p.strip()]
+        if len(parts) >= 2:
+            letters = [_lone_letter(p) for p in parts]
+            if all(letters):
+                distinct = set(letters)
+                if len(distinct) == 1 and letters[0] in keys:
+                    return letters[0]
+                return None
+
+    # 5. A leading letter followed by its own text: "B. Normal tissue", "(B) text".
+    m = _LEAD_RE.match(core)
+    if m and (
+        m.group(1)
+        or not m.group(3)[:1].islower()
+        or _prefix_option(m.group(3), texts)
+    ):
+        # A bare letter followed by lowercase prose is usually an abbreviation
+        # ("E. coli", "A. fumigatus"), so that case needs its option text to follow.
+        letter = (m.group(1) or m.group(2)).upper()
+        return _with_rest(letter, m.group(3), keys, texts)
+    m = _LEAD_SPACE_RE.match(core)
+    if m and _prefix_option(m.group(2), texts):
+        return _with_rest(m.group(1), m.group(2), keys, texts)
+
+    # 6. Hedges between letters anywhere make any text-based reading a guess.
+    if _pairs_conflict(text, keys):
+        return None
+
+    # 7. Option text mentioned in the piece.
+    return _option_text_choice(text, texts)
+
+
+def _with_rest(letter: str, rest: str, keys: frozenset[str], texts):
+    """Validate what follows a leading letter; letter or None."""
+    if letter not in keys:
+        return None
+    rest = rest.strip()
+    if not rest:
+        return letter
+    other = _lone_letter(rest)
+    if other is not None:  # "B. B" is B; "B. C" is two answers
+        return letter if other == letter else None
+    for marker in (_ANSWER_MARK_RE, _OPTION_MARK_RE):
+        res = _explicit(rest, marker, keys, texts)
+        if res is not _NOTHING:
+            return letter if res == letter else None
+    if _pairs_conflict(rest, keys, allowed=letter):
+        return None
+    return letter if _support_ok(letter, rest, keys, texts) else None
+
+
+# ---------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------
+
+
+def _extract(response: str, options: Mapping[str, str]) -> str | None:
+    prepared = _prepare(options)
+    if prepared is None or not isinstance(response, str):
+        return None
+    keys, texts = prepared
+    regions, spans = _structure(response)
+    span, is_draft = _pick_span(spans, regions)
+    if span is not None and not is_draft:
+        # An answer tag outside the reasoning is final: read only inside it and never
+        # fall back to the reasoning, even when it is empty or ambiguous.
+        res = _parse_piece(response[span[1] : span[2]], keys, texts)
+        return None if res is _NOTHING else res
+    remainder = _outside_regions(response, regions)
+    if remainder.strip():
+        res = _parse_piece(remainder, keys, texts)
+        if res is not _NOTHING or span is None:
+            return None if res is _NOTHING else res
+    if span is not None:
+        # The only answer tag is inside the reasoning and nothing after it answers:
+        # the tag is still the model's stated answer.
+        res = _parse_piece(response[span[1] : span[2]], keys, texts)
+        return None if res is _NOTHING else res
+    return None  # only reasoning: never mine it for letters
+
+
+def extract_choice(response: str, options: dict[str, str]) -> str | None:
+    """Return the single option letter chosen in ``response``, or None.
+
+    The result is always a key of ``options``. Rules, in priority order:
+    the last ``<answer>`` span outside the reasoning (or an unclosed final one),
+    read on its own; else the text outside ``<think>`` blocks; never the reasoning
+    itself. Hedged, conflicting or unreadable answers give None. Never raises.
+    """
+    try:
+        return _extract(response, options)
+    except Exception:  # untrusted text: a parser bug must score as "no answer", not crash a run
+        return None
+
+
+def split_think_answer(response: str) -> tuple[str | None, str | None]:
+    """(content of the last think block, content of the answer span that is read).
+
+    Contents are whitespace-stripped; an element is None when that part is absent.
+    The answer span is the one ``extract_choice`` reads: the last one outside the
+    reasoning, else the last one at all. Never raises.
+    """
+    try:
+        if not isinstance(response, str):
+            return None, None
+        regions, spans = _structure(response)
+        think = None
+        if regions:
+            _, _, cs, ce = regions[-1]
+            think = response[cs:ce].strip()
+        span, _ = _pick_span(spans, regions)
+        answer = response[span[1] : span[2]].strip() if span is not None else None
+        return think, answer
+    except Exception:  # same contract as extract_choice
+        return None, None
+
+
+def has_strict_format(response: str) -> bool:
+    """True iff ``response`` is exactly ``<think>...</think><answer>...</answer>``.
+
+    Only whitespace may surround the two blocks, each tag appears exactly once
+    (written exactly like that: lowercase, no inner spaces; any other think/answer
+    tag variant counts as an extra tag) and the answer is not blank. The think
+    content may be empty. Never raises.
+    """
+    try:
+        if not isinstance(response, str):
+            return False
+        tags = list(_TAG_RE.finditer(response))
+        expected = ("<think>", "</think>", "<answer>", "</answer>")
+        if len(tags) != 4 or tuple(m.group(0) for m in tags) != expected:
+            return False
+        t_open, t_close, a_open, a_close = tags
+        if response[: t_open.start()].strip():
+            return False
+        if response[t_close.end() : a_open.start()].strip():
+            return False
+        if response[a_close.end() :].strip():
+            return False
+        return bool(response[a_open.end() : a_close.start()].strip())
+    except Exception:  # same contract as extract_choice
+        return False

@@ -1,0 +1,222 @@
+"""MedMNIST-v2 files -> multiple-choice items.
+
+Reads the real ``{flag}_224.npz`` files through the ``medmnist`` package's own classes and root
+layout, checks them, picks a class-balanced, seeded subset of the official split and turns each
+image into a question with one option per class. Evaluation (the lmms-eval tasks) and training
+(the GRPO data builder) both build their items here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt, lettered
+from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
+
+SIZE = 224
+DEFAULT_PER_CLASS = 50
+DEFAULT_SEED = 1234
+ROOT_ENV = "MEDBRIDGE_MEDMNIST_ROOT"
+PER_CLASS_ENV = "MEDBRIDGE_MEDMNIST_PER_CLASS"  # an integer, or "all" for the full split
+SEED_ENV = "MEDBRIDGE_MEDMNIST_SEED"
+DOWNLOAD_ENV = "MEDBRIDGE_MEDMNIST_DOWNLOAD"  # "1": let medmnist download (with its MD5 check)
+
+
+class MedMNISTFileError(RuntimeError):
+    """A MedMNIST file is missing, unreadable, or not in the official layout."""
+
+
+def default_root() -> Path:
+    """$MEDBRIDGE_MEDMNIST_ROOT, else medmnist's own default root (~/.medmnist)."""
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).expanduser()
+    from medmnist.info import DEFAULT_ROOT
+
+    return Path(DEFAULT_ROOT).expanduser()
+
+
+def npz_path(flag: str, root: Path) -> Path:
+    return Path(root) / f"{flag}_{SIZE}.npz"
+
+
+def fetch_command(flag: str, root: Path) -> str:
+    return f"medbridge data medmnist --flags {flag} --root {root}"
+
+
+def _expected_layout(spec: MedMNISTSet, split: str) -> str:
+    img = f"N x {SIZE} x {SIZE} x 3" if spec.rgb else f"N x {SIZE} x {SIZE}"
+    n_labels = spec.n_classes if spec.rule == "multilabel_exactly_one" else 1
+    return f"keys '{split}_images' (uint8, {img}) and '{split}_labels' (int, N x {n_labels})"
+
+
+def load_split(name_or_flag: str, split: str = "test", root: str | Path | None = None, download: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one official split, read by medmnist's own dataset class.
+
+    Raises MedMNISTFileError naming the file, the expected layout and the command that fetches it.
+    """
+    import medmnist
+
+    spec = get_set(name_or_flag)
+    root = Path(root) if root is not None else default_root()
+    if download is None:
+        download = os.environ.get(DOWNLOAD_ENV, "") == "1"
+    path = npz_path(spec.flag, root)
+    hint = f"expected {path} with {_expected_layout(spec, split)}; fetch it with: {fetch_command(spec.flag, root)}"
+    if download:
+        root.mkdir(parents=True, exist_ok=True)
+    elif not path.is_file():
+        raise MedMNISTFileError(f"MedMNIST file not found: {hint}")
+    cls = getattr(medmnist, medmnist.INFO[spec.flag]["python_class"])
+    try:
+        ds = cls(split=split, size=SIZE, root=str(root), download=download)
+        images, labels = ds.imgs, ds.labels
+    except Exception as err:  # medmnist raises RuntimeError/KeyError/zip errors for bad files
+        raise MedMNISTFileError(f"cannot read MedMNIST file ({type(err).__name__}: {err}): {hint}") from err
+    _check_arrays(spec, split, images, labels, hint)
+    return images, labels
+
+
+def _check_arrays(spec: MedMNISTSet, split: str, images: np.ndarray, labels: np.ndarray, hint: str) -> None:
+    want_img = (SIZE, SIZE, 3) if spec.rgb else (SIZE, SIZE)
+    problems = []
+    if images.dtype != np.uint8 or tuple(images.shape[1:]) != want_img:
+        problems.append(f"'{split}_images' is {images.dtype} {images.shape}")
+    n_labels = spec.n_classes if spec.rule == "multilabel_exactly_one" else 1
+    if labels.ndim != 2 or labels.shape[1] != n_labels or labels.shape[0] != images.shape[0]:
+        problems.append(f"'{split}_labels' has shape {labels.shape}")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        problems.append(f"'{split}_labels' is {labels.dtype}, not integer")
+    elif spec.rule != "multilabel_exactly_one" and labels.size and (labels.min() < 0 or labels.max() >= spec.n_classes):
+        problems.append(f"'{split}_labels' holds classes outside 0..{spec.n_classes - 1}")
+    if problems:
+        raise MedMNISTFileError(f"MedMNIST file has the wrong layout ({'; '.join(problems)}): {hint}")
+
+
+def single_labels(spec: MedMNISTSet, labels: np.ndarray) -> np.ndarray:
+    """One class per image, or -1 where the dataset's single-answer rule excludes the image.
+
+    ChestMNIST is multi-label: only images with exactly one positive finding get a single answer
+    (no finding or several findings have no single correct option). RetinaMNIST is ordinal: its
+    grade is the answer. Every other set is multi-class or binary already.
+    """
+    if spec.rule == "multilabel_exactly_one":
+        positives = labels.sum(axis=1)
+        return np.where(positives == 1, labels.argmax(axis=1), -1)
+    return labels[:, 0].astype(np.int64)
+
+
+def resolve_per_class(per_class: int | str | None) -> int | None:
+    """None means the full split; otherwise a positive number of items per class."""
+    if per_class is None:
+        per_class = os.environ.get(PER_CLASS_ENV, DEFAULT_PER_CLASS)
+    if isinstance(per_class, str):
+        if per_class.strip().lower() in ("all", "full"):
+            return None
+        try:
+            per_class = int(per_class)
+        except ValueError:
+            raise ValueError(f"{PER_CLASS_ENV} must be a positive integer or 'all', got {per_class!r}") from None
+    if per_class < 1:
+        raise ValueError(f"items per class must be >= 1, got {per_class}")
+    return per_class
+
+
+def resolve_seed(seed: int | None) -> int:
+    return int(os.environ.get(SEED_ENV, DEFAULT_SEED)) if seed is None else int(seed)
+
+
+def balanced_indices(spec: MedMNISTSet, labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Indices into the split: up to ``per_class`` eligible images of every class (all when None),
+    drawn without replacement from a generator seeded by (seed, dataset), returned sorted."""
+    y = single_labels(spec, labels)
+    if per_class is None:
+        return np.flatnonzero(y >= 0)
+    rng = np.random.default_rng([seed, zlib.crc32(spec.flag.encode())])
+    picked = []
+    for cls in range(spec.n_classes):
+        pool = np.flatnonzero(y == cls)
+        take = min(per_class, pool.size)
+        picked.append(rng.choice(pool, size=take, replace=False) if take else pool[:0])
+    return np.sort(np.concatenate(picked))
+
+
+def option_order(spec: MedMNISTSet, index: int, seed: int) -> list[int]:
+    """Class indices in display order for one item: shuffled from (seed, dataset, item) so no letter
+    is always right; ordinal grades keep their natural order (A = grade 0) so the scale reads as one."""
+    order = list(range(spec.n_classes))
+    if spec.rule != "ordinal":
+        random.Random(f"{seed}:{spec.flag}:{index}").shuffle(order)
+    return order
+
+
+def question_text(spec: MedMNISTSet) -> str:
+    if spec.rule == "multilabel_exactly_one":
+        return f"This is a {spec.image_kind}. Which single finding does it show?"
+    if spec.rule == "ordinal":
+        return f"This is a {spec.image_kind}. What is the diabetic retinopathy grade?"
+    return f"This is a {spec.image_kind}. Which of the following does it show?"
+
+
+@dataclass(frozen=True)
+class SubsetInfo:
+    per_class: int | None
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        return f"{'full' if self.per_class is None else f'balanced{self.per_class}'}-seed{self.seed}"
+
+
+def build_items(name_or_flag: str, split: str = "test", *, root: str | Path | None = None, per_class: int | str | None = None, seed: int | None = None, with_images: bool = True) -> list[dict[str, Any]]:
+    """The multiple-choice items of one dataset split, in index order.
+
+    Each item records where it came from (flag, split, index), the class, the shuffled option
+    order and the prompt, so a sample log can be traced back to the file.
+    """
+    spec = get_set(name_or_flag)
+    images, labels = load_split(spec.flag, split, root)
+    info = SubsetInfo(resolve_per_class(per_class), resolve_seed(seed))
+    y = single_labels(spec, labels)
+    question = question_text(spec)
+    items = []
+    for idx in balanced_indices(spec, labels, info.per_class, info.seed):
+        idx = int(idx)
+        order = option_order(spec, idx, info.seed)
+        options = lettered([spec.classes[c] for c in order])
+        answer = list(options)[order.index(int(y[idx]))]
+        item = {
+            "item_id": f"{spec.flag}/{split}/{idx}",
+            "dataset": spec.name,
+            "flag": spec.flag,
+            "modality": spec.modality,
+            "split": split,
+            "index": idx,
+            "label": int(y[idx]),
+            "question": question,
+            "options": json.dumps(options),
+            "option_order": order,
+            "answer_letter": answer,
+            "prompt": format_mcq_prompt(question, options),
+            "prompt_version": PROMPT_VERSION,
+            "subset": info.tag,
+        }
+        if with_images:
+            item["image"] = to_pil(images[idx])
+        items.append(item)
+    return items
+
+
+def to_pil(array: np.ndarray):
+    from PIL import Image
+
+    # 2-D uint8 arrays become "L" images, H x W x 3 ones "RGB".
+    return Image.fromarray(np.ascontiguousarray(array))

@@ -1,0 +1,127 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from medbridge.tasks.medmnist import data
+from medbridge.tasks.medmnist.catalog import MODALITIES, SETS, get_set
+from medbridge.tasks.medmnist.fixtures import build_all, build_medmnist_fixture
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = tmp_path_factory.mktemp("medmnist")
+    build_all(r, test_per_class=3, train_per_class=2, val_per_class=1)
+    return r
+
+
+def test_catalog_matches_medmnist_info():
+    import medmnist
+
+    assert len(SETS) == 12
+    for spec in SETS:
+        info = medmnist.INFO[spec.flag]
+        assert len(info["label"]) == spec.n_classes, spec.flag
+        assert (info["n_channels"] == 3) == spec.rgb, spec.flag
+        assert spec.modality in MODALITIES
+    assert [s.name for s in SETS if s.modality == "microscopy"] == ["blood", "path", "tissue"]
+    assert [s.name for s in SETS if s.modality == "photography"] == ["derma", "oct", "retina"]
+
+
+def test_fixture_files_have_the_real_layout(root):
+    for spec in SETS:
+        with np.load(data.npz_path(spec.flag, root)) as npz:
+            assert set(npz.files) == {f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")}
+            img = npz["test_images"]
+            assert img.dtype == np.uint8
+            assert img.shape[1:] == ((224, 224, 3) if spec.rgb else (224, 224))
+            assert npz["test_labels"].shape[1] == (14 if spec.flag == "chestmnist" else 1)
+
+
+def test_items_are_read_through_medmnist_and_balanced(root):
+    for spec in SETS:
+        items = data.build_items(spec.name, root=root, per_class=2, seed=7)
+        labels = [it["label"] for it in items]
+        assert sorted(set(labels)) == list(range(spec.n_classes))
+        assert all(labels.count(c) == 2 for c in range(spec.n_classes))
+        for it in items:
+            options = json.loads(it["options"])
+            assert len(options) == spec.n_classes
+            assert options[it["answer_letter"]] == spec.classes[it["label"]]
+            assert it["prompt"].count("\n") >= spec.n_classes + 1
+            assert it["image"].size == (224, 224)
+
+
+def test_subset_is_deterministic_and_seed_dependent(root):
+    a = [it["item_id"] for it in data.build_items("organa", root=root, per_class=1, seed=1, with_images=False)]
+    b = [it["item_id"] for it in data.build_items("organa", root=root, per_class=1, seed=1, with_images=False)]
+    c = [it["item_id"] for it in data.build_items("organa", root=root, per_class=1, seed=2, with_images=False)]
+    assert a == b
+    assert a != c
+
+
+def test_full_split_option(root, monkeypatch):
+    monkeypatch.setenv(data.PER_CLASS_ENV, "all")
+    items = data.build_items("derma", root=root, with_images=False)
+    assert len(items) == 3 * 7
+    assert items[0]["subset"].startswith("full")
+
+
+def test_option_order_is_shuffled_so_no_letter_is_always_right(root):
+    items = data.build_items("organa", root=root, per_class=3, seed=0, with_images=False)
+    letters = {it["answer_letter"] for it in items}
+    assert len(letters) >= 5
+    orders = {tuple(it["option_order"]) for it in items}
+    assert len(orders) > 1
+
+
+def test_chest_keeps_only_images_with_exactly_one_finding(root):
+    spec = get_set("chest")
+    _, labels = data.load_split("chestmnist", "test", root)
+    y = data.single_labels(spec, labels)
+    assert (y[labels.sum(1) != 1] == -1).all()
+    assert (y[labels.sum(1) == 1] == labels[labels.sum(1) == 1].argmax(1)).all()
+    items = data.build_items("chest", root=root, per_class=100, with_images=False)
+    assert len(items) == 14 * 3  # the fixture's 4 zero/two-finding images per split are left out
+
+
+def test_retina_grades_stay_in_order(root):
+    for it in data.build_items("retina", root=root, per_class=3, with_images=False):
+        assert it["option_order"] == [0, 1, 2, 3, 4]
+        assert it["answer_letter"] == "ABCDE"[it["label"]]
+
+
+def test_missing_file_error_names_file_layout_and_fetch_command(tmp_path):
+    with pytest.raises(data.MedMNISTFileError) as err:
+        data.load_split("pathmnist", "test", tmp_path)
+    msg = str(err.value)
+    assert "pathmnist_224.npz" in msg and "test_images" in msg and "N x 224 x 224 x 3" in msg
+    assert "medbridge data medmnist --flags pathmnist" in msg
+
+
+def test_corrupt_file_error(tmp_path):
+    data.npz_path("breastmnist", tmp_path).write_bytes(b"not a zip file")
+    with pytest.raises(data.MedMNISTFileError, match="breastmnist_224.npz"):
+        data.load_split("breastmnist", "test", tmp_path)
+
+
+def test_wrong_shape_error(tmp_path):
+    path = data.npz_path("bloodmnist", tmp_path)
+    arrays = {f"{s}_images": np.zeros((2, 28, 28, 3), np.uint8) for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": np.zeros((2, 1), np.int64) for s in ("train", "val", "test")})
+    np.savez(path, **arrays)
+    with pytest.raises(data.MedMNISTFileError, match=r"wrong layout.*\(2, 28, 28, 3\)"):
+        data.load_split("bloodmnist", "test", tmp_path)
+
+
+def test_missing_key_error(tmp_path):
+    path = data.npz_path("octmnist", tmp_path)
+    np.savez(path, test_images=np.zeros((1, 224, 224), np.uint8))
+    with pytest.raises(data.MedMNISTFileError, match="octmnist_224.npz"):
+        data.load_split("octmnist", "test", tmp_path)
+
+
+def test_bad_per_class_value(root):
+    with pytest.raises(ValueError, match="positive integer or 'all'"):
+        data.resolve_per_class("lots")

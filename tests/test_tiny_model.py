@@ -1,0 +1,338 @@
+"""Tests for medbridge.tiny_model: the tiny random-weight Qwen2.5-VL checkpoint builder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from PIL import Image
+from safetensors.torch import load_file
+
+from medbridge.tiny_model import (
+    MARKER_FILENAME,
+    SPECIAL_TOKENS,
+    TINY_MODEL_VERSION,
+    build_tiny_qwen2_5_vl,
+    is_complete_checkpoint,
+    main,
+)
+
+MCQ_TEXT = "Question: Which finding is shown?\nOptions:\nA. pneumonia\nB. normal\nAnswer with the option's letter."
+
+
+@pytest.fixture(scope="module")
+def ckpt(request, tmp_path_factory) -> Path:
+    """The seed-0 checkpoint: conftest's session-wide build when there is one, else our own."""
+    try:
+        shared = Path(request.getfixturevalue("tiny_model_dir"))
+    except pytest.FixtureLookupError:
+        shared = None
+    if shared is not None and is_complete_checkpoint(shared, seed=0):
+        return shared
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", seed=0)
+
+
+@pytest.fixture(scope="module")
+def processor(ckpt):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(ckpt)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, attn_implementation="sdpa").eval()
+
+
+def _image(color=(120, 40, 60)) -> Image.Image:
+    return Image.new("RGB", (224, 224), color)
+
+
+def _mcq_inputs(processor, n_images: int = 1):
+    images = [_image((40 * i, 90, 200 - 40 * i)) for i in range(n_images)]
+    content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": MCQ_TEXT}]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+    return text, processor(text=[text], images=images, return_tensors="pt")
+
+
+# ---------------------------------------------------------------- layout & config
+
+
+def test_checkpoint_layout_and_marker(ckpt):
+    names = {p.name for p in ckpt.iterdir()}
+    for required in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "processor_config.json",
+        MARKER_FILENAME,
+    ):
+        assert required in names
+    assert not any(n.endswith(".bin") for n in names)  # safetensors only
+    marker = json.loads((ckpt / MARKER_FILENAME).read_text())
+    assert marker["builder_version"] == TINY_MODEL_VERSION == "1"
+    assert marker["seed"] == 0
+    total = sum(p.stat().st_size for p in ckpt.iterdir())
+    assert total < 20 * 1024 * 1024
+    assert is_complete_checkpoint(ckpt, seed=0)
+    assert not is_complete_checkpoint(ckpt, seed=1)
+    # No half-built temp directories left next to the checkpoint.
+    assert [p.name for p in ckpt.parent.iterdir()] == [ckpt.name]
+
+
+def test_config_is_tiny_and_consistent_with_tokenizer(ckpt):
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    cfg = AutoConfig.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    text, vision = cfg.text_config, cfg.vision_config
+    assert cfg.model_type == "qwen2_5_vl"
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (64, 2, 2)
+    head_dim = text.hidden_size // text.num_attention_heads
+    assert head_dim >= 32
+    assert text.num_attention_heads % text.num_key_value_heads == 0
+    assert text.intermediate_size == 128
+    assert text.max_position_embeddings == 4096
+    assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+    assert cfg.tie_word_embeddings
+    assert text.vocab_size % 64 == 0 and text.vocab_size >= len(tok)
+    assert (vision.depth, vision.num_heads, vision.intermediate_size) == (2, 2, 128)
+    assert vision.out_hidden_size == text.hidden_size
+    assert (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (14, 2, 2)
+    assert vision.window_size == 112 and list(vision.fullatt_block_indexes) == [1]
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    assert cfg.image_token_id == ids["<|image_pad|>"]
+    assert cfg.video_token_id == ids["<|video_pad|>"]
+    assert cfg.vision_start_token_id == ids["<|vision_start|>"]
+    assert cfg.vision_end_token_id == ids["<|vision_end|>"]
+    gen = GenerationConfig.from_pretrained(ckpt)
+    assert gen.eos_token_id == [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    assert gen.pad_token_id == ids["<|endoftext|>"]
+    raw = json.loads((ckpt / "config.json").read_text())
+    assert raw["dtype"] == "float32"
+    weights = load_file(str(ckpt / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    assert "lm_head.weight" not in weights  # tied to the embeddings
+
+
+# ---------------------------------------------------------------- tokenizer & template
+
+
+def test_tokenizer_special_tokens_and_tag_roundtrip(processor):
+    tok = processor.tokenizer
+    assert type(tok).__name__ == "Qwen2Tokenizer"
+    assert tok.eos_token == "<|im_end|>"
+    assert tok.pad_token == "<|endoftext|>"
+    assert 1000 <= len(tok) <= 2100
+    ids = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    assert ids == list(range(ids[0], ids[0] + len(SPECIAL_TOKENS)))  # Qwen order, contiguous
+    for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+        assert tag not in tok.all_special_tokens
+    text = "<think>x</think><answer>B</answer>"
+    assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
+    chat = "<|im_start|>assistant\n<think>The lung is clear.</think>\n<answer>B</answer><|im_end|>"
+    enc = tok.encode(chat)
+    assert tok.convert_tokens_to_ids("<|im_start|>") == enc[0]
+    assert tok.convert_tokens_to_ids("<|im_end|>") == enc[-1]
+    assert (
+        tok.decode(enc, skip_special_tokens=True) == "assistant\n<think>The lung is clear.</think>\n<answer>B</answer>"
+    )
+    for word in ("Question", "Options", "Answer", " pneumonia", " A", " P", "7"):
+        assert tok.decode(tok.encode(word)) == word
+
+
+def test_chat_template_rendering(processor):
+    rendered = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert rendered == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    rendered = processor.apply_chat_template(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<answer>A</answer>"},
+        ],
+        tokenize=False,
+        add_generation_prompt=False,
+    )
+    assert rendered == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n<answer>A</answer><|im_end|>\n"
+    )
+    # The tokenizer carries the same template (TRL and friends may use either).
+    assert processor.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False).endswith(
+        "<|im_start|>user\nHi<|im_end|>\n"
+    )
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_generate_with_image_on_cpu(processor, model):
+    text, inputs = _mcq_inputs(processor)
+    assert text.count("<|image_pad|>") == 1
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 64
+    assert tuple(inputs["image_grid_thw"][0].tolist()) == (1, 16, 16)
+    assert inputs["pixel_values"].shape[0] == 256
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert out.shape[0] == 1 and prompt_len < out.shape[1] <= prompt_len + 8
+    assert isinstance(processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)[0], str)
+
+
+def test_sampling_and_multiple_return_sequences(processor, model):
+    _, inputs = _mcq_inputs(processor)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=6, do_sample=True, temperature=0.7, top_p=0.9, num_return_sequences=4
+        )
+    assert out.shape[0] == 4
+    assert out.shape[1] <= inputs["input_ids"].shape[1] + 6
+
+
+def test_two_images_and_text_only_batch(processor, model):
+    _, inputs = _mcq_inputs(processor, n_images=2)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 128
+    texts = [
+        processor.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in ("Hi", "A longer question about the chest radiograph?")
+    ]
+    batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape[0] == 2
+
+
+# ---------------------------------------------------------------- lmms-eval backend
+
+
+def test_lmms_eval_qwen2_5_vl_backend(ckpt):
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+    from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
+
+    lm = Qwen2_5_VL(
+        pretrained=str(ckpt),
+        device="cpu",
+        device_map="cpu",
+        attn_implementation="sdpa",
+        min_pixels=56 * 56,
+        max_pixels=224 * 224,
+    )
+    assert lm.tokenizer.eos_token == "<|im_end|>"
+    assert lm.processor.image_processor.size["longest_edge"] == 224 * 224
+
+    # Drive its real generate_until path with a fake one-document task.
+    docs = [{"image": _image(), "question": MCQ_TEXT}]
+    lm.task_dict = {"tiny": {"test": docs}}
+
+    def doc_to_messages(doc):
+        return [
+            {
+                "role": "user",
+                "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}],
+            }
+        ]
+
+    request = Instance(
+        request_type="generate_until",
+        arguments=("", doc_to_messages, {"max_new_tokens": 4, "temperature": 0}, 0, "tiny", "test"),
+        idx=0,
+        metadata={"task": "tiny", "doc_id": 0, "repeats": 1},
+    )
+    results = lm.generate_until([request])
+    assert len(results) == 1
+    text = getattr(results[0], "text", results[0])
+    assert isinstance(text, str)
+
+
+# ---------------------------------------------------------------- builder behaviour
+
+
+def test_rebuild_is_skipped_when_complete(ckpt):
+    before = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}
+    assert build_tiny_qwen2_5_vl(ckpt, seed=0) == ckpt
+    assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == before
+
+
+def test_determinism_and_seed_sensitivity(ckpt, tmp_path):
+    reference = load_file(str(ckpt / "model.safetensors"))
+    other = tmp_path / "other"
+    build_tiny_qwen2_5_vl(other, seed=1)
+    seed1 = load_file(str(other / "model.safetensors"))
+    assert reference.keys() == seed1.keys()
+    assert not torch.equal(reference["model.embed_tokens.weight"], seed1["model.embed_tokens.weight"])
+    assert json.loads((other / MARKER_FILENAME).read_text())["seed"] == 1
+    # The tokenizer does not depend on the weight seed.
+    assert (other / "tokenizer.json").read_bytes() == (ckpt / "tokenizer.json").read_bytes()
+
+    # Asking for seed 0 in the same directory rebuilds it; the result matches the first build.
+    assert build_tiny_qwen2_5_vl(other, seed=0) == other.resolve()
+    rebuilt = load_file(str(other / "model.safetensors"))
+    assert rebuilt.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, rebuilt[name]), name
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+    ):
+        assert (other / name).read_bytes() == (ckpt / name).read_bytes(), name
+
+
+def test_overwrite_rebuilds_and_foreign_dirs_are_protected(tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        build_tiny_qwen2_5_vl(foreign)
+    with pytest.raises(FileExistsError):  # not a checkpoint: never deleted, even with overwrite
+        build_tiny_qwen2_5_vl(foreign, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert main(["--out", str(foreign)]) == 1
+    assert "error" in capsys.readouterr().err
+
+    out = tmp_path / "cli"
+    assert main(["--out", str(out), "--seed", "0"]) == 0
+    assert capsys.readouterr().out.strip() == str(out.resolve())
+    first = (out / "model.safetensors").stat().st_mtime_ns
+    assert main(["--out", str(out)]) == 0  # already complete: no rebuild
+    assert (out / "model.safetensors").stat().st_mtime_ns == first
+    (out / "stray.txt").write_text("x")
+    assert main(["--out", str(out), "--overwrite"]) == 0
+    assert not (out / "stray.txt").exists()
+    assert is_complete_checkpoint(out, seed=0)
+
+
+def test_import_is_lightweight():
+    code = "import sys, medbridge.tiny_model; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ.copy()
+    )
+    assert out.stdout.strip() == "[]"
