@@ -84,6 +84,19 @@ _ANSWER_MARK_RE = re.compile(
     r"\s*+" + _LETTER,
     re.IGNORECASE,
 )
+# The letter first: "B is the correct answer", "(C) would be the best option".
+# Bare letters must be uppercase so "a is ..." / "i is ..." never count.
+_LETTER_IS_ANSWER_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z]))\s*+"
+    r"(?i:(?:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be)\s+(?:the\s+)?"
+    r"(?:(?:most\s+likely|correct|right|best|final)\s+)?(?:answer|option|choice)\b"
+    r"|is\s+(?:correct|right)\b)"
+)
+# "A or " just before a letter-first statement ("A or B is the answer").
+_LIST_TAIL_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z]))"
+    r"\s*(?i:,|/|&|\band/or\b|\bor\b|\band\b)\s*$"
+)
 # Option statements: "Option B", "option (b)", "I choose B", "the best option is C".
 # Group 1 marks the strong forms (a choice is being made). A plain "Option A" is often
 # just a mention in an explanation ("Option A describes ..."), so it only counts when
@@ -113,11 +126,11 @@ _FOLLOW_WORD_RE = re.compile(r"[ \t]+[a-z]")
 # A whole piece that is just one letter: "B", "b", "(B)", "[B].", "B)", "B:", "<C>".
 _LONE_RE = re.compile(r"[(\[{<]?\s{0,4}([A-Za-z])\s{0,4}[)\]}>]?\s{0,4}[.:;,!]?")
 # Leading letter with a separator, then anything: "B. text", "(B) text", "B: text",
-# "B - text", "B\ntext". '.'/':'/')' must be followed by whitespace so "i.e." and
-# "e.g." are not letters.
+# "B - text", "B\ntext", "B, because ...", "B (most likely)". Separators must be
+# followed by whitespace so "i.e." and "e.g." are not letters.
 _LEAD_RE = re.compile(
     r"(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]\s*+[.:\-\u2013\u2014]?"
-    r"|([A-Za-z])(?:[.:)\]](?=\s|$)|[ \t]*(?=\n)|[ \t]+[\-\u2013\u2014](?=\s)))"
+    r"|([A-Za-z])(?:[.:)\],;](?=\s|$)|[ \t]*(?=\n)|[ \t]+[\-\u2013\u2014](?=\s)|[ \t]+(?=\()))"
     r"\s*+(.*)",
     re.DOTALL,
 )
@@ -141,6 +154,17 @@ _PAIR_RE = re.compile(
 _ENUM_MARK_RE = re.compile(
     r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z])[.):](?=[ \t]+\S))"
 )
+
+# A negation right before an option text (matched on _norm()ed text, which is
+# lowercase words separated by single spaces).
+_NEGATION_RE = re.compile(
+    r"\b(?:no|not|non|nor|neither|without|absent|absence of|negative for|free of|"
+    r"exclude[sd]?|excluding|ruled out|rule out|rather than|instead of|other than|than|"
+    r"unlikely|less likely) $"
+)
+
+# Explicit statements in decreasing strength; the first tier with a letter decides.
+_MARKER_TIERS = ((_ANSWER_MARK_RE, _LETTER_IS_ANSWER_RE), (_OPTION_MARK_RE,))
 
 _QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb\u300c\u300d "
 # Beyond these sizes a text is noise, not an answer; capping keeps work bounded.
@@ -333,48 +357,55 @@ def _support_ok(letter: str, s: str, keys: frozenset[str], texts) -> bool:
     return not found or letter in found
 
 
-def _explicit(text: str, marker: re.Pattern, keys: frozenset[str], texts):
+def _explicit(text: str, markers: tuple[re.Pattern, ...], keys: frozenset[str], texts):
     """Letters stated by explicit markers; a letter, None (conflict) or _NOTHING."""
     letters: set[str] = set()
     count = 0
-    # The letter is always the last two groups of a marker pattern (see _LETTER).
-    bracket_group, bare_group = marker.groups - 1, marker.groups
-    weak_possible = marker is _OPTION_MARK_RE
-    for m in marker.finditer(text):
-        first = _letter(m, bracket_group, bare_group, text)
-        if first is None:
-            continue
-        count += 1
-        if count > _MAX_EXPLICIT:  # hundreds of answer statements: noise, not a choice
-            return None
-        group = {first}
-        pos = m.end()
-        for _ in range(32):  # "A, B, C or D" lists are short
-            c = _CONT_RE.match(text, pos)
-            if not c:
-                break
-            nxt = _letter(c, 1, 2, text)
-            if nxt is None:
-                break
-            group.add(nxt)
-            pos = c.end()
-        line_end = text.find("\n", pos)
-        if line_end == -1:
-            line_end = len(text)
-        support = text[pos : min(line_end, pos + _ATTACH_MAX)]
-        if weak_possible and not m.group(1) and len(group) == 1:
-            # Plain "Option X": a vote only if it reads as a statement of the choice.
-            if not (
-                _ONLY_PUNCT_RE.fullmatch(support)
-                or _AFFIRM_RE.match(support)
-                or first in _prefix_option(support, texts)
-            ):
+    for marker in markers:
+        letter_first = marker is _LETTER_IS_ANSWER_RE
+        # The letter is the first two groups of a letter-first pattern and the last
+        # two of every other marker (see _LETTER).
+        groups = (1, 2) if letter_first else (marker.groups - 1, marker.groups)
+        for m in marker.finditer(text):
+            first = _letter(m, groups[0], groups[1], text)
+            if first is None:
                 continue
-        letters |= group
-        if len(letters) > 1:
-            return None
-        if not _support_ok(first, support, keys, texts):
-            return None
+            count += 1
+            if count > _MAX_EXPLICIT:  # hundreds of answer statements: noise
+                return None
+            group = {first}
+            pos = m.end()
+            if letter_first:
+                tail = _LIST_TAIL_RE.search(text, max(0, m.start() - 24), m.start())
+                if tail:  # "A or B is the answer" names two letters
+                    group.add((tail.group(1) or tail.group(2)).upper())
+            else:
+                for _ in range(32):  # "A, B, C or D" lists are short
+                    c = _CONT_RE.match(text, pos)
+                    if not c:
+                        break
+                    nxt = _letter(c, 1, 2, text)
+                    if nxt is None:
+                        break
+                    group.add(nxt)
+                    pos = c.end()
+            line_end = text.find("\n", pos)
+            if line_end == -1:
+                line_end = len(text)
+            support = text[pos : min(line_end, pos + _ATTACH_MAX)]
+            if marker is _OPTION_MARK_RE and not m.group(1) and len(group) == 1:
+                # Plain "Option X": a vote only if it reads as a statement of the choice.
+                if not (
+                    _ONLY_PUNCT_RE.fullmatch(support)
+                    or _AFFIRM_RE.match(support)
+                    or first in _prefix_option(support, texts)
+                ):
+                    continue
+            letters |= group
+            if len(letters) > 1:
+                return None
+            if not _support_ok(first, support, keys, texts):
+                return None
     if not letters:
         return _NOTHING
     (letter,) = letters
@@ -419,6 +450,7 @@ def _option_text_choice(text: str, texts):
     # longer option, not a mention of the shorter one.
     starts = {t: [s for s, _ in occ] for t, occ in occurrences.items()}
     chosen_texts = set()
+    negated = False
     for t, occ in occurrences.items():
         longer = [u for u in occurrences if len(u) > len(t) and (" " + t + " ") in (" " + u + " ")]
         for s, e in occ:
@@ -430,13 +462,18 @@ def _option_text_choice(text: str, texts):
                 if j >= 0 and occurrences[u][j][1] >= e:
                     covered = True
                     break
-            if not covered:
-                chosen_texts.add(t)
-                break
+            if covered:
+                continue
+            # "no pneumonia", "rather than effusion": a mention, not a choice.
+            if _NEGATION_RE.search(hay, max(0, s - 24), s + 1):
+                negated = True
+                continue
+            chosen_texts.add(t)
+            break
     chosen = {key for key, t in texts if t in chosen_texts}
     if len(chosen) == 1:
         return next(iter(chosen))
-    return None if chosen else _NOTHING
+    return None if chosen or negated else _NOTHING
 
 
 def _lone_letter(s: str) -> str | None:
@@ -468,8 +505,8 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
         return next(iter(exact)) if len(exact) == 1 else None
 
     # 3. Explicit answer statements, then weaker "option X" statements.
-    for marker in (_ANSWER_MARK_RE, _OPTION_MARK_RE):
-        res = _explicit(text, marker, keys, texts)
+    for markers in _MARKER_TIERS:
+        res = _explicit(text, markers, keys, texts)
         if res is not _NOTHING:
             return res
 
@@ -489,10 +526,12 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
     if m and (
         m.group(1)
         or not m.group(3)[:1].islower()
+        or (core[m.end(2)] != "." and m.group(2) not in "aiI")
         or _prefix_option(m.group(3), texts)
     ):
-        # A bare letter followed by lowercase prose is usually an abbreviation
-        # ("E. coli", "A. fumigatus"), so that case needs its option text to follow.
+        # A bare letter + '.' + lowercase prose is usually an abbreviation ("E. coli",
+        # "A. fumigatus"), and a/i/I + lowercase prose is English; those need their
+        # option text to follow to count as a letter.
         letter = (m.group(1) or m.group(2)).upper()
         return _with_rest(letter, m.group(3), keys, texts)
     m = _LEAD_SPACE_RE.match(core)
@@ -503,8 +542,15 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
     if _pairs_conflict(text, keys):
         return None
 
-    # 7. Option text mentioned in the piece.
-    return _option_text_choice(text, texts)
+    # 7. Option text mentioned in the piece, unless another option's letter is
+    #    enumerated next to it ("pneumonia (C)" with C = effusion).
+    res = _option_text_choice(text, texts)
+    if isinstance(res, str):
+        for m in _ENUM_MARK_RE.finditer(text):
+            other = (m.group(1) or m.group(2)).upper()
+            if other != res and other in keys:
+                return None
+    return res
 
 
 def _with_rest(letter: str, rest: str, keys: frozenset[str], texts):
@@ -517,8 +563,8 @@ def _with_rest(letter: str, rest: str, keys: frozenset[str], texts):
     other = _lone_letter(rest)
     if other is not None:  # "B. B" is B; "B. C" is two answers
         return letter if other == letter else None
-    for marker in (_ANSWER_MARK_RE, _OPTION_MARK_RE):
-        res = _explicit(rest, marker, keys, texts)
+    for markers in _MARKER_TIERS:
+        res = _explicit(rest, markers, keys, texts)
         if res is not _NOTHING:
             return letter if res == letter else None
     if _pairs_conflict(rest, keys, allowed=letter):

@@ -201,6 +201,7 @@ def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = metrics.PASS
     cols = ["acc1"] + [f"pass_at_{k:02d}" for k in ks] + ["gap"]
     heads = ["Acc@1"] + [f"Pass@{k}" for k in ks] + ["Gap"]
     width = max([len(n) for n in summary["datasets"]] + [len(n) for n in summary["groups"]] + [8])
+    width = min(width, 34)
 
     def fmt(row: Mapping[str, Any], col: str) -> str:
         if col not in row:
@@ -208,9 +209,9 @@ def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = metrics.PASS
         lo, hi = row.get(f"{col}_ci", (math.nan, math.nan))
         return f"{100 * row[col]:5.1f} [{100 * lo:4.1f},{100 * hi:5.1f}]"
 
-    lines = [" ".join([f"{'':{width}}"] + [h.center(17) for h in heads] + ["    n"])]
+    lines = [" ".join([f"{'':{width}}"] + [h.center(17) for h in heads] + ["    n", "unparsed"])]
     for name, row in summary["datasets"].items():
-        lines.append(" ".join([f"{name:{width}}"] + [fmt(row, c) for c in cols] + [f"{row.get('n_items', 0):5d}"]))
+        lines.append(" ".join([f"{name:{width}}"] + [fmt(row, c) for c in cols] + [f"{row.get('n_items', 0):5d}", f"{100 * row.get('unparsed', math.nan):7.1f}%"]))
     if summary["groups"]:
         lines.append("-" * len(lines[0]))
     for name, row in summary["groups"].items():
@@ -219,12 +220,24 @@ def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = metrics.PASS
     return "\n".join(lines)
 
 
-def medmnist_groups() -> dict[str, list[str]]:
-    from medbridge.tasks.medmnist.catalog import MODALITIES, SETS
+# Task families register the groups their summary rows show ("module:function" -> {label: task bases}).
+GROUP_PROVIDERS = ["medbridge.tasks.medmnist.catalog:report_groups"]
 
-    groups = {m: [f"medmnist_mcq_{s.name}" for s in SETS if s.modality == m] for m in MODALITIES}
-    groups["overall"] = [f"medmnist_mcq_{s.name}" for s in SETS]
+
+def known_groups() -> dict[str, list[str]]:
+    import importlib
+
+    groups: dict[str, list[str]] = {}
+    for ref in GROUP_PROVIDERS:
+        module, func = ref.split(":")
+        groups.update(getattr(importlib.import_module(module), func)())
     return groups
+
+
+def groups_for(records: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The known groups that have at least one of their tasks in this run."""
+    bases = {t[: -len(SAMPLED_SUFFIX)] if t.endswith(SAMPLED_SUFFIX) else t for t in records}
+    return {g: m for g, m in known_groups().items() if bases & set(m)}
 
 
 def write_summary(summary: Mapping[str, Any], path: Path) -> Path:

@@ -47,10 +47,10 @@ def _load_records(run_path: str, rescore: bool) -> tuple[dict, Path]:
 
 
 def _cmd_report(args: argparse.Namespace, rescore: bool = False) -> int:
-    from medbridge.harness_ext.report import format_table, medmnist_groups, summarize, write_summary
+    from medbridge.harness_ext.report import format_table, groups_for, summarize, write_summary
 
     records, results_path = _load_records(args.run, rescore)
-    summary = summarize(records, groups=medmnist_groups(), iters=args.bootstrap)
+    summary = summarize(records, groups=groups_for(records), iters=args.bootstrap)
     print(format_table(summary))
     out = Path(args.json) if args.json else results_path.with_name(results_path.name.replace("_results.json", "_medbridge_summary.json" if not rescore else "_medbridge_rescored.json"))
     write_summary(summary, out)

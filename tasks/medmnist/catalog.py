@@ -95,3 +95,10 @@ def get_set(name_or_flag: str) -> MedMNISTSet:
 
 def sets_of_modality(modality: str) -> list[MedMNISTSet]:
     return [s for s in SETS if s.modality == modality]
+
+
+def report_groups() -> dict[str, list[str]]:
+    """Summary rows: each modality and all twelve, as means of datasets (greedy task names)."""
+    groups = {f"medmnist {m}": [f"medmnist_mcq_{s.name}" for s in sets_of_modality(m)] for m in MODALITIES}
+    groups["medmnist overall"] = [f"medmnist_mcq_{s.name}" for s in SETS]
+    return groups

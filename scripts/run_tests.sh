@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command of the README (and of .ci/run): installs what the tests need into .venv
+# (a no-op when it is already there), then runs the whole suite, end-to-end tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch/torchvision are pinned in pyproject.toml to the pair that installs without a CUDA download.
+.venv/bin/python -m pip install -q -e '.[test]'
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
