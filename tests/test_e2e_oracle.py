@@ -105,3 +105,19 @@ def test_rescoring_logged_generations_reproduces_the_records(oracle_run):
     assert set(rescored) == set(run.records)
     for task, recs in rescored.items():
         assert [r["outcomes"] for r in recs] == [r["outcomes"] for r in run.records[task]]
+
+
+@pytest.mark.e2e
+def test_report_and_rescore_commands(oracle_run, capsys):
+    from medbridge.cli import main
+
+    run, _ = oracle_run
+    assert main(["report", str(run.results_path), "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "medmnist_mcq_breast" in out and "medmnist overall" in out
+    assert main(["rescore", str(run.results_path.parent), "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "re-scored records:" in out
+    rescored = run.results_path.with_name(run.results_path.name.replace("_results.json", "_medbridge_rescored.json"))
+    summary = __import__("json").loads(rescored.read_text())
+    assert summary["datasets"]["medmnist_mcq_oct"]["acc1"] == pytest.approx(run.results["results"]["medmnist_mcq_oct"]["acc1,none"])

@@ -1,0 +1,33 @@
+"""README command 1's job: the demo runs the real lmms-eval CLI with lmms-eval's own qwen2_5_vl
+backend on the tiny model and all twelve MedMNIST-format fixtures, and prints the table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import GREEDY_TASKS, SAMPLED_TASKS
+
+
+@pytest.mark.e2e
+def test_demo_runs_lmms_eval_on_all_twelve_datasets(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "medbridge.cli", "demo", "--out", str(out), "--max-new-tokens", "8"],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # lmms-eval exits 0 on task errors: the results file is the truth.
+    results_files = list((out / "results").rglob("*_results.json"))
+    assert len(results_files) == 1
+    results = json.loads(results_files[0].read_text())
+    for task in GREEDY_TASKS:
+        assert "acc1,none" in results["results"][task], task
+    for task in SAMPLED_TASKS:
+        assert "pass_at_16,none" in results["results"][task], task
+    assert results["n-samples"]["medmnist_mcq_chest"]["effective"] == 14  # one image per finding
+    assert "Qwen2_5_VL" in json.dumps(results.get("config", {})) or "qwen2_5_vl" in json.dumps(results.get("config", {}))
+    for line in ("medmnist_mcq_retina", "medmnist overall", "Pass@16", "lmms-eval results:"):
+        assert line in proc.stdout
+    summary = json.loads(Path(proc.stdout.split("medbridge summary: ")[1].split()[0]).read_text())
+    assert set(summary["groups"]) == {"medmnist radiology", "medmnist microscopy", "medmnist photography", "medmnist overall"}
