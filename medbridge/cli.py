@@ -65,6 +65,13 @@ def _cmd_report(args: argparse.Namespace, rescore: bool = False) -> int:
     return 0
 
 
+def _cmd_tasks_path(args: argparse.Namespace) -> int:
+    from medbridge.harness_ext.plugin import TASKS_DIR
+
+    print(TASKS_DIR)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from medbridge.demo import run_demo
 
@@ -81,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("tasks-path", help="print the folder of medbridge's lmms-eval task YAMLs (for --include_path)")
+    p.set_defaults(func=_cmd_tasks_path)
 
     p = sub.add_parser("build-fixtures", help="write small MedMNIST-format npz files")
     p.add_argument("--root", required=True)

@@ -67,3 +67,15 @@ def test_non_editable_install_registers_the_installed_copy(tmp_path):
     assert tasks_dir.startswith(str(target)) and yaml_path.startswith(str(target))
     assert (Path(yaml_path).parent / "_template.yaml").exists()
     assert (Path(yaml_path).parent / "sets" / "octmnist.jsonl").exists()
+
+
+def test_tasks_path_command_prints_the_indexed_folder(capsys):
+    from medbridge.cli import main
+    from medbridge.harness_ext.plugin import TASKS_DIR
+
+    assert main(["tasks-path"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path == TASKS_DIR
+    from pathlib import Path
+
+    assert (Path(path) / "medmnist" / "_template.yaml").is_file()
