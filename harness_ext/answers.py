@@ -23,8 +23,8 @@ from collections.abc import Mapping
 __all__ = [
     "EXTRACTOR_VERSION",
     "extract_choice",
-    "split_think_answer",
     "has_strict_format",
+    "split_think_answer",
 ]
 
 # Recorded next to every score; bump whenever a rule below changes what is extracted.
@@ -393,14 +393,18 @@ def _explicit(text: str, markers: tuple[re.Pattern, ...], keys: frozenset[str], 
             if line_end == -1:
                 line_end = len(text)
             support = text[pos : min(line_end, pos + _ATTACH_MAX)]
-            if marker is _OPTION_MARK_RE and not m.group(1) and len(group) == 1:
-                # Plain "Option X": a vote only if it reads as a statement of the choice.
-                if not (
+            # Plain "Option X" is a vote only if it reads as a statement of the choice.
+            if (
+                marker is _OPTION_MARK_RE
+                and not m.group(1)
+                and len(group) == 1
+                and not (
                     _ONLY_PUNCT_RE.fullmatch(support)
                     or _AFFIRM_RE.match(support)
                     or first in _prefix_option(support, texts)
-                ):
-                    continue
+                )
+            ):
+                continue
             letters |= group
             if len(letters) > 1:
                 return None
@@ -619,9 +623,11 @@ def extract_choice(response: str, options: dict[str, str]) -> str | None:
 def split_think_answer(response: str) -> tuple[str | None, str | None]:
     """(content of the last think block, content of the answer span that is read).
 
-    Contents are whitespace-stripped; an element is None when that part is absent.
-    The answer span is the one ``extract_choice`` reads: the last one outside the
-    reasoning, else the last one at all. Never raises.
+    Contents are whitespace-stripped; an element is None when that part is absent
+    (an empty block gives ""). A bare ``</think>`` closes reasoning that started at
+    the beginning of the text; an unclosed ``<think>`` runs to the next ``<answer>``
+    or the end. The answer span is the last one outside the reasoning, else the last
+    one at all; an unclosed final ``<answer>`` runs to the end. Never raises.
     """
     try:
         if not isinstance(response, str):
