@@ -16,7 +16,10 @@ def _listed(output: str) -> set[str]:
 
 @pytest.mark.e2e
 def test_lmms_eval_lists_our_tasks_from_a_fresh_process(tmp_path):
-    proc = subprocess.run(["lmms-eval", "--tasks", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    from medbridge.demo import lmms_eval_command
+
+    # The venv's own console script, as a user who activated it would run it.
+    proc = subprocess.run(lmms_eval_command() + ["--tasks", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in __import__("os").environ.items() if k != "LMMS_EVAL_PLUGINS"})
     listed = _listed(proc.stdout + proc.stderr)
     missing = set(GREEDY_TASKS + SAMPLED_TASKS + GROUPS) - listed
