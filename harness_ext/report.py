@@ -221,7 +221,7 @@ def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = metrics.PASS
 
 
 # Task families register the groups their summary rows show ("module:function" -> {label: task bases}).
-GROUP_PROVIDERS = ["medbridge.tasks.medmnist.catalog:report_groups"]
+GROUP_PROVIDERS = ["medbridge.tasks.medmnist.catalog:report_groups", "medbridge.tasks.medvqa.catalog:report_groups"]
 
 
 def known_groups() -> dict[str, list[str]]:

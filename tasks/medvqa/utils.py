@@ -1,0 +1,54 @@
+"""lmms-eval hooks of the medvqa tasks (referenced from _template.yaml)."""
+
+from medbridge.harness_ext import scoring
+from medbridge.harness_ext.scoring import aggregation
+from medbridge.tasks.medvqa.data import build_items, to_dataset
+
+# Copied from the doc into each per-item record: lmms-eval drops the doc from the sample log, and
+# a logged run must still say which subset it scored and how many bad source rows were skipped.
+PROVENANCE = ("subset", "source", "n_skipped_in_source")
+
+
+def process_docs(dataset):
+    """The task's data file names only the benchmark's dataset_name; the items come from the real
+    source (hub id or local folder, see data.py), filtered, subset and checked."""
+    names = sorted(set(dataset["dataset_name"]))
+    if len(names) != 1:
+        raise ValueError(f"a medvqa data file must name exactly one dataset_name, got {names}")
+    items, _info = build_items(names[0])
+    return to_dataset(items)
+
+
+def _with_provenance(doc, scored: dict) -> dict:
+    for record in {id(r): r for r in scored.values()}.values():
+        record.update({key: doc[key] for key in PROVENANCE})
+    return scored
+
+
+def process_greedy(doc, results):
+    return _with_provenance(doc, scoring.process_greedy(doc, results))
+
+
+def process_sampled(doc, results):
+    return _with_provenance(doc, scoring.process_sampled(doc, results))
+
+
+def doc_to_visual(doc, lmms_eval_specific_kwargs=None):
+    # Every image of the item, in the source's order (MMMU and MedXpertQA items can have several).
+    return [image.convert("RGB") for image in doc["images"]]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["prompt"]
+
+
+agg_acc1 = aggregation("acc1")
+agg_unparsed_greedy = aggregation("unparsed_greedy")
+agg_pass_at_01 = aggregation("pass_at_01")
+agg_pass_at_02 = aggregation("pass_at_02")
+agg_pass_at_04 = aggregation("pass_at_04")
+agg_pass_at_08 = aggregation("pass_at_08")
+agg_pass_at_16 = aggregation("pass_at_16")
+agg_maj_at_16 = aggregation("maj_at_16")
+agg_all_at_16 = aggregation("all_at_16")
+agg_unparsed_sampled = aggregation("unparsed_sampled")
