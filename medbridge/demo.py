@@ -77,4 +77,10 @@ def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, ba
     print(format_table(summary))
     summary_path = write_summary(summary, run.results_path.with_name(run.results_path.name.replace("_results.json", "_medbridge_summary.json")))
     print(f"\nlmms-eval results: {run.results_path}\nmedbridge summary: {summary_path}")
+    from medbridge.leaderboard import build_leaderboard, ingest_run
+
+    store = out / "leaderboard" / "leaderboard.sqlite"
+    ingest_run(store, results_dir, model="tiny-qwen2.5-vl (random weights)")
+    index = build_leaderboard(store, out / "leaderboard" / "site")
+    print(f"leaderboard store: {store}\nleaderboard: {index}")
     return 0

@@ -1,0 +1,364 @@
+"""Ingest lmms-eval runs into the leaderboard store.
+
+A run is read back with ``harness_ext.report.load_run`` and summarised with ``summarize`` (the
+same numbers and bootstrap CIs as ``medbridge report``); every per-dataset and per-group metric
+becomes one row pinned to what makes it comparable, and every item's outcome is kept for paired
+tests between checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medbridge.harness_ext.prompts import INSTRUCTION, PROMPT_VERSION
+from medbridge.harness_ext.report import SAMPLED_SUFFIX, Run, find_results, groups_for, load_run, summarize
+from medbridge.leaderboard.store import (
+    ItemRow,
+    ResultRow,
+    RunBundle,
+    RunRow,
+    canonical_json,
+    default_store_path,
+    open_store,
+    sha256_text,
+    subset_hash,
+    write_bundle,
+)
+
+# Metrics taken from the greedy task, from the sampled twin, or from both.
+GREEDY_ROW_METRICS = ("acc1",)
+SAMPLED_ROW_METRICS = ("pass_at_01", "pass_at_02", "pass_at_04", "pass_at_08", "pass_at_16", "maj_at_16", "all_at_16")
+TRAINING_MARKERS = ("medbridge_training.json", "medbridge_run.json")
+
+
+class IngestError(ValueError):
+    """A results folder that cannot be ingested; the message names the file and the reason."""
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+# ------------------------------------------------------------------ identity of the model
+
+
+def _model_args(results: Mapping[str, Any]) -> dict[str, str]:
+    raw = (results.get("config") or {}).get("model_args") or ""
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    out = {}
+    for part in str(raw).split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+_STEP_RE = re.compile(r"(?:checkpoint|step|global_step)[-_]?(\d+)$")
+
+
+def describe_model(results: Mapping[str, Any], *, model: str | None = None, run: str | None = None, step: int | None = None) -> dict[str, Any]:
+    """model / checkpoint / run / step of a results file; explicit arguments win."""
+    args = _model_args(results)
+    pretrained = args.get("pretrained") or args.get("model") or args.get("model_name")
+    parsed_step, parsed_run, name = None, None, None
+    if pretrained:
+        is_path = pretrained.startswith(("/", ".", "~")) or Path(pretrained).exists()
+        p = Path(pretrained)
+        m = _STEP_RE.search(p.name)
+        if m:
+            parsed_step, parsed_run = int(m.group(1)), p.parent.name or None
+            name = parsed_run
+        else:
+            name = p.name if is_path else pretrained
+    if not name:
+        name = results.get("model_name") or ""
+    if not name:
+        backend = (results.get("config") or {}).get("model") or "unknown-model"
+        raw = (results.get("config") or {}).get("model_args") or ""
+        name = f"{backend}({raw})" if raw else str(backend)
+    return {
+        "model": model or name,
+        "checkpoint": pretrained,
+        "run": run if run is not None else parsed_run,
+        "step": step if step is not None else parsed_step,
+    }
+
+
+def _training_marker(pretrained: str | None) -> dict[str, Any]:
+    """The training issue writes a small JSON next to its checkpoints (trained_on, run, step)."""
+    if not pretrained:
+        return {}
+    p = Path(pretrained).expanduser()
+    for folder in (p, p.parent):
+        for name in TRAINING_MARKERS:
+            f = folder / name
+            if f.is_file():
+                try:
+                    data = json.loads(f.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(data, dict):
+                    return data
+    return {}
+
+
+def _trained_on(results: Mapping[str, Any], marker: Mapping[str, Any]) -> str | None:
+    meta = results.get("medbridge") if isinstance(results.get("medbridge"), Mapping) else {}
+    for source in (meta, marker, (results.get("config") or {}).get("metadata") or {}):
+        if isinstance(source, Mapping):
+            for key in ("trained_on", "train_dataset", "dataset"):
+                value = source.get(key)
+                if isinstance(value, (list, tuple)):
+                    value = "+".join(map(str, value))
+                if value:
+                    return str(value)
+    return None
+
+
+def _base_model(marker: Mapping[str, Any]) -> str | None:
+    for key in ("base_model", "model_name_or_path"):
+        if marker.get(key):
+            return str(marker[key])
+    return None
+
+
+def _run_date(results: Mapping[str, Any]) -> str | None:
+    stamp = str(results.get("date") or "")
+    try:
+        return dt.datetime.strptime(stamp, "%Y%m%d_%H%M%S").isoformat()
+    except ValueError:
+        return stamp or None
+
+
+# ------------------------------------------------------------------ comparability pins
+
+_ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _scrub(obj: Any) -> Any:
+    """Task config without what changes between identical runs (object addresses, local paths)."""
+    if isinstance(obj, dict):
+        return {k: _scrub(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_scrub(v) for v in obj]
+    if isinstance(obj, str):
+        s = _ADDR.sub("", obj)
+        return Path(s).name if s.startswith("/") else s
+    return obj
+
+
+def task_config_hash(results: Mapping[str, Any], task: str) -> str | None:
+    cfg = (results.get("configs") or {}).get(task)
+    if cfg is None:
+        return None
+    return sha256_text(canonical_json(_scrub(cfg)))[:16]
+
+
+def task_gen_settings(results: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """What decides the generations: the task's generation_kwargs and repeats, plus any
+    --gen_kwargs given on the lmms-eval command line (it overrides the task's)."""
+    cfg = (results.get("configs") or {}).get(task) or {}
+    return {
+        "generation_kwargs": cfg.get("generation_kwargs") or {},
+        "repeats": cfg.get("repeats", 1),
+        "cli_gen_kwargs": (results.get("config") or {}).get("gen_kwargs") or "",
+    }
+
+
+def prompt_version_of(samples: Sequence[Mapping[str, Any]]) -> str | None:
+    """PROMPT_VERSION when the logged prompts end with our instruction, else a hash of theirs."""
+    tails = {str(s.get("input", "")).rstrip().splitlines()[-1] for s in samples if s.get("input")}
+    if not tails:
+        return None
+    if tails == {INSTRUCTION}:
+        return PROMPT_VERSION
+    return "custom-" + sha256_text("\n".join(sorted(tails)))[:10]
+
+
+def judge_of(results: Mapping[str, Any], task: str, records: Sequence[Mapping[str, Any]] = ()) -> tuple[str | None, str | None]:
+    """Judge model and judge prompt version behind a task's numbers; (None, None) when every
+    sample was scored by the rules. Read from the records (``judge_model`` /
+    ``judge_prompt_version``) or the task's ``metadata.judge`` block; a judged run that recorded
+    neither is pinned as "unrecorded" so it never shares a column with rule-scored numbers."""
+    judged = any("judge" in (r.get("sources") or ()) for r in records)
+    meta = ((results.get("configs") or {}).get(task) or {}).get("metadata") or {}
+    jmeta = meta.get("judge") if isinstance(meta.get("judge"), Mapping) else {}
+    from_records = {(r.get("judge_model"), r.get("judge_prompt_version")) for r in records if r.get("judge_model")}
+    if from_records:
+        model, prompt = sorted(from_records, key=str)[0] if len(from_records) == 1 else ("mixed", "mixed")
+    else:
+        model = jmeta.get("model") or meta.get("judge_model")
+        prompt = jmeta.get("prompt_version") or meta.get("judge_prompt_version")
+    if not judged and not from_records:
+        return None, None
+    return model or "unrecorded", prompt or "unrecorded"
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------ building the rows
+
+
+def _tasks_of(base: str, run: Run) -> dict[str, str]:
+    out = {}
+    if base in run.records:
+        out["greedy"] = base
+    if base + SAMPLED_SUFFIX in run.records:
+        out["sampled"] = base + SAMPLED_SUFFIX
+    return out
+
+
+def _pins(run: Run, tasks: Sequence[str]) -> dict[str, Any]:
+    """Pins of a number computed over the items of ``tasks`` (one task, or a group's members)."""
+    ids = [f"{t}:{r['item_id']}" if len(tasks) > 1 else r["item_id"] for t in tasks for r in run.records.get(t, [])]
+    samples = [s for t in tasks for s in run.samples.get(t, [])]
+    settings = sorted({canonical_json(task_gen_settings(run.results, t)) for t in tasks})
+    judges = {judge_of(run.results, t, run.records.get(t, [])) for t in tasks}
+    judge_model, judge_prompt = judges.pop() if len(judges) == 1 else ("mixed", "mixed")
+    configs = sorted(filter(None, (task_config_hash(run.results, t) for t in tasks)))
+    return {
+        "subset_hash": subset_hash(ids),
+        "prompt_version": prompt_version_of(samples),
+        "judge_model": judge_model,
+        "judge_prompt_version": judge_prompt,
+        "gen_settings": settings[0] if len(settings) == 1 else canonical_json([json.loads(s) for s in settings]),
+        "config_hash": configs[0] if len(configs) == 1 else (sha256_text("".join(configs))[:16] if configs else None),
+    }
+
+
+def _metric_tasks(metric: str, kinds: Mapping[str, str]) -> list[str]:
+    if metric in GREEDY_ROW_METRICS:
+        return [kinds["greedy"]] if "greedy" in kinds else []
+    if metric in SAMPLED_ROW_METRICS:
+        return [kinds["sampled"]] if "sampled" in kinds else []
+    return list(kinds.values())  # gap, unparsed: both
+
+
+def result_rows(run: Run, summary: Mapping[str, Any], groups: Mapping[str, Sequence[str]]) -> list[ResultRow]:
+    rows: list[ResultRow] = []
+
+    def add(task: str, dataset: str | None, metric: str, row: Mapping[str, Any], pins: Mapping[str, Any], n: int | None) -> None:
+        lo, hi = row.get(f"{metric}_ci", (None, None))
+        rows.append(ResultRow(task=task, dataset=dataset, metric=metric, value=_finite(row.get(metric)), ci_low=_finite(lo), ci_high=_finite(hi), n=n, **pins))
+
+    for base, row in summary["datasets"].items():
+        kinds = _tasks_of(base, run)
+        recs = [r for t in kinds.values() for r in run.records[t]]
+        dataset = recs[0].get("dataset") if recs else None
+        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + ("gap", "unparsed"):
+            if metric not in row:
+                continue
+            tasks = _metric_tasks(metric, kinds)
+            if not tasks:
+                continue
+            if metric == "gap":
+                common = {r["item_id"] for r in run.records[kinds["greedy"]]} & {r["item_id"] for r in run.records[kinds["sampled"]]}
+                pins = _pins(run, tasks)
+                pins["subset_hash"] = subset_hash(common)
+                n = len(common)
+            else:
+                pins = _pins(run, tasks)
+                n = sum(len(run.records[t]) for t in tasks) if metric == "unparsed" else len(run.records[tasks[0]])
+            add(base, dataset, metric, row, pins, n)
+    for label, grow in summary["groups"].items():
+        members = [m for m in groups.get(label, []) if m in summary["datasets"]]
+        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + ("gap",):
+            if metric not in grow:
+                continue
+            tasks = [t for m in members for t in _metric_tasks(metric, _tasks_of(m, run))]
+            add(label, None, metric, grow, _pins(run, tasks), grow.get("n_datasets"))
+    return rows
+
+
+def item_rows(run: Run) -> list[ItemRow]:
+    rows, seen = [], set()
+    for task, recs in run.records.items():
+        for r in recs:
+            key = (task, str(r["item_id"]))
+            if key in seen:  # an item logged twice counts once (its first record)
+                continue
+            seen.add(key)
+            rows.append(ItemRow(task=task, item_id=key[1], first_correct=int(bool(r["outcomes"]) and r["outcomes"][0] == "correct"), n=int(r["n"]), c=int(r["c"])))
+    return rows
+
+
+def bundle_from_run(run_path: str | Path, *, model: str | None = None, run: str | None = None, step: int | None = None, trained_on: str | None = None, base_model: str | None = None, iters: int = 2000) -> RunBundle:
+    """Read one lmms-eval output folder (or results JSON) into what the store keeps."""
+    try:
+        results_path = find_results(run_path)
+    except FileNotFoundError as err:
+        raise IngestError(str(err)) from None
+    try:
+        loaded = load_run(results_path)
+    except (ValueError, OSError) as err:
+        raise IngestError(f"{results_path}: {err}") from None
+    res = loaded.results
+    if not isinstance(res, dict) or not isinstance(res.get("results"), dict):
+        raise IngestError(f"{results_path}: not an lmms-eval results file (no 'results' mapping)")
+    if not loaded.records:
+        raise IngestError(f"{results_path}: no medbridge per-item records in the sample logs (was --log_samples set?)")
+    try:
+        who = describe_model(res, model=model, run=run, step=step)
+        marker = _training_marker(who["checkpoint"])
+        if who["run"] is None and marker.get("run"):
+            who["run"] = str(marker["run"])
+        if who["step"] is None and marker.get("step") is not None:
+            who["step"] = int(marker["step"])
+        groups = groups_for(loaded.records)
+        summary = summarize(loaded.records, groups=groups, iters=iters)
+        rows = result_rows(loaded, summary, groups)
+        items = item_rows(loaded)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise IngestError(f"{results_path}: malformed results or sample records ({type(err).__name__}: {err})") from None
+    digest = hashlib.sha256(results_path.read_bytes()).hexdigest()
+    run_row = RunRow(
+        run_id=f"eval-{digest[:24]}",
+        kind="eval",
+        model=str(who["model"]),
+        checkpoint=who["checkpoint"],
+        run=who["run"],
+        step=who["step"],
+        trained_on=trained_on or _trained_on(res, marker),
+        base_model=base_model or _base_model(marker),
+        date=_run_date(res),
+        source=str(results_path),
+    )
+    return RunBundle(run_row, rows, items)
+
+
+def ingest_run(store_path: str | Path | None, run_path: str | Path, *, model: str | None = None, run: str | None = None, step: int | None = None, trained_on: str | None = None, base_model: str | None = None) -> int:
+    """Ingest one lmms-eval output folder; returns the number of result rows added (0 when the
+    run is already in the store). Raises IngestError naming the file when it cannot be read;
+    nothing of a failed run is written."""
+    bundle = bundle_from_run(run_path, model=model, run=run, step=step, trained_on=trained_on, base_model=base_model)
+    with open_store(store_path or default_store_path()) as conn:
+        try:
+            return write_bundle(conn, bundle, now_iso())
+        except sqlite3.Error as err:  # rolled back: nothing of this run is in the store
+            raise IngestError(f"{bundle.run.source}: could not be stored ({err})") from None
+
+
+def ingest_many(store_path: str | Path | None, run_paths: Iterable[str | Path], **labels: Any) -> tuple[int, list[tuple[str, str]]]:
+    """Ingest several runs; a run that fails is reported and skipped. Returns (rows added, [(path, why)])."""
+    added, skipped = 0, []
+    for path in run_paths:
+        try:
+            added += ingest_run(store_path, path, **labels)
+        except IngestError as err:
+            skipped.append((str(path), str(err)))
+    return added, skipped

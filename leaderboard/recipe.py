@@ -1,0 +1,188 @@
+"""`medbridge recipe`: the paper's boundary-aware decision rule, per task.
+
+Support is Pass@16 (does a correct answer appear anywhere in 16 samples?); default behaviour is
+greedy Acc@1. With a reliability threshold tau:
+
+* Pass@16 < tau: support is weak. RL can only sharpen what the model already reaches, so first
+  bridge with SFT on task- or modality-proximal data to raise Pass@K.
+* Pass@16 >= tau: support is there. Sharpen with RL (GRPO) to turn it into Acc@1, and watch
+  Pass@K during training: a falling Pass@16 means the distribution is collapsing.
+
+The numbers come straight from a results folder (``summarize``) or from the leaderboard store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medbridge.harness_ext.report import groups_for, load_run, summarize
+from medbridge.leaderboard.store import default_store_path, fetch_rows, open_store
+
+BRIDGE = "bridge with SFT on task-/modality-proximal data"
+SHARPEN = "sharpen with RL; watch Pass@K for collapse"
+
+
+def _recipes_dir() -> Path:
+    """training/recipes/ of the installed medbridge.training package."""
+    import medbridge.training
+
+    return Path(medbridge.training.__file__).resolve().parent / "recipes"
+
+
+RECIPES_DIR = _recipes_dir()
+
+
+@dataclass
+class Verdict:
+    task: str
+    dataset: str
+    acc1: float | None
+    pass16: float | None
+    gap: float | None
+    passk: dict[int, float]
+    n: int | None
+    verdict: str
+    reason: str
+    recipes: list[str]
+
+
+def decide(pass16: float | None, acc1: float | None, tau: float) -> tuple[str, str]:
+    if pass16 is None or (isinstance(pass16, float) and math.isnan(pass16)):
+        return "no verdict: no Pass@16 (run the task's _passk twin with 16 samples)", "support unknown"
+    if pass16 < tau:
+        return BRIDGE, f"support Pass@16 = {pass16:.3f} < tau = {tau:g}"
+    extra = f"; Acc@1 = {acc1:.3f}, so RL has a gap of {pass16 - acc1:+.3f} to close" if acc1 is not None else ""
+    return SHARPEN, f"support Pass@16 = {pass16:.3f} >= tau = {tau:g}{extra}"
+
+
+def dataset_keys(task: str, dataset: str | None) -> tuple[set[str], set[str]]:
+    """(words a recipe's text must contain, tokens its file name may contain) for a task:
+    the task name and MedMNIST flag anywhere in the text; the short name only in the file name,
+    where it cannot be part of an unrelated word (``path`` in ``model_name_or_path``)."""
+    text_keys, name_keys = {task.lower()}, set()
+    short = task[len("medmnist_mcq_"):] if task.startswith("medmnist_mcq_") else task[len("medvqa_"):] if task.startswith("medvqa_") else (dataset or "")
+    if short:
+        name_keys.add(short.lower())
+    if task.startswith("medmnist_mcq_"):
+        try:
+            from medbridge.tasks.medmnist.catalog import get_set
+
+            text_keys.add(get_set(short).flag)
+        except KeyError:
+            pass
+    return text_keys, name_keys
+
+
+def matching_recipes(task: str, dataset: str | None, recipes_dir: Path | None = None) -> list[str]:
+    """Recipe files under training/recipes/ that name the task's dataset."""
+    recipes_dir = recipes_dir or RECIPES_DIR
+    if not recipes_dir.is_dir():
+        return []
+    text_keys, name_keys = dataset_keys(task, dataset)
+    found = []
+    for path in sorted(recipes_dir.glob("*.y*ml")):
+        try:
+            text = path.read_text(errors="replace").lower()
+        except OSError:
+            continue
+        tokens = set(re.split(r"[^a-z0-9]+", path.stem.lower()))
+        if any(re.search(rf"(?<![a-z0-9]){re.escape(k)}(?![a-z0-9])", text) for k in text_keys) or tokens & name_keys:
+            found.append(f"training/recipes/{path.name}" if recipes_dir == RECIPES_DIR else str(path))
+    return found
+
+
+def rank_recipes(paths: Sequence[str], verdict: str) -> list[str]:
+    """Recipes that do what the verdict says first: SFT ones to bridge, RL-only ones to sharpen."""
+    def is_sft(p: str) -> bool:
+        return "sft" in re.split(r"[^a-z0-9]+", Path(p).stem.lower())
+
+    if verdict == BRIDGE:
+        return sorted(paths, key=lambda p: (not is_sft(p), p))
+    if verdict == SHARPEN:
+        return sorted(paths, key=lambda p: (is_sft(p), p))
+    return list(paths)
+
+
+def _rows_from_summary(summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    out = []
+    for task, row in summary["datasets"].items():
+        recs = records.get(task) or records.get(task + "_passk") or []
+        out.append({
+            "task": task,
+            "dataset": recs[0].get("dataset") if recs else None,
+            "acc1": row.get("acc1"),
+            "gap": row.get("gap"),
+            "passk": {int(k[len("pass_at_"):]): row[k] for k in row if k.startswith("pass_at_") and not k.endswith("_ci")},
+            "n": row.get("n_items"),
+        })
+    return out
+
+
+def rows_for_run(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
+    run = load_run(path)
+    if not run.records:
+        raise ValueError(f"{run.results_path}: no medbridge per-item records (was --log_samples set?)")
+    summary = summarize(run.records, groups=groups_for(run.records), iters=200)
+    return str(run.results_path), _rows_from_summary(summary, run.records)
+
+
+def rows_for_model(store: str | Path, name: str) -> tuple[str, list[dict[str, Any]]]:
+    """The latest evaluation of a model (by name, run name, checkpoint or label) in the store."""
+    from medbridge.leaderboard.build import View, entry_of, find_entry
+
+    with open_store(store, create=False) as conn:
+        view = View(fetch_rows(conn, "kind = 'eval'"))
+    entry = find_entry(view, name, last=True)
+    per_task: dict[str, dict[str, Any]] = {}
+    for r in view.rows:
+        if entry_of(r) != entry or r["dataset"] is None:
+            continue
+        row = per_task.setdefault(r["task"], {"task": r["task"], "dataset": r["dataset"], "acc1": None, "gap": None, "passk": {}, "n": None})
+        if r["metric"] == "acc1":
+            row["acc1"], row["n"] = r["value"], r["n"]
+        elif r["metric"] == "gap":
+            row["gap"] = r["value"]
+        elif r["metric"].startswith("pass_at_"):
+            row["passk"][int(r["metric"][len("pass_at_"):])] = r["value"]
+    return f"{entry.label} (store {store})", [per_task[t] for t in sorted(per_task)]
+
+
+def recipe(target: str, *, tau: float = 0.5, store: str | Path | None = None, recipes_dir: Path | None = None) -> tuple[str, list[Verdict]]:
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau is a Pass@16 threshold in [0, 1], got {tau}")
+    if Path(target).exists():
+        source, rows = rows_for_run(target)
+    else:
+        source, rows = rows_for_model(store or default_store_path(), target)
+    verdicts = []
+    for r in rows:
+        p16 = r["passk"].get(16)
+        verdict, reason = decide(p16, r["acc1"], tau)
+        found = rank_recipes(matching_recipes(r["task"], r["dataset"], recipes_dir), verdict)
+        verdicts.append(Verdict(r["task"], r["dataset"] or "", r["acc1"], p16, r["gap"], dict(sorted(r["passk"].items())), r["n"], verdict, reason, found))
+    return source, verdicts
+
+
+def format_verdicts(source: str, verdicts: Sequence[Verdict], tau: float) -> str:
+    def f(x: float | None) -> str:
+        return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:5.1f}"
+
+    lines = [f"medbridge recipe for {source}  (tau = {tau:g} on support Pass@16)", ""]
+    head = f"{'task':28} {'n':>4} {'Acc@1':>6} " + " ".join(f"{'P@' + str(k):>6}" for k in (1, 2, 4, 8, 16)) + f" {'gap':>6}  verdict"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for v in verdicts:
+        passk = " ".join(f"{f(v.passk.get(k)):>6}" for k in (1, 2, 4, 8, 16))
+        gap = "  -  " if v.gap is None else f"{100 * v.gap:+5.1f}"
+        lines.append(f"{v.task:28} {v.n if v.n is not None else '-':>4} {f(v.acc1):>6} {passk} {gap:>6}  {v.verdict}")
+        fits = v.recipes[0] if v.recipes else "none yet"
+        also = f" (also: {', '.join(v.recipes[1:])})" if len(v.recipes) > 1 else ""
+        lines.append(f"{'':28}   because {v.reason}; recipe: {fits}{also}")
+    lines += ["", "Values in %. Rule (MedBridgeRL): support below tau -> bridge with SFT on task- or modality-proximal data;",
+              "support at or above tau -> sharpen with RL (GRPO) and track Pass@K so support does not collapse."]
+    return "\n".join(lines)
