@@ -113,13 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--root", help="data root (default: $MEDBRIDGE_MEDMNIST_ROOT or ~/.medmnist)")
     q.set_defaults(func=_cmd_data_medmnist)
 
-    for name, rescore, text in (("report", False, "summarise a run: Acc@1, Pass@K, gap with 95% CIs"),
+    from medbridge.leaderboard.cli import add_parser as add_leaderboard_parsers
+
+    add_leaderboard_parsers(sub)  # leaderboard ingest|build, recipe, probe
+
+    for name, rescore, text in (("report", False, "summarise a run: Acc@1, Pass@K, gap with 95%% CIs"),
                                 ("rescore", True, "re-score a run's logged generations without generating again")):
         p = sub.add_parser(name, help=text)
         p.add_argument("run", help="lmms-eval --output_path folder or a *_results.json file")
         p.add_argument("--json", help="where to write the summary JSON")
         p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
         p.set_defaults(func=lambda a, r=rescore: _cmd_report(a, rescore=r))
+
+    from medbridge.training.cli import add_parser as add_training_commands
+
+    add_training_commands(sub)  # train, eval-checkpoint, data build-medmnist-train|build-pmc-vqa
     return parser
 
 

@@ -1,0 +1,412 @@
+"""Training package, fast parts: rewards, verl hook, CARE pieces on hand-made numbers, data builders,
+recipe parsing, CLI wiring. The trainers themselves run in test_training_trainers.py."""
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from medbridge.training import care, rewards
+from medbridge.training.configs import GRPOCareConfig, MedGRPOConfig, parse_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
+OPTIONS = {"A": "adipose", "B": "lymphocytes", "C": "mucus"}
+
+
+# ------------------------------------------------------------------------------------------------
+# rewards: the evaluation's extractor and format check, nothing re-parsed
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response, acc, fmt",
+    [
+        ("<think>tissue is fat</think><answer>A</answer>", 1.0, 1.0),
+        ("<think>x</think><answer>B</answer>", 0.0, 1.0),
+        ("The answer is A.", 1.0, 0.0),  # the extractor reads it; the strict format does not
+        ("<think>A or B</think>", 0.0, 0.0),  # reasoning alone is never mined for a letter
+        ("<think>x</think><answer>A or B</answer>", 0.0, 1.0),  # hedge: no single choice
+        ("<think>x</think><answer>adipose</answer>", 1.0, 1.0),  # option text -> its letter
+        ("<think>x</think>\n<answer>A</answer>\n<answer>A</answer>", 1.0, 0.0),
+    ],
+)
+def test_rewards_follow_the_evaluation_extractor(response, acc, fmt):
+    from medbridge.harness_ext.answers import extract_choice, has_strict_format
+
+    opts = json.dumps(OPTIONS)
+    conv = [[{"role": "assistant", "content": response}]]  # TRL's conversational completion
+    assert rewards.accuracy_reward(conv, answer_letter=["A"], options=[opts]) == [acc]
+    assert rewards.format_reward(conv) == [fmt]
+    # Same verdicts as the scorer's functions on the same string.
+    assert acc == float(extract_choice(response, OPTIONS) == "A")
+    assert fmt == float(has_strict_format(response))
+
+
+def test_reward_functions_accept_trl_call_and_plain_strings():
+    out = rewards.accuracy_reward(
+        prompts=[[{"role": "user", "content": "q"}]] * 2,
+        completions=["<answer>C</answer>", [{"role": "assistant", "content": [{"type": "text", "text": "<answer>C</answer>"}]}]],
+        completion_ids=[[1], [2]], answer_letter=["C", "B"], options=[OPTIONS, json.dumps(OPTIONS)], trainer_state=None,
+    )
+    assert out == [1.0, 0.0]
+    with pytest.raises(ValueError, match="JSON object"):
+        rewards.accuracy_reward(["<answer>A</answer>"], answer_letter=["A"], options=["not json"])
+    with pytest.raises(ValueError, match="unknown reward"):
+        rewards.get_reward_funcs(["accuracy", "nope"])
+
+
+def test_compute_score_called_the_way_verl_calls_it():
+    # verl's reward manager: compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=...)
+    # with ground_truth from reward_model["ground_truth"] and extra_info from the parquet row.
+    row = {"data_source": "medmnist_organa", "reward_model": {"style": "rule", "ground_truth": "B"},
+           "extra_info": {"options": json.dumps(OPTIONS), "index": 7}}
+    good = rewards.compute_score(data_source=row["data_source"], solution_str="<think>cells</think><answer>B</answer>",
+                                 ground_truth=row["reward_model"]["ground_truth"], extra_info=row["extra_info"])
+    assert good == {"score": 2.0, "accuracy": 1.0, "format": 1.0}
+    wrong = rewards.compute_score(row["data_source"], "Answer: C", "B", row["extra_info"])
+    assert wrong == {"score": 0.0, "accuracy": 0.0, "format": 0.0}
+    assert isinstance(good["score"], float)
+    with pytest.raises(ValueError, match="options"):
+        rewards.compute_score("x", "B", "B", {})
+
+
+# ------------------------------------------------------------------------------------------------
+# GRPO-CARE pieces on hand-made numbers
+# ------------------------------------------------------------------------------------------------
+
+
+def test_bonus_rule_on_hand_made_groups():
+    nan = float("nan")
+    acc = torch.tensor([1.0, 1.0, 1.0, 0.0,   0.0, 0.0, 0.0, 0.0,   1.0, 1.0, 0.0, 1.0])
+    c = torch.tensor([0.9, 0.5, 0.7, 0.99,    0.8, 0.8, nan, 0.1,   0.6, nan, 0.9, 0.2])
+    bonus = care.care_bonus(acc, c, 4, coef=0.5, margin=0.0)
+    # group 1: accurate 0,1,2 -> mu 0.7 -> 0 (0.9) and 2 (0.7, equal counts) get it; 3 is wrong.
+    # group 2: nobody accurate -> no bonus.  group 3: accurate 0,1,3 with c for 0 and 3 -> mu 0.4:
+    # only 0 (0.6); 1 has no answer span; 2 is wrong however consistent.
+    assert bonus.tolist() == [0.5, 0.0, 0.5, 0.0, 0, 0, 0, 0, 0.5, 0.0, 0.0, 0.0]
+    # A margin lets slightly less consistent answers in.
+    assert care.care_bonus(acc, c, 4, margin=0.25).tolist()[:4] == [0.5, 0.5, 0.5, 0.0]
+    # The bonus scales with accuracy, and a partial accuracy below the group mean is not "accurate".
+    acc2 = torch.tensor([0.5, 0.2, 0.05, 0.0])
+    c2 = torch.tensor([0.3, 0.3, 0.3, 0.3])
+    assert care.care_bonus(acc2, c2, 4, coef=0.5).tolist() == pytest.approx([0.25, 0.1, 0.0, 0.0])
+    with pytest.raises(ValueError, match="groups of 4"):
+        care.care_bonus(acc[:6], c[:6], 4)
+
+
+def test_bonus_is_computed_on_whole_groups_not_per_process():
+    # Two "processes" each hold half of every group (TRL may split a group). The bonus on the
+    # gathered rows differs from what each half alone would give, which is why it runs after gathering.
+    acc = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    c = torch.tensor([0.9, 0.8, 0.2, 0.1])
+    whole = care.care_bonus(acc, c, 4)
+    halves = torch.cat([care.care_bonus(acc[:2], c[:2], 2), care.care_bonus(acc[2:], c[2:], 2)])
+    assert whole.tolist() == [0.5, 0.5, 0.0, 0.0]
+    assert halves.tolist() == [0.5, 0.0, 0.5, 0.0]
+
+
+def test_consistency_from_hand_made_logprobs():
+    logps = torch.log(torch.tensor([0.1, 0.5, 0.8, 0.2]))
+    mask = [False, True, True, False]
+    assert care.consistency_from_logps(logps, mask, clamp=0.95) == pytest.approx(math.sqrt(0.5 * 0.8))
+    # clamped from above only
+    assert care.consistency_from_logps(torch.log(torch.tensor([0.99, 0.999])), [True, True], clamp=0.95) == 0.95
+    assert care.consistency_from_logps(torch.log(torch.tensor([1e-6])), [True], clamp=0.95) == pytest.approx(1e-6)
+    assert care.consistency_from_logps(logps, [False] * 4) is None
+
+
+def test_answer_span_and_token_mask():
+    text = "<think>maybe <answer>A</answer> draft</think> <answer> B </answer>"
+    start, end = care.answer_char_span(text)
+    assert text[start:end] == "B"  # the final span outside the reasoning, as the extractor reads it
+    assert care.answer_char_span("<think>only reasoning</think>") is None
+    assert care.answer_char_span("<think>x</think><answer>  </answer>") is None
+    truncated = "<think>x</think><answer>C because"
+    s, e = care.answer_char_span(truncated)
+    assert truncated[s:e] == "C because"
+    offsets = [(0, 7), (7, 20), (20, 30), (30, 31), (31, 40)]
+    assert care.answer_token_mask(offsets, (29, 31)) == [False, False, True, True, False]
+    assert care.answer_token_mask([(5, 5), (5, 6)], (5, 6)) == [False, True]  # empty tokens never count
+
+
+def test_ema_update_blends_parameters():
+    torch.manual_seed(0)
+    ref, policy = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    ref0 = [p.detach().clone() for p in ref.parameters()]
+    pol = [p.detach().clone() for p in policy.parameters()]
+    care.ema_update(ref, policy, decay=0.9)
+    for r, r0, p in zip(ref.parameters(), ref0, pol):
+        torch.testing.assert_close(r.detach(), 0.9 * r0 + 0.1 * p)
+    for p, p0 in zip(policy.parameters(), pol):
+        torch.testing.assert_close(p.detach(), p0)  # the policy is untouched
+    # Repeated updates converge to the policy geometrically: distance shrinks by the decay each time.
+    before = sum((r - p).abs().sum() for r, p in zip(ref.parameters(), policy.parameters()))
+    care.ema_update(ref, policy, decay=0.9)
+    after = sum((r - p).abs().sum() for r, p in zip(ref.parameters(), policy.parameters()))
+    assert after.item() == pytest.approx(0.9 * before.item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Recipes: TrlParser semantics
+# ------------------------------------------------------------------------------------------------
+
+CPU = ["--use_cpu", "true", "--bf16", "false"]
+
+
+def _kind(path: Path) -> str:
+    kind = path.stem.rsplit("_", 1)[-1]  # recipes are named <what>_<trainer>.yaml
+    assert kind in ("sft", "grpo", "care"), path
+    return kind
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_parses_into_its_config(recipe):
+    kind = _kind(recipe)
+    _, cfg, model = parse_recipe(kind, ["--config", str(recipe), "--output_dir", "/tmp/unused", *CPU])
+    assert model.model_name_or_path
+    assert cfg.max_pixels >= cfg.min_pixels > 0
+    if kind != "sft":
+        assert isinstance(cfg, MedGRPOConfig)
+        assert cfg.loss_type == "grpo" and cfg.beta == 0.0
+        assert "loss_type" in recipe.read_text()  # recorded in the recipe, not left to TRL's default
+
+
+def test_final_recipe_has_the_papers_hyperparameters():
+    _, cfg, model = parse_recipe("care", ["--config", str(RECIPES / "final_octomed7b_pmcvqa8k_care.yaml"), *CPU])
+    assert isinstance(cfg, GRPOCareConfig)
+    assert "OctoMed-7B" in model.model_name_or_path
+    assert (cfg.num_generations, cfg.learning_rate, cfg.beta, cfg.care_bonus_coef, cfg.max_pixels) == (8, 5e-7, 0.0, 0.5, 802816)
+    assert (cfg.care_ema_decay, cfg.care_ema_interval, cfg.care_consistency_clamp) == (0.995, 10, 0.95)
+    assert cfg.num_train_epochs == 1
+
+
+def test_flags_override_yaml_and_unknown_keys_fail(tmp_path):
+    recipe = RECIPES / "tiny_cpu_care.yaml"
+    script, cfg, _ = parse_recipe("care", ["--config", str(recipe), "--learning_rate", "0.5", "--care_margin", "0.01", "--per_class", "3"])
+    assert cfg.learning_rate == 0.5 and cfg.care_margin == 0.01 and script.per_class == 3
+    assert cfg.num_generations == 4  # from the YAML
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text() + "care_bonus_coeff: 0.7\n")  # misspelt key
+    with pytest.raises(ValueError, match="care_bonus_coeff"):
+        parse_recipe("care", ["--config", str(bad)])
+    # A CARE key in a plain GRPO recipe is unknown to MedGRPOConfig.
+    with pytest.raises(ValueError, match="care_ema_decay"):
+        parse_recipe("grpo", ["--config", str(recipe)])
+    with pytest.raises(ValueError, match="no_such_flag"):
+        parse_recipe("care", ["--config", str(recipe), "--no_such_flag", "1"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Data builders
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def medmnist_root(tmp_path_factory):
+    from medbridge.tasks.medmnist.catalog import get_set
+    from medbridge.tasks.medmnist.fixtures import build_medmnist_fixture
+
+    root = tmp_path_factory.mktemp("medmnist")
+    for flag in ("breastmnist", "octmnist"):
+        build_medmnist_fixture(get_set(flag), root, {"train": 5, "val": 1, "test": 2}, 0)
+    return root
+
+
+def test_medmnist_training_rows_are_the_evaluation_items(medmnist_root):
+    from medbridge.tasks.medmnist.data import build_items
+    from medbridge.training.data import medmnist_dataset
+
+    ds = medmnist_dataset(["breastmnist", "octmnist"], root=medmnist_root, per_class=3, seed=7)
+    assert len(ds) == 3 * 2 + 3 * 4  # balanced: 3 per class of each set
+    assert {"prompt", "image", "answer_letter", "options", "item_id", "dataset"} <= set(ds.column_names)
+    items = {i["item_id"]: i for i in build_items("octmnist", "train", root=medmnist_root, per_class=3, seed=7)}
+    for row in ds:
+        if row["item_id"] in items:
+            item = items[row["item_id"]]
+            assert row["prompt"] == [{"role": "user", "content": item["prompt"]}]  # byte-identical prompt
+            assert row["answer_letter"] == item["answer_letter"] and row["options"] == item["options"]
+    again = medmnist_dataset(["breastmnist", "octmnist"], root=medmnist_root, per_class=3, seed=7)
+    assert again["item_id"] == ds["item_id"]  # seeded
+    other = medmnist_dataset(["breastmnist", "octmnist"], root=medmnist_root, per_class=3, seed=8)
+    assert other["item_id"] != ds["item_id"]
+
+
+def test_sft_rows_answer_in_the_evaluated_format(medmnist_root):
+    from medbridge.harness_ext.answers import extract_choice, has_strict_format
+    from medbridge.training.data import medmnist_dataset
+
+    ds = medmnist_dataset(["octmnist"], root=medmnist_root, per_class=2, seed=0, sft=True)
+    for row in ds:
+        target = row["completion"][0]["content"]
+        assert has_strict_format(target)
+        assert extract_choice(target, json.loads(row["options"])) == row["answer_letter"]
+
+
+def _write_pmc_csv(folder: Path, rows: list[tuple[str, str]]) -> Path:
+    from PIL import Image
+
+    images = folder / "images"
+    images.mkdir(parents=True)
+    path = folder / "train.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"])
+        for i, (question, label) in enumerate(rows):
+            name = f"PMC{i}_fig.jpg"
+            Image.new("RGB", (40 + i, 30), (i * 3 % 255, 80, 120)).save(images / name)
+            w.writerow([name, question, "second", " A:first ", " B:second", " C:third", " D:fourth ", label])
+    return path
+
+
+def test_keyword_fallback_labels():
+    from medbridge.training.data import MODALITY_LABELS, keyword_modality
+
+    assert keyword_modality("What does the axial CT scan show?") == "ct"
+    assert keyword_modality("Which sequence of MRI is used?") == "mri"
+    assert keyword_modality("What is seen in the H&E stained section?") == "microscopy"
+    assert keyword_modality("What is the PET-CT finding?") == "pet"
+    assert keyword_modality("What is shown in the chest radiograph?") == "x-ray"
+    assert keyword_modality("What is the main finding?") == "none"
+    assert {"none"} < set(MODALITY_LABELS)
+
+
+def test_pmc_vqa_builder_balances_modalities_and_writes_a_manifest(tmp_path):
+    import datasets
+    from medbridge.training.data import build_pmc_vqa_subset
+
+    questions = [(f"What does this CT image {i} show?", "B") for i in range(6)]
+    questions += [(f"Which MRI sequence is image {i}?", "A") for i in range(2)]
+    questions += [(f"What is the finding {i}?", "C") for i in range(4)]
+    csv_path = _write_pmc_csv(tmp_path / "pmc", questions)
+    calls = []
+
+    def judge(question: str) -> str:  # stands in for the judge's modality prompt
+        calls.append(question)
+        return "CT" if "CT" in question else ("mri" if "MRI" in question else "none")
+
+    out = tmp_path / "subset"
+    manifest = build_pmc_vqa_subset(csv_path, out, size=7, seed=3, classify_modality=judge, labeler="test-judge")
+    assert manifest["counts_per_modality"] == {"ct": 3, "mri": 2, "none": 2}  # round-robin over sorted labels
+    assert sum(manifest["counts_per_modality"].values()) == manifest["size"] == 7
+    assert manifest["seed"] == 3 and manifest["labeler"] == "test-judge" and manifest["source"].endswith("train.csv")
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 7 and sorted(set(ds["modality"])) == ["ct", "mri", "none"]
+    row = ds[0]
+    assert json.loads(row["options"]) == {"A": "first", "B": "second", "C": "third", "D": "fourth"}
+    assert "Options:\nA. first\nB. second" in row["prompt"][0]["content"]
+    assert row["image"].size[1] == 30  # embedded image bytes
+    assert len(calls) == 12
+
+    # Resumable: a second build asks the classifier nothing (cache), and the same seed gives the same rows.
+    calls.clear()
+    again = build_pmc_vqa_subset(csv_path, tmp_path / "subset2", size=7, seed=3, classify_modality=judge, labeler="test-judge",
+                                 cache_path=Path(manifest["modality_cache"]))
+    assert calls == [] and again["counts_per_modality"] == manifest["counts_per_modality"]
+    assert datasets.load_from_disk(str(tmp_path / "subset2"))["item_id"] == ds["item_id"]
+
+    # Without a judge the keyword fallback labels, and the manifest says so.
+    fb = build_pmc_vqa_subset(csv_path, tmp_path / "subset3", size=100, seed=3)
+    assert fb["labeler"] == "keyword-fallback" and fb["size"] == 12
+    assert fb["counts_per_modality"] == {"ct": 6, "mri": 2, "none": 4}
+
+
+def test_pmc_vqa_bad_rows_name_the_file_and_row(tmp_path):
+    from medbridge.training.data import read_pmc_vqa_csv
+
+    csv_path = _write_pmc_csv(tmp_path, [("What CT?", "B"), ("What MRI?", "E")])
+    with pytest.raises(ValueError, match=r"train\.csv:3: Answer_label 'E'"):
+        read_pmc_vqa_csv(csv_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Figure_path,Question\nx.jpg,q\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_pmc_vqa_csv(bad)
+
+
+def test_balanced_subset_spreads_spare_places():
+    from medbridge.training.data import balanced_subset
+
+    labels = {f"a{i}": "a" for i in range(10)} | {"b0": "b"} | {f"c{i}": "c" for i in range(3)}
+    picked = balanced_subset(labels, 7, seed=0)
+    counts = {k: sum(1 for p in picked if labels[p] == k) for k in "abc"}
+    assert counts == {"a": 3, "b": 1, "c": 3}
+    assert balanced_subset(labels, 7, seed=0) == picked
+    assert len(balanced_subset(labels, 100, seed=0)) == 14
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI wiring and the evaluation command
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cli_registers_commands_next_to_an_existing_data_command():
+    from medbridge.training.cli import add_parser
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data").add_subparsers(dest="dataset", required=True)
+    data.add_parser("medmnist")
+    add_parser(sub)
+    args = parser.parse_args(["train", "care", "--config", "r.yaml", "--learning_rate", "1e-6"])
+    assert args.trainer == "care" and args.recipe_args == ["--config", "r.yaml", "--learning_rate", "1e-6"]
+    assert parser.parse_args(["data", "medmnist"]).dataset == "medmnist"
+    args = parser.parse_args(["data", "build-pmc-vqa", "--csv", "t.csv", "--out", "o"])
+    assert args.size == 8000 and callable(args.func)
+    args = parser.parse_args(["eval-checkpoint", "ckpt", "--tasks", "a,b", "c", "--limit", "2"])
+    assert args.tasks == ["a,b", "c"] and args.limit == 2
+
+
+def test_eval_command_fills_the_model_args_template():
+    from medbridge.training.callbacks import EvalSettings, build_eval_command
+
+    s = EvalSettings(tasks=["medmnist_mcq_breast"], model_args="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},x={other}",
+                     max_pixels=50176, min_pixels=3136, limit=2, gen_kwargs="max_new_tokens=8")
+    cmd = build_eval_command("/ck/checkpoint-3", s, "/out")
+    assert cmd[cmd.index("--model_args") + 1] == "pretrained=/ck/checkpoint-3,max_pixels=50176,min_pixels=3136,x={other}"
+    assert cmd[cmd.index("--limit") + 1] == "2" and "--log_samples" in cmd
+    assert cmd[cmd.index("--gen_kwargs") + 1] == "max_new_tokens=8"
+
+
+def test_checkpoint_eval_queue_does_not_block_and_records_failures(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from medbridge.training import callbacks
+
+    release = threading.Event()
+    seen = []
+
+    def fake_evaluate(checkpoint, settings, output_path):
+        release.wait(5)
+        seen.append(Path(checkpoint).name)
+        if Path(checkpoint).name == "checkpoint-2":
+            raise callbacks.CheckpointEvalError("no results for task(s) ['t']")
+        Path(output_path).mkdir(parents=True, exist_ok=True)
+        return Path(output_path) / "x_results.json"
+
+    monkeypatch.setattr(callbacks, "evaluate_checkpoint", fake_evaluate)
+    cb = callbacks.CheckpointEvalCallback(callbacks.EvalSettings(tasks=["t"]), eval_root=tmp_path / "ev", run_name="r")
+    for step in (1, 2, 3):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_text("w")
+        (ckpt / "optimizer.pt").write_text("o")
+        started = time.monotonic()
+        cb.submit(ckpt, step)
+        assert time.monotonic() - started < 0.5  # training goes on while evaluations queue up
+    assert cb.records == []
+    release.set()
+    records = cb.wait(timeout=10)
+    assert seen == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]  # one at a time, in order
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert "error" in records[1] and "error" not in records[0] and "error" not in records[2]
+    lines = (tmp_path / "ev" / "evaluations.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
+
+    # Staging keeps the model files (hard links) and leaves training state behind.
+    staged = callbacks._stage(tmp_path / "checkpoint-1", tmp_path / "staged" / "r" / "checkpoint-1")
+    assert sorted(p.name for p in staged.iterdir()) == ["model.safetensors"]

@@ -1,0 +1,244 @@
+"""Closing the loop: every saved checkpoint is evaluated by the harness and lands on the leaderboard.
+
+``CheckpointEvalCallback.on_save`` stages the checkpoint's model files (hard links, so a later
+``save_total_limit`` rotation cannot pull them away) and queues them; one background worker runs the
+real ``lmms-eval`` CLI on each in a separate process, one at a time, while training goes on, then
+appends the results to the leaderboard store with the run name and step. ``evaluate_checkpoint`` is the
+same evaluation for any checkpoint by hand (``medbridge eval-checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+__all__ = [
+    "TRAINING_MARKER",
+    "CheckpointEvalCallback",
+    "CheckpointEvalError",
+    "EvalSettings",
+    "build_eval_command",
+    "evaluate_checkpoint",
+    "ingest_into_leaderboard",
+    "write_training_marker",
+]
+
+# Read by the leaderboard's ingest (trained_on / run / step of a checkpoint).
+TRAINING_MARKER = "medbridge_training.json"
+# Checkpoint files that are training state, not the model: not staged for evaluation.
+_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
+
+
+class CheckpointEvalError(RuntimeError):
+    """lmms-eval ran but produced no usable results for a checkpoint."""
+
+
+@dataclass
+class EvalSettings:
+    """How a checkpoint is evaluated (lmms-eval arguments) and where its results go."""
+
+    tasks: list[str]
+    model: str = "qwen2_5_vl"
+    # {checkpoint}, {max_pixels} and {min_pixels} are filled in; other braces are left alone.
+    model_args: str = "pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},attn_implementation=sdpa"
+    max_pixels: int = 802816
+    min_pixels: int = 3136
+    limit: int | None = None
+    gen_kwargs: str | None = None
+    batch_size: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+def build_eval_command(checkpoint: str | Path, settings: EvalSettings, output_path: str | Path) -> list[str]:
+    from medbridge.demo import lmms_eval_command
+
+    if not settings.tasks:
+        raise ValueError("no evaluation tasks given")
+    model_args = (settings.model_args.replace("{checkpoint}", str(checkpoint))
+                  .replace("{max_pixels}", str(settings.max_pixels)).replace("{min_pixels}", str(settings.min_pixels)))
+    cmd = lmms_eval_command() + [
+        "--model", settings.model,
+        "--model_args", model_args,
+        "--tasks", ",".join(settings.tasks),
+        "--batch_size", str(settings.batch_size),
+        "--output_path", str(output_path),
+        "--log_samples",
+    ]
+    if settings.limit is not None:
+        cmd += ["--limit", str(settings.limit)]
+    if settings.gen_kwargs:
+        cmd += ["--gen_kwargs", settings.gen_kwargs]
+    return cmd + list(settings.extra_args)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings, output_path: str | Path) -> Path:
+    """Run lmms-eval on ``checkpoint`` in a subprocess; return the results JSON.
+
+    lmms-eval logs a failing task and still exits 0, so success means: a results file exists and
+    names every requested task (or group). The subprocess output goes to ``output_path/lmms_eval.log``.
+    """
+    from medbridge.harness_ext.report import load_run
+
+    output_path = Path(output_path)
+    output_path.mkdir(parents=True, exist_ok=True)
+    cmd = build_eval_command(checkpoint, settings, output_path)
+    env = dict(os.environ)
+    env.update(settings.env)
+    log_path = output_path / "lmms_eval.log"
+    with log_path.open("w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=settings.timeout_s, check=False)
+    try:
+        run = load_run(output_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointEvalError(f"lmms-eval (exit {proc.returncode}) wrote no results for {checkpoint}: {err}; see {log_path}") from None
+    reported = set(run.results.get("results", {})) | set(run.results.get("groups", {}))
+    missing = [t for t in settings.tasks if t not in reported]
+    if missing:
+        raise CheckpointEvalError(f"{run.results_path}: no results for task(s) {missing}; see {log_path}")
+    return run.results_path
+
+
+def ingest_into_leaderboard(store: str | Path, results_dir: str | Path, *, model: str | None, run: str | None, step: int | None) -> int:
+    """Append an evaluated run to the leaderboard store; returns the rows added."""
+    try:
+        from medbridge.leaderboard import ingest_run
+    except ImportError:  # the package may not re-export it
+        from medbridge.leaderboard.ingest import ingest_run
+    return ingest_run(store, results_dir, model=model, run=run, step=step)
+
+
+def write_training_marker(folder: str | Path, **fields: Any) -> Path:
+    """``medbridge_training.json`` (trained_on, run, step, trainer, ...) next to checkpoints."""
+    path = Path(folder) / TRAINING_MARKER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _stage(checkpoint: Path, staged: Path) -> Path:
+    """Model + processor files of a checkpoint in their own folder (hard links when possible)."""
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True)
+    for f in checkpoint.iterdir():
+        if not f.is_file() or f.name in _TRAINING_STATE or f.name.startswith("rng_state"):
+            continue
+        try:
+            os.link(f, staged / f.name)
+        except OSError:
+            shutil.copy2(f, staged / f.name)
+    return staged
+
+
+class CheckpointEvalCallback(TrainerCallback):
+    """On every save: stage the checkpoint, queue its evaluation, ingest the results.
+
+    Records one line per checkpoint in ``<eval_root>/evaluations.jsonl`` (run, step, checkpoint,
+    results file, leaderboard rows added or the error). Only the main process queues work.
+    ``wait_at_end`` makes ``on_train_end`` wait for the queue so a finished run is fully evaluated.
+    """
+
+    def __init__(self, settings: EvalSettings, *, eval_root: str | Path, run_name: str, model_name: str | None = None, leaderboard_store: str | Path | None = None, wait_at_end: bool = True, keep_staged: bool = False):
+        self.settings = settings
+        self.eval_root = Path(eval_root)
+        self.run_name = run_name
+        self.model_name = model_name or run_name
+        self.leaderboard_store = leaderboard_store
+        self.wait_at_end = wait_at_end
+        self.keep_staged = keep_staged
+        self.records: list[dict[str, Any]] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- trainer hooks -------------------------------------------------------------------------
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        step = int(state.global_step)
+        checkpoint = Path(args.output_dir) / f"checkpoint-{step}"
+        if not checkpoint.is_dir():
+            return
+        write_training_marker(checkpoint, **self._marker_fields(args, step))
+        # Folder named <run>/checkpoint-<step>, so lmms-eval's output and the leaderboard read run and step.
+        staged = _stage(checkpoint, self.eval_root / "staged" / self.run_name / f"checkpoint-{step}")
+        self.submit(staged, step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.wait_at_end and state.is_world_process_zero:
+            self.wait()
+
+    # -- queue ---------------------------------------------------------------------------------
+
+    def submit(self, checkpoint: Path, step: int) -> None:
+        self._queue.put((checkpoint, step))
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._drain, name="medbridge-ckpt-eval", daemon=True)
+            self._worker.start()
+
+    def wait(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Block until every queued checkpoint is evaluated; returns the records so far."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        return list(self.records)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                checkpoint, step = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                return
+            try:
+                self._evaluate_one(checkpoint, step)
+            finally:
+                self._queue.task_done()
+
+    def _evaluate_one(self, checkpoint: Path, step: int) -> None:
+        out = self.eval_root / f"step-{step}"
+        record: dict[str, Any] = {"run": self.run_name, "step": step, "checkpoint": str(checkpoint), "tasks": self.settings.tasks, "output_path": str(out)}
+        started = time.monotonic()
+        try:
+            record["results"] = str(evaluate_checkpoint(checkpoint, self.settings, out))
+            if self.leaderboard_store is not None:
+                record["leaderboard_rows"] = ingest_into_leaderboard(self.leaderboard_store, out, model=self.model_name, run=self.run_name, step=step)
+        except Exception as err:  # noqa: BLE001 - a failed evaluation must never kill training; it is recorded
+            record["error"] = f"{type(err).__name__}: {err}"
+            print(f"[medbridge] checkpoint evaluation failed at step {step}: {record['error']}", file=sys.stderr, flush=True)
+        record["seconds"] = round(time.monotonic() - started, 1)
+        if not self.keep_staged and "error" not in record and checkpoint.parent.parent == self.eval_root / "staged":
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        with self._lock:
+            self.records.append(record)
+            self.eval_root.mkdir(parents=True, exist_ok=True)
+            with (self.eval_root / "evaluations.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _marker_fields(self, args, step: int) -> dict[str, Any]:
+        marker_path = Path(args.output_dir) / TRAINING_MARKER
+        fields: dict[str, Any] = {}
+        if marker_path.is_file():
+            try:
+                fields = json.loads(marker_path.read_text())
+            except ValueError:
+                fields = {}
+        fields.update(run=self.run_name, step=step)
+        return fields

@@ -1,0 +1,130 @@
+"""Config dataclasses of the medbridge trainers (open-r1 shape: script args + trainer config + model config).
+
+A recipe YAML is parsed the way TRL's scripts parse theirs:
+``TrlParser((MedScriptArguments, <trainer config>, ModelConfig)).parse_args_and_config()`` reads
+``--config recipe.yaml``, command-line flags override it, and a key that no dataclass knows is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+__all__ = [
+    "TRAINER_CONFIGS",
+    "GRPOCareConfig",
+    "MedGRPOConfig",
+    "MedSFTConfig",
+    "MedScriptArguments",
+    "parse_recipe",
+]
+
+# The paper's image budget for its final run (Qwen2.5-VL pixels: 1024 * 28 * 28).
+PAPER_MAX_PIXELS = 802816
+DEFAULT_MIN_PIXELS = 3136
+
+
+@dataclass
+class MedScriptArguments(ScriptArguments):
+    """Which data to train on and how saved checkpoints are evaluated (shared by every trainer)."""
+
+    data_source: str = field(
+        default="medmnist",
+        metadata={"help": "'medmnist' (build items from the MedMNIST train split), or 'disk' (a dataset saved by "
+                  "`medbridge data build-pmc-vqa` / `datasets.save_to_disk`, given as dataset_name)."},
+    )
+    medmnist_datasets: list[str] = field(
+        default_factory=lambda: ["organa"],
+        metadata={"help": "MedMNIST sets (names or flags) whose train split becomes MCQ items."},
+    )
+    medmnist_root: str | None = field(default=None, metadata={"help": "MedMNIST data root (default: $MEDBRIDGE_MEDMNIST_ROOT)."})
+    medmnist_split: str = field(default="train", metadata={"help": "MedMNIST split to train on."})
+    per_class: int | None = field(default=None, metadata={"help": "Items per class (balanced); None = the whole split."})
+    sampling_seed: int = field(default=1234, metadata={"help": "Seed of the balanced sampling and shuffling."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows after shuffling."})
+    leaderboard_run_name: str | None = field(
+        default=None, metadata={"help": "Run name on the leaderboard (default: the output_dir's name)."}
+    )
+    ckpt_eval: bool = field(default=False, metadata={"help": "Evaluate every saved checkpoint with lmms-eval."})
+    ckpt_eval_tasks: list[str] = field(
+        default_factory=lambda: ["medmnist_mcq_organa"], metadata={"help": "lmms-eval tasks run on each checkpoint."}
+    )
+    ckpt_eval_model: str = field(default="qwen2_5_vl", metadata={"help": "lmms-eval --model of the checkpoint."})
+    ckpt_eval_model_args: str = field(
+        default="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},attn_implementation=sdpa",
+        metadata={"help": "lmms-eval --model_args template; {checkpoint}, {max_pixels}, {min_pixels} are filled in "
+                  "from the recipe, so evaluation sees images exactly as training did."},
+    )
+    ckpt_eval_limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (items per task)."})
+    ckpt_eval_gen_kwargs: str | None = field(default=None, metadata={"help": "lmms-eval --gen_kwargs, e.g. max_new_tokens=1024."})
+    ckpt_eval_batch_size: int = field(default=1, metadata={"help": "lmms-eval --batch_size."})
+    ckpt_eval_device: str | None = field(default=None, metadata={"help": "CUDA_VISIBLE_DEVICES for the evaluation process."})
+    leaderboard_store: str | None = field(
+        default=None, metadata={"help": "Leaderboard store that each evaluated checkpoint is appended to."}
+    )
+
+
+@dataclass
+class _PixelBudget:
+    max_pixels: int = field(
+        default=PAPER_MAX_PIXELS,
+        metadata={"help": "Every image is resized to at most this many pixels (the processor's longest_edge)."},
+    )
+    min_pixels: int = field(default=DEFAULT_MIN_PIXELS, metadata={"help": "Lower pixel bound of the processor."})
+
+
+@dataclass
+class MedGRPOConfig(GRPOConfig, _PixelBudget):
+    """GRPOConfig with the image budget and the reward list; loss type set to plain GRPO on purpose.
+
+    TRL's default loss_type is 'dapo' (token-level normalisation over the global batch); the paper and
+    GRPO-CARE use per-sequence normalisation, which TRL calls 'grpo'. Recipes state it explicitly.
+    """
+
+    loss_type: str = field(default="grpo", metadata={"help": "TRL loss formulation; 'grpo' = the paper's."})
+    reward_names: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": "Reward functions by name (see medbridge.training.rewards.REWARDS)."},
+    )
+
+
+@dataclass
+class GRPOCareConfig(MedGRPOConfig):
+    """GRPO-CARE: consistency bonus from an EMA reference model (defaults from its paper and scripts)."""
+
+    beta: float = field(default=0.0, metadata={"help": "KL weight; GRPO-CARE trains without a KL term."})
+    care_ema_decay: float = field(default=0.995, metadata={"help": "ref <- decay * ref + (1 - decay) * policy."})
+    care_ema_interval: int = field(default=10, metadata={"help": "Optimizer steps between EMA updates."})
+    care_consistency_clamp: float = field(default=0.95, metadata={"help": "Upper clamp of the consistency c."})
+    care_bonus_coef: float = field(default=0.5, metadata={"help": "Bonus = coef * accuracy for consistent answers."})
+    care_margin: float = field(default=0.0, metadata={"help": "Consistent when c >= mean c of accurate answers - margin."})
+    care_accuracy_threshold: float = field(default=0.1, metadata={"help": "Accurate when accuracy > this and >= group mean."})
+    care_accuracy_reward: str = field(default="accuracy", metadata={"help": "Name of the reward the bonus scales."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.care_ema_decay <= 1.0:
+            raise ValueError(f"care_ema_decay must be in [0, 1], got {self.care_ema_decay}")
+        if self.care_ema_interval < 1:
+            raise ValueError(f"care_ema_interval must be >= 1, got {self.care_ema_interval}")
+        if self.care_accuracy_reward not in self.reward_names:
+            raise ValueError(f"care_accuracy_reward {self.care_accuracy_reward!r} is not among reward_names {self.reward_names}")
+
+
+@dataclass
+class MedSFTConfig(SFTConfig, _PixelBudget):
+    """SFTConfig for the bridge: the same images and prompts, answers in <think>/<answer> form."""
+
+
+TRAINER_CONFIGS = {"grpo": MedGRPOConfig, "care": GRPOCareConfig, "sft": MedSFTConfig}
+
+
+def parse_recipe(kind: str, argv: list[str] | None = None) -> tuple[MedScriptArguments, object, ModelConfig]:
+    """``--config recipe.yaml [--flag value ...]`` -> (script args, trainer config, model config).
+
+    Unknown keys in the YAML or on the command line raise (TrlParser / argparse)."""
+    if kind not in TRAINER_CONFIGS:
+        raise ValueError(f"unknown trainer {kind!r}; expected one of {sorted(TRAINER_CONFIGS)}")
+    parser = TrlParser((MedScriptArguments, TRAINER_CONFIGS[kind], ModelConfig))
+    return tuple(parser.parse_args_and_config(args=argv))

@@ -1,0 +1,346 @@
+"""Training data builders: the evaluation's own items, in the shapes TRL's trainers read.
+
+* MedMNIST: ``medbridge.tasks.medmnist.data.build_items(name, "train", ...)`` builds the items, so a
+  training prompt is byte-for-byte the evaluation prompt (same question, option order rule, layout).
+* PMC-VQA: the train CSV (Figure_path, Question, Answer, Choice A..D, Answer_label) becomes MCQ items
+  with the shared prompt layout; each question gets an imaging-modality label from a classifier (the
+  LLM judge's modality prompt, or the keyword FALLBACK below), labels are cached in a JSONL file so
+  an interrupted run resumes, and a modality-balanced subset is saved with ``save_to_disk`` next to a
+  ``manifest.json`` (source, seed, counts per modality).
+
+GRPO rows: ``prompt`` (one user turn; TRL inserts the image), ``image``, ``answer_letter``, ``options``
+(JSON), ``item_id``, ``dataset``. SFT rows add ``completion`` (one assistant turn in <think>/<answer> form).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
+
+__all__ = [
+    "MODALITY_LABELS",
+    "balanced_subset",
+    "bridge_answer",
+    "build_pmc_vqa_subset",
+    "grpo_row",
+    "keyword_modality",
+    "label_modalities",
+    "load_training_dataset",
+    "medmnist_dataset",
+    "medmnist_items",
+    "read_pmc_vqa_csv",
+    "sft_row",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Row shapes
+# ---------------------------------------------------------------------------------------------
+
+
+def grpo_row(item: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation item -> a GRPO row (conversational prompt; the image stays a separate column)."""
+    return {
+        "prompt": [{"role": "user", "content": item["prompt"]}],
+        "image": item["image"],
+        "answer_letter": item["answer_letter"],
+        "options": item["options"] if isinstance(item["options"], str) else json.dumps(item["options"]),
+        "question": item.get("question", ""),
+        "item_id": item["item_id"],
+        "dataset": item["dataset"],
+    }
+
+
+def bridge_answer(item: dict[str, Any]) -> str:
+    """The SFT bridge target: a short templated rationale and the letter, in the evaluated format.
+
+    Templated (no model-written reasoning is available for MedMNIST/PMC-VQA); its job is to teach the
+    output format and the label vocabulary before GRPO sharpens the policy.
+    """
+    options = json.loads(item["options"]) if isinstance(item["options"], str) else dict(item["options"])
+    letter = item["answer_letter"]
+    return (
+        f"<think>The question asks: {item.get('question', '').strip() or 'which option fits the image'} "
+        f"Looking at the image, the finding that fits best is \"{options[letter]}\", which is option {letter}.</think>"
+        f"<answer>{letter}</answer>"
+    )
+
+
+def sft_row(item: dict[str, Any]) -> dict[str, Any]:
+    row = grpo_row(item)
+    row["completion"] = [{"role": "assistant", "content": bridge_answer(item)}]
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# MedMNIST
+# ---------------------------------------------------------------------------------------------
+
+
+def medmnist_items(names: Sequence[str], *, split: str = "train", root: str | Path | None = None, per_class: int | str | None = None, seed: int = 1234) -> list[dict[str, Any]]:
+    """Class-balanced, seeded items of each named set (the evaluation's builder), concatenated."""
+    from medbridge.tasks.medmnist.data import build_items
+
+    if not names:
+        raise ValueError("name at least one MedMNIST set")
+    items: list[dict[str, Any]] = []
+    for name in names:
+        # per_class=None would mean the evaluation default; "all" is the whole split.
+        items += build_items(name, split, root=root, per_class="all" if per_class is None else per_class, seed=seed)
+    return items
+
+
+def medmnist_dataset(names: Sequence[str], *, split: str = "train", root: str | Path | None = None, per_class: int | str | None = None, seed: int = 1234, max_samples: int | None = None, sft: bool = False):
+    """A shuffled ``datasets.Dataset`` of GRPO (or SFT) rows from MedMNIST train items."""
+    items = medmnist_items(names, split=split, root=root, per_class=per_class, seed=seed)
+    random.Random(seed).shuffle(items)
+    if max_samples is not None:
+        items = items[:max_samples]
+    return _to_dataset([sft_row(i) if sft else grpo_row(i) for i in items])
+
+
+def _to_dataset(rows: list[dict[str, Any]]):
+    import datasets
+
+    if not rows:
+        raise ValueError("no training rows were built")
+    return datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
+
+
+# ---------------------------------------------------------------------------------------------
+# PMC-VQA
+# ---------------------------------------------------------------------------------------------
+
+# Labels of the modality classifier; "none" = the question does not make the modality clear.
+MODALITY_LABELS = ("ct", "mri", "x-ray", "ultrasound", "microscopy", "endoscopy", "fundus", "dermoscopy", "pet", "other", "none")
+
+PMC_VQA_COLUMNS = ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label")
+_CHOICE_PREFIX_RE = re.compile(r"^\s*[A-Da-d]\s*[:.)]\s*")
+
+# FALLBACK ONLY: used when no judge is configured. Keyword rules are a coarse stand-in for the
+# judge's modality prompt (first matching rule wins; order puts specific words before generic ones).
+_KEYWORD_RULES: tuple[tuple[str, re.Pattern], ...] = tuple(
+    (label, re.compile(pattern, re.IGNORECASE))
+    for label, pattern in (
+        ("pet", r"\bpet(?:[-/ ]ct)?\b|positron emission"),
+        ("ct", r"\bct\b|computed tomograph|\bcta\b|\bhrct\b"),
+        ("mri", r"\bmri?\b|magnetic resonance|\bt1\b|\bt2\b|\bflair\b|diffusion[- ]weighted"),
+        ("ultrasound", r"ultrasound|ultrasonograph|sonograph|\bdoppler\b|echocardiogra"),
+        ("x-ray", r"x-?ray|radiograph|\bcxr\b|mammogra|angiogra|fluoroscop"),
+        ("microscopy", r"histolog|histopatholog|microscop|\bstain|h&e|immunohisto|cytolog|biopsy|magnification"),
+        ("endoscopy", r"endoscop|colonoscop|gastroscop|laparoscop|bronchoscop"),
+        ("fundus", r"fundus|retina|\boct\b|optical coherence"),
+        ("dermoscopy", r"dermoscop|skin lesion|dermatolog"),
+    )
+)
+
+
+def keyword_modality(question: str) -> str:
+    """FALLBACK modality classifier (no judge configured): keyword rules on the question text.
+
+    Returns one of MODALITY_LABELS; "none" when no rule matches. Coarser than the judge, and
+    recorded as ``labeler: keyword-fallback`` in the manifest so the subset says how it was made.
+    """
+    for label, pattern in _KEYWORD_RULES:
+        if pattern.search(question or ""):
+            return label
+    return "none"
+
+
+def _strip_choice(text: str) -> str:
+    return _CHOICE_PREFIX_RE.sub("", text or "", count=1).strip()
+
+
+def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """PMC-VQA rows -> MCQ items (no images loaded). Errors name the file, row and field."""
+    csv_path = Path(csv_path)
+    image_dir = Path(image_dir) if image_dir is not None else csv_path.parent / "images"
+    items = []
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in PMC_VQA_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {missing}; expected {list(PMC_VQA_COLUMNS)}")
+        for row_no, row in enumerate(reader, start=2):  # row 1 is the header
+            where = f"{csv_path}:{row_no}"
+            options = {}
+            for letter in "ABCD":
+                text = _strip_choice(row[f"Choice {letter}"])
+                if text:
+                    options[letter] = text
+            answer = (row["Answer_label"] or "").strip().upper()
+            if answer not in options:
+                raise ValueError(f"{where}: Answer_label {row['Answer_label']!r} is not one of the non-empty choices {sorted(options)}")
+            question = (row["Question"] or "").strip()
+            if not question:
+                raise ValueError(f"{where}: empty Question")
+            figure = (row["Figure_path"] or "").strip()
+            if not figure:
+                raise ValueError(f"{where}: empty Figure_path")
+            items.append({
+                "item_id": f"pmc_vqa/train/{row_no - 2}",
+                "dataset": "pmc_vqa",
+                "row": row_no,
+                "figure_path": str(image_dir / figure),
+                "question": question,
+                "options": json.dumps(options),
+                "answer_letter": answer,
+                "prompt": format_mcq_prompt(question, options),
+                "prompt_version": PROMPT_VERSION,
+            })
+    if not items:
+        raise ValueError(f"{csv_path}: no rows")
+    return items
+
+
+def _cache_key(item: dict[str, Any]) -> str:
+    return hashlib.sha1(f"{Path(item['figure_path']).name}\n{item['question']}".encode()).hexdigest()
+
+
+def label_modalities(items: list[dict[str, Any]], classify_modality: Callable[[str], str], cache_path: str | Path, *, labeler: str) -> dict[str, str]:
+    """item_id -> modality label, asking ``classify_modality`` only for questions not yet in the cache.
+
+    The cache is a JSONL file appended (and flushed) one line per answer, so a run that is killed
+    resumes where it stopped. Entries made by another labeler are ignored, never mixed in.
+    """
+    cache_path = Path(cache_path)
+    known: dict[str, str] = {}
+    if cache_path.exists():
+        for line_no, line in enumerate(cache_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                # A line cut short by a crash: it gets asked again.
+                continue
+            if entry.get("labeler") == labeler:
+                known[entry["key"]] = entry["modality"]
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    labels: dict[str, str] = {}
+    with cache_path.open("a", encoding="utf-8") as fh:
+        for item in items:
+            key = _cache_key(item)
+            if key not in known:
+                label = (classify_modality(item["question"]) or "none").strip().lower()
+                known[key] = label
+                fh.write(json.dumps({"key": key, "modality": label, "labeler": labeler}) + "\n")
+                fh.flush()
+            labels[item["item_id"]] = known[key]
+    return labels
+
+
+def balanced_subset(labels: dict[str, str], size: int, seed: int) -> list[str]:
+    """``size`` ids spread as evenly as possible over the labels (seeded), sorted by label order.
+
+    Every label gets an equal share; labels with fewer items give all they have and the spare places go
+    round-robin to the labels that still have items.
+    """
+    if size < 1:
+        raise ValueError(f"subset size must be >= 1, got {size}")
+    rng = random.Random(seed)
+    pools: dict[str, list[str]] = {}
+    for item_id, label in sorted(labels.items()):
+        pools.setdefault(label, []).append(item_id)
+    for label in sorted(pools):
+        rng.shuffle(pools[label])
+    picked: list[str] = []
+    cursor = dict.fromkeys(pools, 0)
+    while len(picked) < size:
+        progressed = False
+        for label in sorted(pools):
+            if len(picked) >= size:
+                break
+            if cursor[label] < len(pools[label]):
+                picked.append(pools[label][cursor[label]])
+                cursor[label] += 1
+                progressed = True
+        if not progressed:
+            break  # every pool is empty: the subset is the whole set
+    return picked
+
+
+def build_pmc_vqa_subset(csv_path: str | Path, out_dir: str | Path, *, size: int = 8000, seed: int = 1234, image_dir: str | Path | None = None, classify_modality: Callable[[str], str] | None = None, labeler: str | None = None, cache_path: str | Path | None = None, sft: bool = False) -> dict[str, Any]:
+    """PMC-VQA train CSV -> modality-balanced subset saved with ``save_to_disk`` + manifest.json.
+
+    ``classify_modality(question) -> label`` is the judge's modality classifier; without one the
+    keyword FALLBACK is used and the manifest says so. Returns the manifest.
+    """
+    out_dir = Path(out_dir)
+    if classify_modality is None:
+        classify_modality, labeler = keyword_modality, "keyword-fallback"
+    labeler = labeler or getattr(classify_modality, "__name__", "custom")
+    items = read_pmc_vqa_csv(csv_path, image_dir)
+    cache_path = Path(cache_path) if cache_path is not None else out_dir.with_name(out_dir.name + ".modality_cache.jsonl")
+    labels = label_modalities(items, classify_modality, cache_path, labeler=labeler)
+    chosen = balanced_subset(labels, size, seed)
+    by_id = {i["item_id"]: i for i in items}
+    rows = []
+    for item_id in chosen:
+        item = dict(by_id[item_id])
+        path = Path(item["figure_path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"{csv_path}:{item['row']}: image {path} (Figure_path) not found")
+        # Embed the bytes so the saved dataset does not depend on the image folder staying put.
+        item["image"] = {"bytes": path.read_bytes(), "path": path.name}
+        row = sft_row(item) if sft else grpo_row(item)
+        row["modality"] = labels[item_id]
+        rows.append(row)
+    dataset = _to_dataset(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset.save_to_disk(str(out_dir))
+    manifest = {
+        "source": str(Path(csv_path).resolve()),
+        "source_sha256": hashlib.sha256(Path(csv_path).read_bytes()).hexdigest(),
+        "seed": seed,
+        "size_requested": size,
+        "size": len(rows),
+        "labeler": labeler,
+        "modality_labels": list(MODALITY_LABELS),
+        "counts_per_modality": dict(sorted(Counter(labels[i] for i in chosen).items())),
+        "available_per_modality": dict(sorted(Counter(labels.values()).items())),
+        "rows_read": len(items),
+        "format": "sft" if sft else "grpo",
+        "prompt_version": PROMPT_VERSION,
+        "modality_cache": str(cache_path),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry used by the trainers
+# ---------------------------------------------------------------------------------------------
+
+
+def load_training_dataset(script_args: Any, *, sft: bool = False):
+    """The training dataset a recipe names (see MedScriptArguments.data_source)."""
+    if script_args.data_source == "medmnist":
+        return medmnist_dataset(
+            script_args.medmnist_datasets, split=script_args.medmnist_split, root=script_args.medmnist_root,
+            per_class=script_args.per_class, seed=script_args.sampling_seed,
+            max_samples=script_args.max_train_samples, sft=sft,
+        )
+    if script_args.data_source == "disk":
+        import datasets
+
+        if not script_args.dataset_name:
+            raise ValueError("data_source 'disk' needs dataset_name: the folder written by save_to_disk")
+        dataset = datasets.load_from_disk(script_args.dataset_name)
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset[script_args.dataset_train_split]
+        if sft and "completion" not in dataset.column_names:
+            dataset = dataset.map(lambda r: {"completion": [{"role": "assistant", "content": bridge_answer(r)}]})
+        dataset = dataset.shuffle(seed=script_args.sampling_seed)
+        if script_args.max_train_samples is not None:
+            dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+        return dataset
+    raise ValueError(f"unknown data_source {script_args.data_source!r}; expected 'medmnist' or 'disk'")

@@ -1,0 +1,101 @@
+"""Rewards for GRPO / GRPO-CARE, built on the evaluation's own extractor and format check.
+
+Training and evaluation must agree on what counts as a correct, well-formed answer, so nothing here
+parses a response: ``accuracy`` is ``extract_choice(...) == answer letter`` and ``format`` is
+``has_strict_format`` from :mod:`medbridge.harness_ext.answers`.
+
+TRL calls a reward function as ``fn(prompts=..., completions=..., completion_ids=..., **dataset columns)``
+with one entry per completion; our datasets carry ``answer_letter`` and ``options`` (a JSON string or a
+dict) columns. :func:`compute_score` exposes the same rewards in verl's form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from medbridge.harness_ext.answers import extract_choice, has_strict_format
+
+__all__ = [
+    "REWARDS",
+    "accuracy_reward",
+    "completion_text",
+    "compute_score",
+    "format_reward",
+    "get_reward_funcs",
+    "parse_options",
+    "score_response",
+]
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion: TRL passes plain strings, or a list of chat messages for
+    conversational prompts (the assistant's content may itself be a list of typed parts)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion:
+        content = completion[-1].get("content", "") if isinstance(completion[-1], Mapping) else ""
+        if isinstance(content, str):
+            return content
+        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    return ""
+
+
+def parse_options(options: str | Mapping[str, str]) -> dict[str, str]:
+    """Options as stored by the data builders (JSON string) or already a mapping."""
+    if isinstance(options, Mapping):
+        return dict(options)
+    try:
+        parsed = json.loads(options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"options must be a JSON object of letter -> text, got {options!r}") from err
+    if not isinstance(parsed, dict):
+        # Bad data, reported like a parse failure.
+        raise ValueError(f"options must be a JSON object of letter -> text, got {options!r}")  # noqa: TRY004
+    return parsed
+
+
+def score_response(response: str, answer_letter: str, options: str | Mapping[str, str]) -> dict[str, float]:
+    """accuracy (1/0 by the evaluation extractor) and format (1/0 by the strict format check)."""
+    choice = extract_choice(response, parse_options(options))
+    return {
+        "accuracy": 1.0 if choice is not None and choice == answer_letter else 0.0,
+        "format": 1.0 if has_strict_format(response) else 0.0,
+    }
+
+
+def accuracy_reward(completions: list, answer_letter: list[str], options: list, **kwargs: Any) -> list[float]:
+    """1.0 when the evaluation extractor reads the right letter out of the completion, else 0.0."""
+    return [
+        score_response(completion_text(c), a, o)["accuracy"]
+        for c, a, o in zip(completions, answer_letter, options, strict=True)
+    ]
+
+
+def format_reward(completions: list, **kwargs: Any) -> list[float]:
+    """1.0 for exactly one <think> block followed by one non-blank <answer> block, else 0.0."""
+    return [1.0 if has_strict_format(completion_text(c)) else 0.0 for c in completions]
+
+
+REWARDS: dict[str, Callable[..., list[float]]] = {"accuracy": accuracy_reward, "format": format_reward}
+
+
+def get_reward_funcs(names: Sequence[str]) -> list[Callable[..., list[float]]]:
+    unknown = [n for n in names if n not in REWARDS]
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+    return [REWARDS[n] for n in names]
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None) -> dict[str, float]:
+    """verl's custom reward hook (``custom_reward_function.path=.../rewards.py``, ``name=compute_score``).
+
+    ``ground_truth`` is the answer letter; ``extra_info["options"]`` holds the options (JSON string or
+    dict). Returns ``score`` = accuracy + format (the total GRPO reward without the CARE bonus) plus its
+    parts, which verl logs as extra metrics.
+    """
+    if not extra_info or "options" not in extra_info:
+        raise ValueError(f"{data_source}: extra_info must carry the item's 'options' (letter -> text)")
+    parts = score_response(solution_str, str(ground_truth).strip(), extra_info["options"])
+    return {"score": parts["accuracy"] + parts["format"], **parts}

@@ -1,0 +1,63 @@
+"""SFT bridge with TRL's SFTTrainer: the same items as GRPO, answers in <think>/<answer> form.
+
+    medbridge train sft --config training/recipes/<recipe>_sft.yaml
+
+The paper's recipe is "bridge, then sharpen": a short SFT run teaches the output format and label
+vocabulary on the training items, and the GRPO / GRPO-CARE recipe then starts from its output_dir.
+Rows are prompt-completion pairs (loss on the completion only) with the image in an ``image`` column.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from medbridge.training.configs import MedScriptArguments, parse_recipe
+
+__all__ = ["build_sft_trainer", "main", "run_sft"]
+
+
+def build_sft_trainer(script_args: MedScriptArguments, training_args: Any, model_args: Any, callbacks: list | None = None):
+    from medbridge.training.data import load_training_dataset
+    from medbridge.training.grpo import eval_callback, load_processor, model_init_kwargs
+    from trl import SFTTrainer, get_peft_config
+
+    if not model_args.model_name_or_path:
+        raise ValueError("the recipe must set model_name_or_path")
+    processor = load_processor(model_args.model_name_or_path, max_pixels=training_args.max_pixels, min_pixels=training_args.min_pixels,
+                               trust_remote_code=getattr(training_args, "trust_remote_code", False), revision=model_args.model_revision)
+    processor.tokenizer.padding_side = "right"  # teacher forcing pads on the right
+    training_args.model_init_kwargs = {**model_init_kwargs(model_args), **(training_args.model_init_kwargs or {})}
+    dataset = load_training_dataset(script_args, sft=True)
+    callbacks = list(callbacks or [])
+    cb = eval_callback(script_args, training_args)
+    if cb is not None:
+        callbacks.append(cb)
+    return SFTTrainer(model=model_args.model_name_or_path, args=training_args, train_dataset=dataset, processing_class=processor,
+                      callbacks=callbacks, peft_config=get_peft_config(model_args))
+
+
+def run_sft(argv: list[str] | None = None, *, callbacks: list | None = None):
+    from medbridge.training.callbacks import write_training_marker
+    from medbridge.training.grpo import _marker
+
+    script_args, training_args, model_args = parse_recipe("sft", argv)
+    trainer = build_sft_trainer(script_args, training_args, model_args, callbacks=callbacks)
+    if trainer.accelerator.is_main_process:
+        write_training_marker(training_args.output_dir, **_marker("sft", script_args, training_args, model_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        # GRPO recipes start from this folder: it must load with AutoProcessor like a Hub checkpoint.
+        trainer.processing_class.save_pretrained(Path(training_args.output_dir))
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_sft(list(sys.argv[1:] if argv is None else argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
