@@ -64,3 +64,22 @@ def aggregation(name: str) -> Callable[[list[dict[str, Any]]], float]:
 
     agg.__name__ = f"agg_{name}"
     return agg
+
+
+def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Any = None) -> str:
+    """Every medbridge item carries its full prompt (built by prompts.format_mcq_prompt)."""
+    return doc["prompt"]
+
+
+# The aggregation of every reported metric, by the names the task YAMLs reference
+# (`!function utils.agg_<metric>`; each task folder's utils.py re-exports them).
+agg_acc1 = aggregation("acc1")
+agg_unparsed_greedy = aggregation("unparsed_greedy")
+agg_pass_at_01 = aggregation("pass_at_01")
+agg_pass_at_02 = aggregation("pass_at_02")
+agg_pass_at_04 = aggregation("pass_at_04")
+agg_pass_at_08 = aggregation("pass_at_08")
+agg_pass_at_16 = aggregation("pass_at_16")
+agg_maj_at_16 = aggregation("maj_at_16")
+agg_all_at_16 = aggregation("all_at_16")
+agg_unparsed_sampled = aggregation("unparsed_sampled")

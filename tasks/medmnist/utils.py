@@ -1,6 +1,21 @@
 """lmms-eval hooks of the medmnist_mcq tasks (referenced from _template.yaml)."""
 
-from medbridge.harness_ext.scoring import aggregation, process_greedy, process_sampled  # noqa: F401
+# Referenced by the task YAMLs as utils.<name>; defined once in harness_ext/scoring.py.
+from medbridge.harness_ext.scoring import (  # noqa: F401
+    agg_acc1,
+    agg_all_at_16,
+    agg_maj_at_16,
+    agg_pass_at_01,
+    agg_pass_at_02,
+    agg_pass_at_04,
+    agg_pass_at_08,
+    agg_pass_at_16,
+    agg_unparsed_greedy,
+    agg_unparsed_sampled,
+    doc_to_text,
+    process_greedy,
+    process_sampled,
+)
 from medbridge.tasks.medmnist.data import build_items
 
 
@@ -18,18 +33,3 @@ def process_docs(dataset):
 def doc_to_visual(doc, lmms_eval_specific_kwargs=None):
     return [doc["image"].convert("RGB")]
 
-
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return doc["prompt"]
-
-
-agg_acc1 = aggregation("acc1")
-agg_unparsed_greedy = aggregation("unparsed_greedy")
-agg_pass_at_01 = aggregation("pass_at_01")
-agg_pass_at_02 = aggregation("pass_at_02")
-agg_pass_at_04 = aggregation("pass_at_04")
-agg_pass_at_08 = aggregation("pass_at_08")
-agg_pass_at_16 = aggregation("pass_at_16")
-agg_maj_at_16 = aggregation("maj_at_16")
-agg_all_at_16 = aggregation("all_at_16")
-agg_unparsed_sampled = aggregation("unparsed_sampled")

@@ -1,7 +1,21 @@
 """lmms-eval hooks of the medvqa tasks (referenced from _template.yaml)."""
 
 from medbridge.harness_ext import scoring
-from medbridge.harness_ext.scoring import aggregation
+
+# Referenced by the task YAMLs as utils.<name>; defined once in harness_ext/scoring.py.
+from medbridge.harness_ext.scoring import (  # noqa: F401
+    agg_acc1,
+    agg_all_at_16,
+    agg_maj_at_16,
+    agg_pass_at_01,
+    agg_pass_at_02,
+    agg_pass_at_04,
+    agg_pass_at_08,
+    agg_pass_at_16,
+    agg_unparsed_greedy,
+    agg_unparsed_sampled,
+    doc_to_text,
+)
 from medbridge.tasks.medvqa.data import build_items, to_dataset
 
 # Copied from the doc into each per-item record: lmms-eval drops the doc from the sample log, and
@@ -37,18 +51,3 @@ def doc_to_visual(doc, lmms_eval_specific_kwargs=None):
     # Every image of the item, in the source's order (MMMU and MedXpertQA items can have several).
     return [image.convert("RGB") for image in doc["images"]]
 
-
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return doc["prompt"]
-
-
-agg_acc1 = aggregation("acc1")
-agg_unparsed_greedy = aggregation("unparsed_greedy")
-agg_pass_at_01 = aggregation("pass_at_01")
-agg_pass_at_02 = aggregation("pass_at_02")
-agg_pass_at_04 = aggregation("pass_at_04")
-agg_pass_at_08 = aggregation("pass_at_08")
-agg_pass_at_16 = aggregation("pass_at_16")
-agg_maj_at_16 = aggregation("maj_at_16")
-agg_all_at_16 = aggregation("all_at_16")
-agg_unparsed_sampled = aggregation("unparsed_sampled")
