@@ -40,8 +40,11 @@ def register_tasks() -> None:
 
 
 def manifests() -> list:
-    """Entry-point payload: medbridge's model backends (none yet) for lmms-eval's registry."""
-    return []
+    """Entry-point payload: medbridge's model backends for lmms-eval's registry (the classes are
+    imported only when lmms-eval instantiates a model)."""
+    from medbridge.harness_ext.backend import manifests as backend_manifests
+
+    return backend_manifests()
 
 
 register_tasks()

@@ -1,0 +1,168 @@
+"""A resumable cache of generated samples (SQLite, WAL), one row per sample.
+
+lmms-eval's own ``--use_cache`` skips sampled requests (temperature > 0 or n > 1), which is
+exactly what a long Pass@16 run needs to survive a crash. A row is keyed by
+
+* the model fingerprint (config + weight files' names, sizes and mtimes: cheap, no full hash),
+* the prompt fingerprint (task name, rendered prompt text and the pixels of every image),
+* the document id and the sample index,
+* the seed (-1 for greedy decoding, which does not depend on it),
+* the generation fingerprint (sampling settings + everything in the engine that changes output).
+
+Samples of one item are written in one transaction, so a killed run leaves whole items behind
+and the resumed run regenerates only the items (or sample indices) that are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+# Files whose bytes define the model's behaviour and are small enough to hash fully.
+_SMALL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_fingerprint(pretrained: str | os.PathLike) -> str:
+    """A cheap fingerprint of a checkpoint: config/tokenizer files hashed, weights by name+size+mtime.
+
+    A hub id that is not a local folder is fingerprinted by its name only.
+    """
+    path = Path(pretrained)
+    h = hashlib.sha256()
+    if not path.is_dir():
+        h.update(f"name:{pretrained}".encode())
+        return h.hexdigest()
+    for name in _SMALL_FILES:
+        f = path / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    weights = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    if not weights:
+        raise FileNotFoundError(f"{path}: no weight files ({', '.join(_WEIGHT_SUFFIXES)}) to fingerprint")
+    for p in weights:
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def image_digest(image: Any) -> bytes:
+    """sha256 of an image's pixels (PIL image) or of a path/URL string."""
+    h = hashlib.sha256()
+    if hasattr(image, "tobytes") and hasattr(image, "size"):
+        h.update(f"{image.mode}:{image.size}".encode())
+        h.update(image.tobytes())
+    else:
+        h.update(f"ref:{image}".encode())
+    return h.digest()
+
+
+def prompt_fingerprint(task: str, prompt_text: str, images: Iterable[Any]) -> str:
+    h = hashlib.sha256()
+    h.update(task.encode() + b"\0" + prompt_text.encode() + b"\0")
+    for image in images:
+        h.update(image_digest(image))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ItemKey:
+    """Everything but the sample index: identifies one item's generation."""
+
+    model_fp: str
+    prompt_fp: str
+    task: str
+    doc_id: str
+    seed: int
+    gen_fp: str
+
+
+class SampleCache:
+    """Per-sample response store; safe to share between processes (WAL, short transactions)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_id = uuid.uuid4().hex  # which process wrote a row: lets tests see what a resumed run generated
+        self.hits = 0  # samples served from the cache
+        self.misses = 0  # samples looked up and not found
+        self.writes = 0  # samples stored by this process
+        self._lock = threading.Lock()  # one connection, used by the prepare thread and the generating thread
+        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS samples (
+                model_fp TEXT NOT NULL, prompt_fp TEXT NOT NULL, task TEXT NOT NULL, doc_id TEXT NOT NULL,
+                seed INTEGER NOT NULL, gen_fp TEXT NOT NULL, sample_idx INTEGER NOT NULL,
+                response TEXT NOT NULL, n_tokens INTEGER, run_id TEXT NOT NULL, meta TEXT,
+                created REAL NOT NULL DEFAULT (julianday('now')),
+                PRIMARY KEY (model_fp, prompt_fp, task, doc_id, seed, gen_fp, sample_idx))"""
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
+        row = self._db.execute("SELECT value FROM info WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT OR IGNORE INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif row[0] != str(SCHEMA_VERSION):
+            raise RuntimeError(f"{self.path}: sample cache schema {row[0]}, this medbridge writes {SCHEMA_VERSION}; use another cache_dir")
+
+    @staticmethod
+    def _where(key: ItemKey) -> tuple:
+        return (key.model_fp, key.prompt_fp, key.task, key.doc_id, key.seed, key.gen_fp)
+
+    def get(self, key: ItemKey, n: int) -> dict[int, tuple[str, int | None]]:
+        """The cached samples of indices 0..n-1 (index -> (response, n_tokens))."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sample_idx, response, n_tokens FROM samples WHERE model_fp=? AND prompt_fp=? AND task=? AND doc_id=? "
+                "AND seed=? AND gen_fp=? AND sample_idx < ?",
+                self._where(key) + (n,),
+            ).fetchall()
+        found = {int(i): (r, t) for i, r, t in rows}
+        self.hits += len(found)
+        self.misses += n - len(found)
+        return found
+
+    def put(self, key: ItemKey, samples: Mapping[int, tuple[str, int | None]], meta: Mapping[str, Any] | None = None) -> None:
+        """Store one item's new samples in one transaction (all or nothing)."""
+        meta_json = json.dumps(dict(meta or {}), sort_keys=True)
+        rows = [self._where(key) + (int(i), text, n_tok, self.run_id, meta_json) for i, (text, n_tok) in samples.items()]
+        with self._lock, self._db:  # BEGIN ... COMMIT
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO samples (model_fp, prompt_fp, task, doc_id, seed, gen_fp, sample_idx, response, n_tokens, run_id, meta) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+        self.writes += len(rows)
+
+    def count(self, run_id: str | None = None) -> int:
+        with self._lock:
+            if run_id is None:
+                return self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM samples WHERE run_id=?", (run_id,)).fetchone()[0]
+
+    def counters(self) -> dict[str, Any]:
+        return {"path": str(self.path), "run_id": self.run_id, "hits": self.hits, "misses": self.misses, "writes": self.writes}
+
+    def close(self) -> None:
+        self._db.close()

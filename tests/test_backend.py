@@ -1,0 +1,255 @@
+"""medbridge_vlm in-process: request grouping, the sample cache, and the one-prefill engine on the tiny model."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from lmms_eval.api.instance import Instance
+from medbridge.harness_ext.backend.cache import (
+    ItemKey,
+    SampleCache,
+    model_fingerprint,
+    prompt_fingerprint,
+)
+from medbridge.harness_ext.backend.grouping import (
+    SamplingSettings,
+    fan_out,
+    group_requests,
+    normalize_gen_kwargs,
+)
+from PIL import Image
+
+SAMPLED = {"max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "do_sample": True}
+GREEDY = {"max_new_tokens": 6, "temperature": 0, "do_sample": False}
+
+
+def _messages(doc):
+    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["prompt"]}]}]
+
+
+def _instance(doc_id: int, gen_kwargs: dict, *, task: str = "t", repeats: int = 16, ctx: str | None = None) -> Instance:
+    return Instance("generate_until", (ctx or f"question {doc_id}", _messages, dict(gen_kwargs), doc_id, task, "test"), idx=0,
+                    metadata={"task": task, "doc_id": doc_id, "repeats": repeats})
+
+
+def _cloned(reqs: list[Instance]) -> list[Instance]:
+    """What lmms-eval's evaluator hands the model: each Instance repeated `repeats` times."""
+    out = []
+    for r in reqs:
+        out.extend([r] * r.repeats)
+    return out
+
+
+# ---------------------------------------------------------------------------- grouping
+def test_clones_group_per_item_and_greedy_never_mixes_with_sampled():
+    reqs = [_instance(0, SAMPLED), _instance(1, SAMPLED), _instance(0, GREEDY, repeats=1), _instance(0, GREEDY, task="u", repeats=1)]
+    cloned = _cloned(reqs)
+    groups = group_requests(cloned)
+    assert [(g.task, g.doc_id, g.settings.greedy, g.n_requests, g.n_samples) for g in groups] == [
+        ("t", 0, False, 16, 16), ("t", 1, False, 16, 16), ("t", 0, True, 1, 1), ("u", 0, True, 1, 1)]
+    assert groups[0].positions == list(range(16)) and groups[2].positions == [32]
+    samples = [[f"a{i}" for i in range(16)], [f"b{i}" for i in range(16)], ["g"], ["h"]]
+    out = fan_out(groups, samples, len(cloned))
+    assert out[:16] == samples[0] and out[16:32] == samples[1] and out[32:] == ["g", "h"]
+
+
+def test_different_settings_or_context_are_different_items():
+    a, b = _instance(0, SAMPLED), _instance(0, {**SAMPLED, "top_p": 0.5})
+    c = _instance(0, SAMPLED, ctx="another prompt")
+    assert len(group_requests(_cloned([a, b, c]))) == 3
+    # A greedy group with repeats gets its one sample everywhere.
+    g = _instance(3, GREEDY, repeats=4)
+    groups = group_requests(_cloned([g]))
+    assert groups[0].n_samples == 1 and fan_out(groups, [["x"]], 4) == ["x"] * 4
+
+
+def test_generation_kwargs_are_normalised_and_bad_ones_rejected():
+    s = normalize_gen_kwargs({"max_new_tokens": "12", "temperature": 0.7, "top_p": 1.0, "until": "</answer>"})
+    assert s == SamplingSettings(max_new_tokens=12, temperature=0.7, top_p=None, top_k=None, until=("</answer>",))
+    assert normalize_gen_kwargs({"temperature": 0, "top_p": 0.9}).fingerprint() == normalize_gen_kwargs({"do_sample": False}).fingerprint()
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        normalize_gen_kwargs({"repetition_penalty": 1.1}, where="task x")
+    with pytest.raises(ValueError, match="num_beams"):
+        normalize_gen_kwargs({"num_beams": 4})
+    with pytest.raises(ValueError, match="chat model"):
+        group_requests([("ctx", {"temperature": 0}, None, 0, "t", "test")])
+
+
+# ---------------------------------------------------------------------------- cache
+def test_sample_cache_stores_each_sample_and_keys_on_everything(tmp_path):
+    cache = SampleCache(tmp_path / "c.sqlite")
+    key = ItemKey("model", "prompt", "task", "0", 7, "gen")
+    cache.put(key, {0: ("first", 3), 2: ("third", 4)})
+    assert cache.get(key, 3) == {0: ("first", 3), 2: ("third", 4)}
+    assert (cache.hits, cache.misses, cache.writes) == (2, 1, 2)
+    for other in (ItemKey("model2", "prompt", "task", "0", 7, "gen"), ItemKey("model", "prompt", "task", "0", 8, "gen"),
+                  ItemKey("model", "prompt", "task", "0", 7, "gen2"), ItemKey("model", "prompt2", "task", "0", 7, "gen"),
+                  ItemKey("model", "prompt", "task", "1", 7, "gen")):
+        assert cache.get(other, 3) == {}
+    # Another process (connection) sees the rows; the journal is WAL.
+    again = SampleCache(tmp_path / "c.sqlite")
+    assert again.get(key, 1) == {0: ("first", 3)}
+    assert sqlite3.connect(tmp_path / "c.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert again.count(run_id=cache.run_id) == 2 and again.count(run_id=again.run_id) == 0
+
+
+def test_fingerprints_follow_weights_config_prompt_and_pixels(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"a": 1}')
+    (ckpt / "model.safetensors").write_bytes(b"x" * 10)
+    fp = model_fingerprint(ckpt)
+    assert model_fingerprint(ckpt) == fp
+    (ckpt / "model.safetensors").write_bytes(b"y" * 11)
+    fp2 = model_fingerprint(ckpt)
+    assert fp2 != fp
+    (ckpt / "config.json").write_text('{"a": 2}')
+    assert model_fingerprint(ckpt) != fp2
+    with pytest.raises(FileNotFoundError, match="no weight files"):
+        model_fingerprint(tmp_path)
+    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    assert prompt_fingerprint("t", "q", [red]) == prompt_fingerprint("t", "q", [Image.new("RGB", (8, 8), "red")])
+    assert len({prompt_fingerprint("t", "q", [red]), prompt_fingerprint("t", "q", [blue]), prompt_fingerprint("t", "q2", [red]),
+                prompt_fingerprint("u", "q", [red])}) == 4
+
+
+# ---------------------------------------------------------------------------- engine (tiny model)
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from medbridge.harness_ext.backend.engines import TransformersEngine
+
+    # float32 so that one-row and K-row forwards agree to the last bit with transformers' generate.
+    return TransformersEngine(str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136, max_pixels=50176)
+
+
+def _image(seed: int) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((56, 56, 3)) * 255).astype("uint8"))
+
+
+def _prompt(engine, seed: int = 0):
+    return engine.render([{"role": "user", "content": [{"type": "image", "image": _image(seed)}, {"type": "text", "text": "Question: which class? Options: A. x B. y"}]}])
+
+
+def test_one_prefill_draws_what_generate_draws_from_k_prefills(engine):
+    """Same seed, same settings: our sampler (1 prefill + expanded KV cache) returns exactly the
+    K sequences of transformers' generate(num_return_sequences=K), which prefills K times.
+    Token counts come from instrumenting the model's forward, not from either implementation."""
+    import torch
+    from medbridge.harness_ext.backend.engines import Job
+    from medbridge.harness_ext.backend.instrument import count_forward_tokens
+
+    prompt, k = _prompt(engine), 6
+    inputs = engine.encode(prompt)
+    length = inputs["input_ids"].shape[1]
+    settings = normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.9})
+    cls = type(engine.model)
+    with count_forward_tokens(cls) as ours:
+        samples = engine.generate_one(Job(prompt, k, settings, seed=11), inputs=inputs)
+    torch.manual_seed(11)
+    with count_forward_tokens(cls) as theirs:
+        out = engine.model.generate(**inputs, do_sample=True, temperature=0.7, top_p=0.9, top_k=None, num_return_sequences=k,
+                                    max_new_tokens=8, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id)
+    reference = [engine.tokenizer.decode([t for t in row[length:].tolist() if t not in engine.eos_ids], skip_special_tokens=True) for row in out]
+    assert [s.text for s in samples] == reference
+    assert len(set(reference)) == k  # distinct under sampling
+    assert (ours.prefill_calls, ours.prefill_tokens) == (1, length)
+    assert (theirs.prefill_calls, theirs.prefill_tokens) == (1, k * length)
+    assert all(rows == k and seq == 1 for rows, seq, cached in ours.calls if cached)
+
+
+def test_greedy_samples_are_identical_and_equal_generate(engine):
+    from medbridge.harness_ext.backend.engines import Job
+
+    prompt = _prompt(engine, seed=3)
+    inputs = engine.encode(prompt)
+    samples = engine.generate_one(Job(prompt, 4, normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 0}), seed=0), inputs=inputs)
+    out = engine.model.generate(**inputs, do_sample=False, max_new_tokens=8, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id)
+    length = inputs["input_ids"].shape[1]
+    assert [s.text for s in samples] == [engine.tokenizer.decode(out[0, length:], skip_special_tokens=True)] * 4
+    # top_k=1 sampling can only pick the argmax: the sampler's filters reach greedy.
+    top1 = engine.generate_one(Job(prompt, 3, normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 1.3, "top_k": 1}), seed=5), inputs=inputs)
+    assert [s.text for s in top1] == [samples[0].text] * 3
+
+
+def test_seed_makes_sampling_reproducible(engine):
+    from medbridge.harness_ext.backend.engines import Job
+
+    prompt = _prompt(engine, seed=4)
+    settings = normalize_gen_kwargs({"max_new_tokens": 6, "temperature": 1.0})
+    first = [s.text for s in engine.generate([Job(prompt, 4, settings, seed=1)])[0]]
+    assert [s.text for s in engine.generate([Job(prompt, 4, settings, seed=1)])[0]] == first
+    assert [s.text for s in engine.generate([Job(prompt, 4, settings, seed=2)])[0]] != first
+
+
+# ---------------------------------------------------------------------------- the lmms-eval model, in-process
+@pytest.fixture
+def backend(tiny_model_dir, tmp_path):
+    from medbridge.harness_ext.backend.model import MedbridgeVLM
+
+    lm = MedbridgeVLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136,
+                      max_pixels=50176, seed=5, cache_dir=str(tmp_path / "cache"))
+    docs = [{"image": _image(i), "prompt": f"Question {i}: which class? Options: A. x B. y"} for i in range(3)]
+    lm.task_dict = {"t": {"test": docs}}
+    return lm
+
+
+def test_backend_answers_each_item_from_one_prefill_and_then_from_the_cache(backend, tiny_model_dir):
+    from medbridge.harness_ext.backend.instrument import count_forward_tokens
+    from medbridge.harness_ext.backend.model import MedbridgeVLM
+
+    reqs = [_instance(0, SAMPLED), _instance(1, SAMPLED), _instance(2, GREEDY, repeats=1), _instance(0, GREEDY, repeats=3)]
+    cloned = _cloned(reqs)
+    with count_forward_tokens(type(backend.engine.model)) as log:
+        out = [r.text for r in backend.generate_until(cloned)]
+    assert len(out) == len(cloned) == 16 + 16 + 1 + 3
+    assert len(set(out[:16])) > 1 and len(set(out[16:32])) > 1 and out[:16] != out[16:32]
+    assert len(set(out[33:36])) == 1  # greedy clones
+    assert log.prefill_calls == 4 and log.prefill_tokens == sum(backend.engine.stats.prompt_lengths)
+    assert backend.cache.writes == 16 + 16 + 1 + 1
+
+    # A second backend on the same cache (a resumed run) generates nothing and returns the same answers.
+    again = MedbridgeVLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136,
+                         max_pixels=50176, seed=5, cache_dir=str(backend.cache.path.parent))
+    again.task_dict = backend.task_dict
+    with count_forward_tokens(type(again.engine.model)) as log2:
+        assert [r.text for r in again.generate_until(cloned)] == out
+    assert log2.prefill_calls == 0 and again.items_from_cache == 4 and again.cache.hits == 34
+
+    # Another seed is another set of samples (greedy ones are shared: they do not depend on the seed).
+    other = MedbridgeVLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136,
+                         max_pixels=50176, seed=6, cache_dir=str(backend.cache.path.parent))
+    other.task_dict = backend.task_dict
+    res = [r.text for r in other.generate_until(cloned)]
+    assert res[:32] != out[:32] and res[32:] == out[32:] and other.items_generated == 2
+
+
+def test_backend_rejects_unknown_model_args(tiny_model_dir):
+    from medbridge.harness_ext.backend.model import MedbridgeVLM
+
+    with pytest.raises(ValueError, match="temperatur"):
+        MedbridgeVLM(pretrained=str(tiny_model_dir), temperatur=0.7)
+    with pytest.raises(ValueError, match="engine"):
+        MedbridgeVLM(pretrained=str(tiny_model_dir), engine="tgi")
+
+
+def test_manifest_names_the_chat_class():
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+    from medbridge.harness_ext.backend import MODEL_ID, manifests
+
+    registry = ModelRegistryV2()
+    for m in manifests():
+        registry.register_manifest(m)
+    cls = registry.get_model_class(MODEL_ID)
+    assert cls.__name__ == "MedbridgeVLM" and cls.is_simple is False
+    assert cls.__module__ == "medbridge.harness_ext.backend.model"
+
+
+def test_each_request_gets_its_own_generation_settings(backend):
+    short = _instance(1, {**SAMPLED, "max_new_tokens": 2}, repeats=4)
+    long = _instance(1, {**SAMPLED, "max_new_tokens": 9}, repeats=4)
+    out = backend.generate_until(_cloned([short, long]))
+    assert all(r.token_counts.output_tokens <= 2 for r in out[:4])
+    assert max(r.token_counts.output_tokens for r in out[4:]) > 2
+    assert backend.engine.stats.jobs == 2
