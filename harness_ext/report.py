@@ -174,6 +174,11 @@ def summarize(records: dict[str, list[dict[str, Any]]], *, groups: Mapping[str, 
                 row["gap"], dr["gap"] = _point_and_draws(gaps, rng, iters)
         row["n_items"] = max(len(greedy), len(sampled))
         row["unparsed"] = metrics.outcome_rate(greedy + sampled, "unparsed") if greedy or sampled else math.nan
+        if any("sources" in r for r in greedy + sampled):
+            from medbridge.harness_ext.judge import judge_stats
+
+            # Who settled each answer (rules / judge), what stayed open, rule-vs-judge agreement.
+            row["judge"] = {kind: judge_stats(recs) for kind, recs in (("greedy", greedy), ("sampled", sampled)) if recs}
         for name, d in dr.items():
             lo, hi = np.nanquantile(d, [0.025, 0.975])
             row[f"{name}_ci"] = (float(lo), float(hi))

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from medbridge.harness_ext import metrics
+from medbridge.harness_ext import judge, metrics
 from medbridge.harness_ext.answers import extract_choice
 
 GREEDY_METRICS = ("acc1", "unparsed_greedy")
@@ -25,16 +25,28 @@ def doc_options(doc: Mapping[str, Any]) -> dict[str, str]:
     return json.loads(opts) if isinstance(opts, str) else dict(opts)
 
 
-def score_doc(doc: Mapping[str, Any], responses: Sequence[str | None]) -> dict[str, Any]:
-    """Rule-based choice and outcome for each response of one document."""
+def score_doc(doc: Mapping[str, Any], responses: Sequence[str | None], config: judge.JudgeConfig | None = None) -> dict[str, Any]:
+    """Choice and outcome for each response of one document: rule-based, or through the judge
+    when a judge mode is configured (its verdicts then arrive at aggregation, see judge.py)."""
     options = doc_options(doc)
+    if config is not None and config.mode != "rules":
+        return judge.score_doc_judged(doc, responses, options, config)
     choices = [extract_choice(r, options) if isinstance(r, str) else None for r in responses]
     return metrics.make_record(doc["item_id"], doc.get("dataset", ""), doc["answer_letter"], choices, options=options)
 
 
+def _with_judge_metrics(record: dict[str, Any], names: Sequence[str], config: judge.JudgeConfig) -> dict[str, Any]:
+    # The judge's counts are reported only when a judge runs (the sample log stores the record
+    # once per metric name, so rules-only runs stay as small as before).
+    if config.mode != "rules":
+        names = tuple(names) + judge.JUDGE_METRICS
+    return {name: record for name in names}
+
+
 def process_greedy(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str, Any]:
-    record = score_doc(doc, results[:1])
-    return {name: record for name in GREEDY_METRICS}
+    config = judge.active_config()
+    record = score_doc(doc, results[:1], config)
+    return _with_judge_metrics(record, GREEDY_METRICS, config)
 
 
 def process_sampled(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str, Any]:
@@ -44,15 +56,23 @@ def process_sampled(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str,
         # lmms-eval's per-sample re-scoring for its stability statistics: Pass@K is only defined
         # over the whole set of samples, so a single sample scores nothing.
         return {}
-    record = score_doc(doc, responses)
-    return {name: record for name in SAMPLED_METRICS}
+    config = judge.active_config()
+    record = score_doc(doc, responses, config)
+    return _with_judge_metrics(record, SAMPLED_METRICS, config)
 
 
 def aggregation(name: str) -> Callable[[list[dict[str, Any]]], float]:
-    """The lmms-eval aggregation for one reported metric name."""
+    """The lmms-eval aggregation for one reported metric name.
+
+    Every aggregation first waits for the task's outstanding judge verdicts and fills them into
+    the records (in place, so the sample log shows them); that is a no-op without a judge.
+    """
+    if name in judge.JUDGE_METRICS:
+        return judge.stats_aggregation(name)
     if name.startswith("unparsed_"):
 
         def agg(records: list[dict[str, Any]]) -> float:
+            judge.resolve_pending(records)
             return metrics.outcome_rate(records, "unparsed")
 
     else:
@@ -60,6 +80,7 @@ def aggregation(name: str) -> Callable[[list[dict[str, Any]]], float]:
             raise KeyError(f"unknown metric {name!r}")
 
         def agg(records: list[dict[str, Any]]) -> float:
+            judge.resolve_pending(records)
             return metrics.mean_metric(records, name) if records else math.nan
 
     agg.__name__ = f"agg_{name}"
@@ -83,3 +104,10 @@ agg_pass_at_16 = aggregation("pass_at_16")
 agg_maj_at_16 = aggregation("maj_at_16")
 agg_all_at_16 = aggregation("all_at_16")
 agg_unparsed_sampled = aggregation("unparsed_sampled")
+agg_n_by_rules = aggregation("n_by_rules")
+agg_n_by_judge = aggregation("n_by_judge")
+agg_n_unparseable = aggregation("n_unparseable")
+agg_n_judge_invalid = aggregation("n_judge_invalid")
+agg_n_judge_down = aggregation("n_judge_down")
+agg_rule_judge_agree = aggregation("rule_judge_agree")
+agg_rule_judge_kappa = aggregation("rule_judge_kappa")

@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
         p.set_defaults(func=lambda a, r=rescore: _cmd_report(a, rescore=r))
 
+    from medbridge.judges.cli import add_parser as add_judge_commands
+
+    add_judge_commands(sub)  # judge serve|check
+
     from medbridge.training.cli import add_parser as add_training_commands
 
     add_training_commands(sub)  # train, eval-checkpoint, data build-medmnist-train|build-pmc-vqa

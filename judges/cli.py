@@ -1,0 +1,105 @@
+"""``medbridge judge serve`` and ``medbridge judge check`` (wired into medbridge/cli.py via add_parser)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from medbridge.judges import server as S
+
+    opts = S.ServeOptions(
+        model=args.model,
+        served_name=args.served_name,
+        host=args.host,
+        port=args.port,
+        tensor_parallel_size=args.tensor_parallel_size,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        enforce_eager=args.enforce_eager,
+        extra_args=list(args.vllm_args or []),
+    )
+    print("starting:", " ".join(S.serve_command(opts, args.vllm_python)), file=sys.stderr)
+    proc = S.start_server(opts, log_path=args.log, python=args.vllm_python)
+    try:
+        seconds = S.wait_healthy(opts.base_url, timeout_s=args.timeout, proc=proc)
+    except (RuntimeError, TimeoutError) as err:
+        S.stop_server(proc)
+        where = f" (see {args.log})" if args.log else ""
+        print(f"judge server failed to start: {err}{where}", file=sys.stderr)
+        return 1
+    print(f"judge server healthy after {seconds:.0f} s (pid {proc.pid})", file=sys.stderr)
+    # The endpoint, as the environment the tasks read.
+    print(f"MEDBRIDGE_JUDGE_BASE_URL={opts.base_url}")
+    print(f"MEDBRIDGE_JUDGE_MODEL={opts.name}")
+    sys.stdout.flush()
+    if args.detach:
+        return 0
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        S.stop_server(proc)
+        return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from medbridge.harness_ext.judge import JudgeConfig
+    from medbridge.judges import server as S
+
+    config = JudgeConfig.resolve(explicit={"base_url": args.base_url, "model": args.model, "api_key": args.api_key, "mode": "rules"})
+    if not config.base_url:
+        print("no judge endpoint configured: pass --base-url or set MEDBRIDGE_JUDGE_BASE_URL", file=sys.stderr)
+        return 2
+    ok, message = S.check_endpoint(config.base_url, config.model, config.api_key)
+    print(message)
+    if ok and args.probe:
+        from medbridge.harness_ext.judge import JudgePool
+
+        pool = JudgePool(JudgeConfig(**{**config.__dict__, "mode": "judge", "cache_path": ""}), cache=False)
+        try:
+            verdict = pool.judge_many([("Which option is a color?", {"A": "red", "B": "seven"}, "<answer>A</answer>")])[0]
+        finally:
+            pool.close()
+        print(f"probe verdict: {verdict.status} {verdict.letter or ''} (reply {verdict.raw!r:.80})")
+        ok = verdict.status != "failed"
+    return 0 if ok else 1
+
+
+def add_parser(subparsers) -> None:
+    judge = subparsers.add_parser("judge", help="serve or check the LLM judge (OpenAI-compatible endpoint)")
+    sub = judge.add_subparsers(dest="judge_command", required=True)
+
+    serve = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server for the judge and wait until it is healthy")
+    serve.add_argument("--model", required=True, help="model path or hub id, e.g. Qwen/Qwen2.5-VL-32B-Instruct")
+    serve.add_argument("--served-name", help="name clients ask for (default: --model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--tensor-parallel-size", type=int, default=1)
+    serve.add_argument("--max-model-len", type=int, default=4096)
+    serve.add_argument("--dtype", default="auto", help="auto on GPU; float32 for the CPU build")
+    serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation (CPU, tests)")
+    serve.add_argument("--vllm-python", help="python that has vllm (default: $MEDBRIDGE_VLLM_VENV/bin/python, else this one)")
+    serve.add_argument("--log", help="append the server's output to this file")
+    serve.add_argument("--timeout", type=float, default=900, help="seconds to wait for /health")
+    serve.add_argument("--detach", action="store_true", help="print the endpoint and leave the server running")
+    serve.add_argument("vllm_args", nargs="*", help="extra vLLM flags after --")
+    serve.set_defaults(func=_cmd_serve)
+
+    check = sub.add_parser("check", help="is the configured judge endpoint up and serving the expected model?")
+    check.add_argument("--base-url", help="default: $MEDBRIDGE_JUDGE_BASE_URL")
+    check.add_argument("--model", help="default: $MEDBRIDGE_JUDGE_MODEL")
+    check.add_argument("--api-key", help="default: $MEDBRIDGE_JUDGE_API_KEY (never printed)")
+    check.add_argument("--probe", action="store_true", help="also send one verdict request and show the parsed verdict")
+    check.set_defaults(func=_cmd_check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medbridge")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""A small, real HTTP server speaking the OpenAI chat-completions API, for judge client tests.
+
+It is a *deterministic judge*: it decodes the data blocks of our MCQ prompt and answers
+``VERDICT: <letter>`` with what ``extract_choice`` reads from the quoted model response (or
+``VERDICT: NONE``). Faults are injected by flags: the first N attempts of every distinct prompt
+fail with a status code (429, 500, 503, 400), replies can be garbage, and each reply can be
+delayed so concurrency shows in wall time and in ``max_inflight``. ``GET /stats`` returns
+request counts. Run in a thread (``FakeJudgeServer``) or as a process
+(``python -m medbridge.tests.fake_judge_server --port P ...``) that a test can kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from medbridge.harness_ext.answers import extract_choice
+from medbridge.judges.prompts import read_data_block
+
+MODEL_NAME = "fake-judge"
+
+
+class _State:
+    def __init__(self, fail_first: int = 0, fail_status: int = 503, reply: str = "extractor", delay_s: float = 0.0):
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.reply = reply
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+        self.counts = Counter()
+        self.attempts_per_prompt = Counter()
+        self.inflight = 0
+        self.max_inflight = 0
+
+
+def _verdict_for(prompt: str) -> str:
+    options = read_data_block(prompt, "options")
+    response = read_data_block(prompt, "model_response")
+    letter = extract_choice(response, options)
+    return f"VERDICT: {letter}" if letter else "VERDICT: NONE"
+
+
+def make_handler(state: _State):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep test output quiet
+            pass
+
+        def _send(self, code: int, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._send(200, {})
+            elif self.path == "/v1/models":
+                self._send(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
+            elif self.path == "/stats":
+                with state.lock:
+                    self._send(200, {"counts": dict(state.counts), "max_inflight": state.max_inflight})
+            else:
+                self._send(404, {"error": {"message": "not found"}})
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length))
+            prompt = body["messages"][-1]["content"]
+            with state.lock:
+                state.counts["requests"] += 1
+                state.attempts_per_prompt[prompt] += 1
+                attempt = state.attempts_per_prompt[prompt]
+                state.inflight += 1
+                state.max_inflight = max(state.max_inflight, state.inflight)
+                if body.get("temperature") != 0:
+                    state.counts["nonzero_temperature"] += 1
+                if self.headers.get("Authorization", "").startswith("Bearer "):
+                    state.counts["with_key"] += 1
+            try:
+                if state.delay_s:
+                    time.sleep(state.delay_s)
+                if attempt <= state.fail_first:
+                    with state.lock:
+                        state.counts[f"failed_{state.fail_status}"] += 1
+                    self._send(state.fail_status, {"error": {"message": "injected failure", "code": state.fail_status}})
+                    return
+                if state.reply == "garbage":
+                    content = "The answer is probably B, VERDICT maybe? 1"
+                elif state.reply == "empty":
+                    content = ""
+                else:
+                    content = _verdict_for(prompt)
+                with state.lock:
+                    state.counts["ok"] += 1
+                self._send(
+                    200,
+                    {
+                        "id": f"cmpl-{state.counts['requests']}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": MODEL_NAME,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                )
+            finally:
+                with state.lock:
+                    state.inflight -= 1
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 resets connections under a burst
+    daemon_threads = True
+
+
+class FakeJudgeServer:
+    """The server on 127.0.0.1 in a background thread; ``base_url`` ends in /v1."""
+
+    def __init__(self, port: int = 0, **state_kwargs):
+        self.state = _State(**state_kwargs)
+        self.httpd = _Server(("127.0.0.1", port), make_handler(self.state))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeJudgeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--fail-status", type=int, default=503)
+    parser.add_argument("--reply", choices=("extractor", "garbage", "empty"), default="extractor")
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    server = FakeJudgeServer(args.port, fail_first=args.fail_first, fail_status=args.fail_status, reply=args.reply, delay_s=args.delay)
+    server.httpd.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""The judge client and a task in cascade mode against a REAL vLLM OpenAI-compatible server
+(tiny random Qwen2 judge on 127.0.0.1, see tests/vllm_server.py).
+
+A random judge writes noise, so every verdict it gives must come out "invalid" (never correct):
+that is the malformed-reply test. Request counts come from the server's own Prometheus
+counter ``vllm:request_success_total``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+
+import pytest
+from medbridge.harness_ext import judge as J
+from medbridge.harness_ext.judge_cache import VerdictCache
+from medbridge.judges import server as S
+from medbridge.tests.judge_redteam import OPTIONS, QUESTION
+from medbridge.tests.vllm_server import vllm_judge  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.judge_server
+
+
+def _cfg(vllm_judge, cache_path, **kw) -> J.JudgeConfig:  # noqa: F811
+    values = dict(base_url=vllm_judge.base_url, model=vllm_judge.model, mode="judge", cache_path=str(cache_path), max_tokens=8, timeout_s=60, backoff_initial_s=0.2, backoff_max_s=2.0)
+    values.update(kw)
+    return J.JudgeConfig(**values)
+
+
+def _jobs(n: int, tag: str):
+    return [(QUESTION, OPTIONS, f"<think>{tag} {i}</think>maybe {'ABCD'[i % 4]}?") for i in range(n)]
+
+
+def _gauge_max(base_url: str, stop: threading.Event, out: list) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(OSError, RuntimeError):  # a scrape that races the end of the run
+            out.append(S.metric_total(base_url, "vllm:num_requests_running"))
+        time.sleep(0.05)
+
+
+def test_concurrent_judging_malformed_replies_and_cached_rerun(vllm_judge, tmp_path):  # noqa: F811
+    cfg = _cfg(vllm_judge, tmp_path / "cache.sqlite", concurrency=16)
+    jobs = _jobs(48, "concurrency")
+    before = vllm_judge.successes()
+    running: list[float] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_gauge_max, args=(vllm_judge.base_url, stop, running))
+    watcher.start()
+    pool = J.JudgePool(cfg)
+    try:
+        verdicts = pool.judge_many(jobs)
+        stats = dict(pool.stats)
+    finally:
+        stop.set()
+        watcher.join()
+        pool.close()
+    assert vllm_judge.successes() - before == 48
+    assert stats["requests"] == 48 and stats["peak_inflight"] == 16
+    assert max(running, default=0) >= 2  # the server itself saw requests running together
+    # A random tiny model never writes an exact verdict line: all invalid, none correct.
+    assert {v.status for v in verdicts} == {"invalid"}
+    assert all(v.raw is not None for v in verdicts)
+
+    # Rerun: everything comes from the cache, the server sees no request.
+    before = vllm_judge.successes()
+    pool = J.JudgePool(cfg)
+    try:
+        again = pool.judge_many(jobs)
+        assert pool.stats["requests"] == 0 and pool.stats["cache_hits"] == 48
+    finally:
+        pool.close()
+    assert vllm_judge.successes() == before
+    assert [v.status for v in again] == [v.status for v in verdicts]
+
+
+def test_check_endpoint_reports_the_served_model(vllm_judge):  # noqa: F811
+    ok, message = S.check_endpoint(vllm_judge.base_url, vllm_judge.model)
+    assert ok, message
+    ok, message = S.check_endpoint(vllm_judge.base_url, "some-other-model")
+    assert not ok and "some-other-model" in message
+
+
+@pytest.mark.e2e
+def test_cascade_task_through_lmms_eval_and_rerun_from_cache(vllm_judge, tmp_path):  # noqa: F811
+    from medbridge.harness_ext.report import load_run
+    from medbridge.tasks.medmnist.fixtures import build_all
+
+    from .conftest import run_lmms_eval
+
+    build_all(tmp_path / "data", test_per_class=2, train_per_class=1, val_per_class=1)
+    env = {
+        "MEDBRIDGE_JUDGE_BASE_URL": vllm_judge.base_url,
+        "MEDBRIDGE_JUDGE_MODEL": vllm_judge.model,
+        "MEDBRIDGE_JUDGE_API_KEY": "sk-medbridge-vllm-SECRET",
+        "MEDBRIDGE_JUDGE_MODE": "cascade",
+        "MEDBRIDGE_JUDGE_CACHE": str(tmp_path / "cache.sqlite"),
+    }
+    tasks = "medmnist_mcq_blood,medmnist_mcq_blood_passk"
+    results = []
+    for attempt in ("first", "rerun"):
+        before = vllm_judge.successes()
+        out = tmp_path / attempt
+        proc = run_lmms_eval(["--model", "messy", "--tasks", tasks, "--output_path", str(out), "--log_samples"], tmp_path / "data", module="medbridge.tests.run_lmms_eval_judge", env_extra=env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        results.append((load_run(out), vllm_judge.successes() - before, out))
+    (run, sent, out), (rerun, sent_again, out_again) = results
+    res = run.results["results"]["medmnist_mcq_blood"]
+    # The messy model answers doc_id % 4 in {1, 2} in ways the rules cannot read (a hedge, cut-off
+    # reasoning); the others with clean tags, one of them laced with a fake verdict.
+    n_docs = len(run.records["medmnist_mcq_blood"])
+    unreadable = sum(1 for i in range(n_docs) if i % 4 in (1, 2))
+    assert res["n_by_rules,none"] == n_docs - unreadable
+    assert res["n_judge_invalid,none"] == unreadable  # random judge: invalid, never correct
+    assert res["n_judge_down,none"] == 0 and res["n_by_judge,none"] == 0
+    passk = run.results["results"]["medmnist_mcq_blood_passk"]
+    assert passk["n_judge_invalid,none"] == 16 * unreadable
+    # Identical answers (16 samples of an item, greedy and sampled alike) are judged once.
+    assert sent == unreadable
+    assert sent_again == 0  # the rerun was served from the cache
+    assert rerun.results["results"]["medmnist_mcq_blood"]["n_judge_invalid,none"] == unreadable
+    for record in run.records["medmnist_mcq_blood"]:
+        assert "judge_job" not in record and "pending" not in record["outcomes"]
+        for src, outcome in zip(record["sources"], record["outcomes"]):
+            assert (src == "judge") == (outcome == "invalid")
+    for path in list(out.rglob("*")) + list(out_again.rglob("*")):
+        if path.is_file():
+            assert "SECRET" not in path.read_text(errors="ignore"), path
+
+
+def test_server_killed_mid_run_and_restarted_loses_and_duplicates_nothing(vllm_judge, tmp_path):  # noqa: F811
+    cache_path = tmp_path / "cache.sqlite"
+    # A retry budget that outlasts a restart (about a minute on two busy cores).
+    cfg = _cfg(vllm_judge, cache_path, concurrency=2, max_attempts=200, backoff_max_s=2.0)
+    jobs = _jobs(160, "restart")
+    pool = J.JudgePool(cfg)
+    try:
+        futures = [pool.submit(*job) for job in jobs]
+        while sum(f.done() for f in futures) < 20:
+            time.sleep(0.05)
+        vllm_judge.kill()
+        time.sleep(0.5)  # let the client store any reply that arrived just before the kill
+        settled_at_kill = VerdictCache(cache_path).count()
+        restart_s = vllm_judge.start()  # a fresh server process on the same port
+        verdicts = [f.result(timeout=600) for f in futures]
+        stats = dict(pool.stats)
+    finally:
+        pool.close()
+    print(f"\nkill/restart: {settled_at_kill} of 160 settled at the kill; restart took {restart_s:.1f} s")
+    assert 20 <= settled_at_kill < 160, "the kill must land in the middle of the run"
+    assert stats.get("failed", 0) == 0
+    assert all(v.status == "invalid" for v in verdicts)
+    # Nothing lost: every verdict is stored, once. Nothing duplicated: the restarted server
+    # answered exactly the verdicts that were missing at the kill.
+    assert VerdictCache(cache_path).count() == 160
+    assert vllm_judge.successes() == 160 - settled_at_kill
+    assert stats["settled"] == 160
+    # And a rerun asks nothing.
+    pool = J.JudgePool(cfg)
+    try:
+        pool.judge_many(jobs)
+        assert pool.stats["requests"] == 0
+    finally:
+        pool.close()
+    assert json.dumps(stats)
