@@ -92,14 +92,3 @@ def add_parser(subparsers) -> None:
     check.add_argument("--api-key", help="default: $MEDBRIDGE_JUDGE_API_KEY (never printed)")
     check.add_argument("--probe", action="store_true", help="also send one verdict request and show the parsed verdict")
     check.set_defaults(func=_cmd_check)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medbridge")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,6 @@
-"""Run the real lmms-eval CLI with the test-only oracle model registered.
+"""Run the real lmms-eval CLI with the test-only models registered: ``oracle`` (right with a
+known probability, tests/oracle_model.py) and ``messy`` (answers the judge must settle,
+tests/judge_messy_model.py).
 
 Usage: python -m medbridge.tests.run_lmms_eval --model oracle --tasks ... (any lmms-eval flags).
 """
@@ -8,9 +10,8 @@ from lmms_eval.models.registry_v2 import ModelManifest
 
 
 def main() -> None:
-    MODEL_REGISTRY_V2.register_manifest(
-        ModelManifest(model_id="oracle", simple_class_path="medbridge.tests.oracle_model.OracleModel"), overwrite=True
-    )
+    for model_id, class_path in (("oracle", "medbridge.tests.oracle_model.OracleModel"), ("messy", "medbridge.tests.judge_messy_model.MessyModel")):
+        MODEL_REGISTRY_V2.register_manifest(ModelManifest(model_id=model_id, simple_class_path=class_path), overwrite=True)
     from lmms_eval.cli.dispatch import main as lmms_eval_main
 
     lmms_eval_main()

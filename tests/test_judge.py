@@ -408,7 +408,7 @@ def test_verifiers_plug_into_lmms_eval_pipeline(tmp_path):
 
 
 def test_cli_check_reports_up_wrong_model_and_down(tmp_path, capsys):
-    from medbridge.judges.cli import main
+    from medbridge.cli import main
 
     with FakeJudgeServer() as server:
         assert main(["judge", "check", "--base-url", server.base_url, "--model", MODEL_NAME, "--api-key", SECRET, "--probe"]) == 0
@@ -423,7 +423,8 @@ def test_cli_check_reports_up_wrong_model_and_down(tmp_path, capsys):
 
 def test_cli_serve_builds_the_vllm_command_and_fails_cleanly(tmp_path, capsys):
     from medbridge.judges import server as S
-    from medbridge.judges.cli import main
+
+    from medbridge.cli import main
 
     opts = S.ServeOptions(model="/m", served_name="judge", port=9001, tensor_parallel_size=4, max_model_len=8192, enforce_eager=True)
     cmd = S.serve_command(opts, python="/py")

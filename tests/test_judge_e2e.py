@@ -25,7 +25,7 @@ def test_judge_mode_task_reports_counts_and_agreement(tmp_path):
             "MEDBRIDGE_JUDGE_MODE": "judge",
             "MEDBRIDGE_JUDGE_CACHE": str(tmp_path / "cache.sqlite"),
         }
-        proc = run_lmms_eval(["--model", "messy", "--tasks", "medmnist_mcq_derma", "--output_path", str(tmp_path / "out"), "--log_samples"], tmp_path / "data", module="medbridge.tests.run_lmms_eval_judge", env_extra=env)
+        proc = run_lmms_eval(["--model", "messy", "--tasks", "medmnist_mcq_derma", "--output_path", str(tmp_path / "out"), "--log_samples"], tmp_path / "data", env_extra=env)
         assert proc.returncode == 0, proc.stderr[-4000:]
         seen = server.state
     run = load_run(tmp_path / "out")

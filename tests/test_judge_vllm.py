@@ -102,7 +102,7 @@ def test_cascade_task_through_lmms_eval_and_rerun_from_cache(vllm_judge, tmp_pat
     for attempt in ("first", "rerun"):
         before = vllm_judge.successes()
         out = tmp_path / attempt
-        proc = run_lmms_eval(["--model", "messy", "--tasks", tasks, "--output_path", str(out), "--log_samples"], tmp_path / "data", module="medbridge.tests.run_lmms_eval_judge", env_extra=env)
+        proc = run_lmms_eval(["--model", "messy", "--tasks", tasks, "--output_path", str(out), "--log_samples"], tmp_path / "data", env_extra=env)
         assert proc.returncode == 0, proc.stderr[-4000:]
         results.append((load_run(out), vllm_judge.successes() - before, out))
     (run, sent, out), (rerun, sent_again, out_again) = results

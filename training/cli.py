@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "main"]
+__all__ = ["add_parser"]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -173,14 +173,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--cache", help="modality label cache JSONL (default: <out>.modality_cache.jsonl); resumable")
     q.add_argument("--sft", action="store_true")
     q.set_defaults(func=_cmd_build_pmc_vqa)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medbridge")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
