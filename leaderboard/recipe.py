@@ -86,6 +86,8 @@ def matching_recipes(task: str, dataset: str | None, recipes_dir: Path | None = 
     text_keys, name_keys = dataset_keys(task, dataset)
     found = []
     for path in sorted(recipes_dir.glob("*.y*ml")):
+        if path.name.startswith("tiny_"):
+            continue  # CPU recipes for the demo and tests, not advice for a real model
         try:
             text = path.read_text(errors="replace").lower()
         except OSError:
