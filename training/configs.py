@@ -61,7 +61,8 @@ class MedScriptArguments(ScriptArguments):
     ckpt_eval_batch_size: int = field(default=1, metadata={"help": "lmms-eval --batch_size."})
     ckpt_eval_device: str | None = field(default=None, metadata={"help": "CUDA_VISIBLE_DEVICES for the evaluation process."})
     leaderboard_store: str | None = field(
-        default=None, metadata={"help": "Leaderboard store that each evaluated checkpoint is appended to."}
+        default=None, metadata={"help": "Leaderboard store that each evaluated checkpoint is appended to "
+                                "(default: the leaderboard's own, $MEDBRIDGE_LEADERBOARD or ./medbridge_leaderboard/leaderboard.sqlite)."}
     )
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medbridge.leaderboard.store import default_store_path
 from medbridge.training.configs import MedScriptArguments, parse_recipe
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def eval_callback(script_args: MedScriptArguments, training_args: Any):
         batch_size=script_args.ckpt_eval_batch_size, env=env,
     )
     run_name = script_args.leaderboard_run_name or Path(training_args.output_dir).name
-    return CheckpointEvalCallback(settings, eval_root=Path(training_args.output_dir) / "evaluations", run_name=run_name, leaderboard_store=script_args.leaderboard_store)
+    return CheckpointEvalCallback(settings, eval_root=Path(training_args.output_dir) / "evaluations", run_name=run_name, leaderboard_store=script_args.leaderboard_store or default_store_path())
 
 
 def _marker(kind: str, script_args: MedScriptArguments, training_args: Any, model_args: Any) -> dict[str, Any]:
