@@ -198,7 +198,7 @@ def test_tiny_recipe_puts_every_checkpoint_on_the_leaderboard(tiny_model_dir, me
     out, store = tmp_path / "run", tmp_path / "leaderboard.sqlite"
     env = dict(os.environ, MEDBRIDGE_MEDMNIST_ROOT=str(medmnist_root), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "medbridge.training.cli", "train", "care", "--config", str(RECIPES / "tiny_cpu_care.yaml"),
+    cmd = [sys.executable, "-m", "medbridge.cli", "train", "care", "--config", str(RECIPES / "tiny_cpu_care.yaml"),
            "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--leaderboard_store", str(store)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
