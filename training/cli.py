@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from medbridge.harness_ext.sizes import parse_size
+
 __all__ = ["add_parser"]
 
 
@@ -66,15 +68,11 @@ def _cmd_eval_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _per_class(value: str) -> int | str:
-    if value.strip().lower() == "all":
-        return "all"
     try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
-    return n
+        n = parse_size(value, name="--per-class", what="--per-class", full_word="all")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return "all" if n is None else n
 
 
 def _load_callable(spec: str):

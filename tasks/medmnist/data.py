@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt, lettered
+from medbridge.harness_ext.sizes import seed_from_env, size_from_env
 from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
 
 SIZE = 224
@@ -116,22 +117,11 @@ def single_labels(spec: MedMNISTSet, labels: np.ndarray) -> np.ndarray:
 
 def resolve_per_class(per_class: int | str | None) -> int | None:
     """None means the full split; otherwise a positive number of items per class."""
-    if per_class is None:
-        per_class = os.environ.get(PER_CLASS_ENV, DEFAULT_PER_CLASS)
-    if isinstance(per_class, str):
-        if per_class.strip().lower() in ("all", "full"):
-            return None
-        try:
-            per_class = int(per_class)
-        except ValueError:
-            raise ValueError(f"{PER_CLASS_ENV} must be a positive integer or 'all', got {per_class!r}") from None
-    if per_class < 1:
-        raise ValueError(f"items per class must be >= 1, got {per_class}")
-    return per_class
+    return size_from_env(per_class, env=PER_CLASS_ENV, default=DEFAULT_PER_CLASS, what="items per class", full_word="all")
 
 
 def resolve_seed(seed: int | None) -> int:
-    return int(os.environ.get(SEED_ENV, DEFAULT_SEED)) if seed is None else int(seed)
+    return seed_from_env(seed, env=SEED_ENV, default=DEFAULT_SEED)
 
 
 def balanced_indices(spec: MedMNISTSet, labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:

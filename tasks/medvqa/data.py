@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
+from medbridge.harness_ext.sizes import seed_from_env, size_from_env
 from medbridge.tasks.medvqa.catalog import HUB_ID, HUB_SPLIT, MedVQASet, get_set
 
 SOURCE_ENV = "MEDBRIDGE_MEDVQA_SOURCE"  # hub id or local folder; MEDBRIDGE_MEDVQA_SOURCE_<NAME> per benchmark
@@ -53,22 +54,11 @@ def resolve_source(spec: MedVQASet, source: str | os.PathLike | None = None) -> 
 
 def resolve_subset(subset: int | str | None) -> int | None:
     """None means the full benchmark; otherwise the number of items to draw."""
-    if subset is None:
-        subset = os.environ.get(SUBSET_ENV, DEFAULT_SUBSET)
-    if isinstance(subset, str):
-        if subset.strip().lower() in ("full", "all"):
-            return None
-        try:
-            subset = int(subset)
-        except ValueError:
-            raise ValueError(f"{SUBSET_ENV} must be a positive integer or 'full', got {subset!r}") from None
-    if subset < 1:
-        raise ValueError(f"subset size must be >= 1, got {subset}")
-    return subset
+    return size_from_env(subset, env=SUBSET_ENV, default=DEFAULT_SUBSET, what="subset size", full_word="full")
 
 
 def resolve_seed(seed: int | None) -> int:
-    return int(os.environ.get(SEED_ENV, DEFAULT_SEED)) if seed is None else int(seed)
+    return seed_from_env(seed, env=SEED_ENV, default=DEFAULT_SEED)
 
 
 def resolve_skip_bad(skip_bad: bool | None) -> bool:

@@ -1,0 +1,36 @@
+"""How many items a task or data builder draws: one parser for every "N or the whole set" setting
+(environment variables and command-line flags alike), and the seed that goes with it."""
+
+from __future__ import annotations
+
+import os
+
+FULL_WORDS = ("all", "full")
+
+
+def parse_size(value: int | str, *, name: str, what: str, full_word: str) -> int | None:
+    """A positive item count, or None for the whole set ("all" or "full", any case).
+
+    ``name`` is the setting named in a format error, ``what`` the count named in a range error,
+    ``full_word`` the word the error suggests for the whole set."""
+    if isinstance(value, str):
+        if value.strip().lower() in FULL_WORDS:
+            return None
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a positive integer or '{full_word}', got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    return value
+
+
+def size_from_env(value: int | str | None, *, env: str, default: int | str, what: str, full_word: str) -> int | None:
+    """``value`` when given, else $env, else ``default``; parsed by parse_size."""
+    if value is None:
+        value = os.environ.get(env, default)
+    return parse_size(value, name=env, what=what, full_word=full_word)
+
+
+def seed_from_env(seed: int | None, *, env: str, default: int) -> int:
+    return int(os.environ.get(env, default)) if seed is None else int(seed)
