@@ -158,16 +158,16 @@ def summarize(records: dict[str, list[dict[str, Any]]], *, groups: Mapping[str, 
         row: dict[str, Any] = {}
         dr: dict[str, np.ndarray] = {}
         greedy, sampled = kinds.get("greedy", []), kinds.get("sampled", [])
+        per_item: dict[str, dict[str, float]] = {}
         for name, recs in [("acc1", greedy)] + [(n, sampled) for n in PASSK_NAMES + ("maj_at_16", "all_at_16")]:
             vals = _item_values(recs, name)
             if not vals:
                 continue
-            point, d = _point_and_draws(vals, rng, iters)
-            row[name], dr[name] = point, d
-        if greedy and sampled and "pass_at_16" in row:
+            per_item[name] = vals
+            row[name], dr[name] = _point_and_draws(vals, rng, iters)
+        if "acc1" in per_item and "pass_at_16" in per_item:
             # Paired: the gap of each resampled item set, over items both tasks scored.
-            acc = _item_values(greedy, "acc1")
-            p16 = _item_values(sampled, "pass_at_16")
+            acc, p16 = per_item["acc1"], per_item["pass_at_16"]
             common = sorted(acc.keys() & p16.keys())
             if common:
                 gaps = {i: p16[i] - acc[i] for i in common}
