@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-TINY_MODEL_VERSION = "1"
+TINY_MODEL_VERSION = "2"  # 2: generation_config carries the Qwen2.5-VL sampling defaults
 MARKER_FILENAME = "medbridge_tiny_model.json"
 
 # Special tokens in the same order (and so the same relative ids) as the real Qwen2.5-VL
@@ -394,7 +394,18 @@ def _make_generation_config(tokenizer):
 
     pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     eos = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    return GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
+    # The sampling defaults every Qwen2.5-VL checkpoint ships in generation_config.json: a backend that
+    # leaves any of them in place (top_k 1 above all) turns Pass@K into K copies of one answer.
+    return GenerationConfig(
+        bos_token_id=pad,
+        eos_token_id=[eos, pad],
+        pad_token_id=pad,
+        do_sample=True,
+        temperature=0.1,
+        top_p=0.001,
+        top_k=1,
+        repetition_penalty=1.05,
+    )
 
 
 def _make_processor(tokenizer):
