@@ -8,19 +8,11 @@ the CPU, then prints Acc@1, Pass@K and the support gap per dataset and modality.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-
-def lmms_eval_command() -> list[str]:
-    """The lmms-eval console script of this environment (or `python -m lmms_eval`)."""
-    exe = Path(sys.executable).with_name("lmms-eval")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("lmms-eval")
-    return [found] if found else [sys.executable, "-m", "lmms_eval"]
+from medbridge.harness_ext.lmms_eval_cli import lmms_eval_command
 
 
 def offline_env(data_root: Path) -> dict[str, str]:
