@@ -16,8 +16,17 @@ from typing import Any
 from medbridge.harness_ext import judge, metrics
 from medbridge.harness_ext.answers import extract_choice
 
+N_SAMPLES = 16  # samples per item of the sampled tasks (the paper's Pass@16)
+# What each task reports (the task YAMLs are generated from these lists, see tasks/config_writer.py).
 GREEDY_METRICS = ("acc1", "unparsed_greedy")
 SAMPLED_METRICS = tuple(f"pass_at_{k:02d}" for k in metrics.PASS_KS) + ("maj_at_16", "all_at_16", "unparsed_sampled")
+# Reported by every task; the numbers appear only when a judge is configured (see judge.py).
+JUDGE_REPORTED = judge.JUDGE_METRICS
+# What a group averages over its tasks (unweighted): the scores, not the counts.
+GROUP_GREEDY_METRICS = GREEDY_METRICS
+GROUP_SAMPLED_METRICS = SAMPLED_METRICS
+_LOWER_IS_BETTER = ("unparsed_greedy", "unparsed_sampled", "n_unparseable", "n_judge_invalid", "n_judge_down")
+HIGHER_IS_BETTER = {name: name not in _LOWER_IS_BETTER for name in GREEDY_METRICS + SAMPLED_METRICS + JUDGE_REPORTED}
 
 
 def doc_options(doc: Mapping[str, Any]) -> dict[str, str]:

@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from medbridge.tasks.medvqa import data, utils
 from medbridge.tasks.medvqa.catalog import HUB_ID, SETS, get_set, report_groups
 from medbridge.tasks.medvqa.fixtures import BAD_KINDS, answer_image, build_medvqa_fixture
@@ -204,7 +203,7 @@ def test_lmms_eval_hooks_on_the_pointer_file(source, monkeypatch):
 
     monkeypatch.setenv(data.SOURCE_ENV, str(source))
     monkeypatch.setenv(data.SUBSET_ENV, "2")
-    pointer = datasets.load_dataset("json", data_files={"test": str(TASK_DIR / "sets" / "mmmu.jsonl")}, split="test")
+    pointer = datasets.load_dataset("json", data_files={"test": str(TASK_DIR / "data_pointers" / "mmmu.jsonl")}, split="test")
     docs = utils.process_docs(pointer)
     assert len(docs) == 2
     n_images = []
@@ -234,11 +233,11 @@ def test_lmms_eval_hooks_on_the_pointer_file(source, monkeypatch):
 
 def test_yaml_files_pointer_files_and_report_groups_agree_with_the_catalog():
     for spec in SETS:
-        pointer = [json.loads(x) for x in (TASK_DIR / "sets" / f"{spec.name}.jsonl").read_text().splitlines()]
+        pointer = [json.loads(x) for x in (TASK_DIR / "data_pointers" / f"{spec.name}.jsonl").read_text().splitlines()]
         assert pointer == [{"dataset_name": spec.dataset_name}]
         for task, template in ((spec.task, "_template.yaml"), (spec.task_passk, "_template_passk.yaml")):
             cfg = yaml.safe_load((TASK_DIR / f"{task}.yaml").read_text())
-            assert cfg == {"task": task, "include": template, "dataset_kwargs": {"data_files": {"test": f"sets/{spec.name}.jsonl"}}}
+            assert cfg == {"task": task, "include": template, "dataset_kwargs": {"data_files": {"test": f"data_pointers/{spec.name}.jsonl"}}}
     group = yaml.safe_load((TASK_DIR / "_group_all.yaml").read_text())
     assert group["group"] == "medvqa"
     assert group["task"] == [t for s in SETS for t in (s.task, s.task_passk)]

@@ -29,7 +29,6 @@ def test_lmms_eval_lists_our_tasks_from_a_fresh_process(tmp_path):
 def test_our_task_names_do_not_clash_with_lmms_eval_builtins():
     import medbridge.harness_ext.plugin  # noqa: F401  (installs the hook)
     from lmms_eval.tasks import TaskManager
-
     from loguru import logger
 
     bare = TaskManager.__new__(TaskManager)  # index the built-in folder alone, without our hook
@@ -41,8 +40,8 @@ def test_our_task_names_do_not_clash_with_lmms_eval_builtins():
 
 
 def test_hook_is_idempotent_and_keeps_user_include_paths(tmp_path):
-    from medbridge.harness_ext import plugin
     from lmms_eval.tasks import TaskManager
+    from medbridge.harness_ext import plugin
 
     plugin.register_tasks()
     plugin.register_tasks()
@@ -69,12 +68,13 @@ def test_non_editable_install_registers_the_installed_copy(tmp_path):
     tasks_dir, yaml_path = out.stdout.strip().splitlines()[-2:]
     assert tasks_dir.startswith(str(target)) and yaml_path.startswith(str(target))
     assert (Path(yaml_path).parent / "_template.yaml").exists()
-    assert (Path(yaml_path).parent / "sets" / "octmnist.jsonl").exists()
+    assert (Path(yaml_path).parent / "data_pointers" / "octmnist.jsonl").exists()
 
 
 def test_tasks_path_command_prints_the_indexed_folder(capsys):
-    from medbridge.cli import main
     from medbridge.harness_ext.plugin import TASKS_DIR
+
+    from medbridge.cli import main
 
     assert main(["tasks-path"]) == 0
     path = capsys.readouterr().out.strip()

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from medbridge.harness_ext.sizes import parse_size
+from medbridge.harness_ext.subsets import parse_size
 
 __all__ = ["add_parser"]
 

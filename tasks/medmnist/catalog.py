@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medbridge.harness_ext.decoding import GREEDY, PASSK, Decoding
+
 MODALITIES = ("radiology", "microscopy", "photography")
 
 
@@ -26,6 +28,18 @@ class MedMNISTSet:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def task(self) -> str:
+        return f"medmnist_mcq_{self.name}"
+
+    @property
+    def task_passk(self) -> str:
+        return f"medmnist_mcq_{self.name}_passk"
+
+
+# How the tasks decode (harness_ext/decoding.py): the paper's greedy Acc@1 and Pass@K sampling.
+GREEDY_DECODING: Decoding = GREEDY
+SAMPLED_DECODING: Decoding = PASSK
 
 _ORGANS = (
     "Bladder",

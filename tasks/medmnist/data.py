@@ -9,7 +9,6 @@ image into a question with one option per class. Evaluation (the lmms-eval tasks
 from __future__ import annotations
 
 import json
-import os
 import random
 import zlib
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
+from medbridge.harness_ext import settings
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt, lettered
-from medbridge.harness_ext.sizes import seed_from_env, size_from_env
+from medbridge.harness_ext.subsets import seed_from_env, size_from_env
 from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
 
 SIZE = 224
@@ -37,9 +36,9 @@ class MedMNISTFileError(RuntimeError):
 
 def default_root() -> Path:
     """$MEDBRIDGE_MEDMNIST_ROOT, else medmnist's own default root (~/.medmnist)."""
-    env = os.environ.get(ROOT_ENV)
-    if env:
-        return Path(env).expanduser()
+    env = settings.get_path(ROOT_ENV)
+    if env is not None:
+        return env
     from medmnist.info import DEFAULT_ROOT
 
     return Path(DEFAULT_ROOT).expanduser()
@@ -69,7 +68,7 @@ def load_split(name_or_flag: str, split: str = "test", root: str | Path | None =
     spec = get_set(name_or_flag)
     root = Path(root) if root is not None else default_root()
     if download is None:
-        download = os.environ.get(DOWNLOAD_ENV, "") == "1"
+        download = settings.get_flag(DOWNLOAD_ENV)
     path = npz_path(spec.flag, root)
     hint = f"expected {path} with {_expected_layout(spec, split)}; fetch it with: {fetch_command(spec.flag, root)}"
     if download:

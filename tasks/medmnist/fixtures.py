@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from medbridge.tasks.medmnist.catalog import SETS, MedMNISTSet
 from medbridge.tasks.medmnist.data import SIZE, npz_path
 

@@ -14,10 +14,20 @@ with ``source_names`` (every alias is accepted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from medbridge.harness_ext.decoding import GREEDY, PASSK, Decoding
 
 HUB_ID = "UCSC-VLAA/MedVLThinker-Eval"
 HUB_SPLIT = "test"
+
+
+# How the tasks decode (harness_ext/decoding.py). Answer length: reasoning models write long.
+# MedVLThinker's evaluation allows 4096 new tokens, Med-R1 256; ours is 2048, which covers the
+# reasoning traces of the 3B/7B models we compare (override per run with --gen_kwargs max_new_tokens=4096).
+MAX_NEW_TOKENS = 2048
+GREEDY_DECODING: Decoding = replace(GREEDY, max_new_tokens=MAX_NEW_TOKENS)
+SAMPLED_DECODING: Decoding = replace(PASSK, max_new_tokens=MAX_NEW_TOKENS)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
+from medbridge.harness_ext import settings
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
-from medbridge.harness_ext.sizes import seed_from_env, size_from_env
+from medbridge.harness_ext.subsets import seed_from_env, size_from_env
 from medbridge.tasks.medvqa.catalog import HUB_ID, HUB_SPLIT, MedVQASet, get_set
 
 SOURCE_ENV = "MEDBRIDGE_MEDVQA_SOURCE"  # hub id or local folder; MEDBRIDGE_MEDVQA_SOURCE_<NAME> per benchmark
@@ -49,7 +49,7 @@ class MedVQADataError(ValueError):
 def resolve_source(spec: MedVQASet, source: str | os.PathLike | None = None) -> str:
     if source is not None:
         return str(source)
-    return os.environ.get(f"{SOURCE_ENV}_{spec.name.upper()}") or os.environ.get(SOURCE_ENV) or HUB_ID
+    return settings.get_str(f"{SOURCE_ENV}_{spec.name.upper()}") or settings.get_str(SOURCE_ENV) or HUB_ID
 
 
 def resolve_subset(subset: int | str | None) -> int | None:
@@ -64,7 +64,7 @@ def resolve_seed(seed: int | None) -> int:
 def resolve_skip_bad(skip_bad: bool | None) -> bool:
     if skip_bad is not None:
         return bool(skip_bad)
-    return os.environ.get(SKIP_BAD_ENV, "").strip().lower() in ("1", "true", "yes")
+    return settings.get_flag(SKIP_BAD_ENV)
 
 
 def subset_tag(subset: int | None, seed: int) -> str:
@@ -252,11 +252,11 @@ def build_items(
     """
     spec = get_set(name)
     src = resolve_source(spec, source)
-    split = split or os.environ.get(SPLIT_ENV) or HUB_SPLIT
+    split = split or settings.get_str(SPLIT_ENV) or HUB_SPLIT
     n_wanted = resolve_subset(subset)
     seed = resolve_seed(seed)
     skip = resolve_skip_bad(skip_bad)
-    ds = load_source(src, split, os.environ.get(REVISION_ENV) or None)
+    ds = load_source(src, split, settings.get_str(REVISION_ENV))
     rows = benchmark_rows(ds, spec, src)
 
     items: list[dict[str, Any]] = []

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from medbridge.tasks.medvqa.catalog import SETS, MedVQASet, get_set
 
 BAD_KINDS = ("undecodable_image", "missing_image", "malformed_options", "answer_not_in_options", "no_options")

@@ -1,0 +1,55 @@
+"""Write the medvqa task YAMLs, data-pointer files and group YAMLs from catalog.py.
+
+    python -m medbridge.tasks.medvqa._generate_configs [--out DIR]
+
+The written files are checked in; tests/test_task_configs.py fails when they drift from this output.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medbridge.tasks.config_writer import Family, GroupFile, TaskFile, write_family
+from medbridge.tasks.medvqa.catalog import GREEDY_DECODING, MAX_NEW_TOKENS, SAMPLED_DECODING, SETS
+
+FOLDER = Path(__file__).resolve().parent
+
+TEMPLATE_COMMENT = """\
+# Shared by the six greedy medvqa_<benchmark> tasks. A task file adds its name and the one-line
+# data-pointer file naming the benchmark's dataset_name; process_docs reads the real rows from
+# MedVLThinker-Eval (or $MEDBRIDGE_MEDVQA_SOURCE), a seeded 200-item subset by default.
+"""
+LENGTH_COMMENT = f"""\
+# Answer length: reasoning models write long; ours is {MAX_NEW_TOKENS} new tokens (see catalog.py).
+# Override per run with --gen_kwargs max_new_tokens=4096 (it merges into these settings).
+"""
+
+
+def family() -> Family:
+    tasks = []
+    for spec in SETS:
+        pointer = f"{spec.name}.jsonl"
+        row = {"dataset_name": spec.dataset_name}
+        tasks += [TaskFile(spec.task, False, pointer, row), TaskFile(spec.task_passk, True, pointer, row)]
+    groups = [
+        GroupFile("_group_all.yaml", "medvqa", [t for s in SETS for t in (s.task, s.task_passk)],
+                  comment="Table 3: each benchmark's greedy Acc@1 and sampled Pass@K, and their unweighted average."),
+        GroupFile("_group_greedy.yaml", "medvqa_greedy", [s.task for s in SETS],
+                  comment="Acc@1 only (greedy), the six benchmarks and their unweighted average.", sampled=False),
+    ]
+    return Family(folder="medvqa", generator="tasks/medvqa/_generate_configs.py", greedy=GREEDY_DECODING,
+                  sampled=SAMPLED_DECODING, template_comment=TEMPLATE_COMMENT, tasks=tasks, groups=groups,
+                  extra_greedy_comment=LENGTH_COMMENT)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=FOLDER, help="folder to write (default: this task folder)")
+    args = parser.parse_args(argv)
+    for path in write_family(family(), args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
