@@ -85,7 +85,7 @@ class MedbridgeVLM(lmms):
             self.engine = TransformersEngine(str(pretrained), device=device, device_map=_opt(device_map), dtype=str(dtype),
                                              attn_implementation=_opt(attn_implementation), min_pixels=min_pixels, max_pixels=max_pixels)
         elif engine == "vllm":
-            from medbridge.harness_ext.backend.engines import VLLMEngine
+            from medbridge.harness_ext.backend.vllm_engine import VLLMEngine
 
             self.engine = VLLMEngine(str(pretrained), dtype=str(dtype), min_pixels=min_pixels, max_pixels=max_pixels, seed=self.seed,
                                      gpu_memory_utilization=float(gpu_memory_utilization), tensor_parallel_size=int(tensor_parallel_size),
