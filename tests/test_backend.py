@@ -19,6 +19,8 @@ from medbridge.harness_ext.backend.grouping import (
     group_requests,
     normalize_gen_kwargs,
 )
+from medbridge.harness_ext.decoding import effective_for, effective_settings
+from medbridge.harness_ext.errors import MedbridgeError
 from PIL import Image
 
 SAMPLED = {"max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "do_sample": True}
@@ -26,12 +28,18 @@ GREEDY = {"max_new_tokens": 6, "temperature": 0, "do_sample": False}
 
 
 def _messages(doc):
-    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["prompt"]}]}]
+    return [
+        {"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["prompt"]}]}
+    ]
 
 
 def _instance(doc_id: int, gen_kwargs: dict, *, task: str = "t", repeats: int = 16, ctx: str | None = None) -> Instance:
-    return Instance("generate_until", (ctx or f"question {doc_id}", _messages, dict(gen_kwargs), doc_id, task, "test"), idx=0,
-                    metadata={"task": task, "doc_id": doc_id, "repeats": repeats})
+    return Instance(
+        "generate_until",
+        (ctx or f"question {doc_id}", _messages, dict(gen_kwargs), doc_id, task, "test"),
+        idx=0,
+        metadata={"task": task, "doc_id": doc_id, "repeats": repeats},
+    )
 
 
 def _cloned(reqs: list[Instance]) -> list[Instance]:
@@ -44,11 +52,20 @@ def _cloned(reqs: list[Instance]) -> list[Instance]:
 
 # ---------------------------------------------------------------------------- grouping
 def test_clones_group_per_item_and_greedy_never_mixes_with_sampled():
-    reqs = [_instance(0, SAMPLED), _instance(1, SAMPLED), _instance(0, GREEDY, repeats=1), _instance(0, GREEDY, task="u", repeats=1)]
+    reqs = [
+        _instance(0, SAMPLED),
+        _instance(1, SAMPLED),
+        _instance(0, GREEDY, repeats=1),
+        _instance(0, GREEDY, task="u", repeats=1),
+    ]
     cloned = _cloned(reqs)
     groups = group_requests(cloned)
     assert [(g.task, g.doc_id, g.settings.greedy, g.n_requests, g.n_samples) for g in groups] == [
-        ("t", 0, False, 16, 16), ("t", 1, False, 16, 16), ("t", 0, True, 1, 1), ("u", 0, True, 1, 1)]
+        ("t", 0, False, 16, 16),
+        ("t", 1, False, 16, 16),
+        ("t", 0, True, 1, 1),
+        ("u", 0, True, 1, 1),
+    ]
     assert groups[0].positions == list(range(16)) and groups[2].positions == [32]
     samples = [[f"a{i}" for i in range(16)], [f"b{i}" for i in range(16)], ["g"], ["h"]]
     out = fan_out(groups, samples, len(cloned))
@@ -68,9 +85,19 @@ def test_different_settings_or_context_are_different_items():
 def test_generation_kwargs_are_normalised_and_bad_ones_rejected():
     s = normalize_gen_kwargs({"max_new_tokens": "12", "temperature": 0.7, "top_p": 1.0, "until": "</answer>"})
     assert s == SamplingSettings(max_new_tokens=12, temperature=0.7, top_p=None, top_k=None, until=("</answer>",))
-    assert normalize_gen_kwargs({"temperature": 0, "top_p": 0.9}).fingerprint() == normalize_gen_kwargs({"do_sample": False}).fingerprint()
-    with pytest.raises(ValueError, match="repetition_penalty"):
-        normalize_gen_kwargs({"repetition_penalty": 1.1}, where="task x")
+    assert (
+        normalize_gen_kwargs({"temperature": 0, "top_p": 0.9}).fingerprint()
+        == normalize_gen_kwargs({"do_sample": False}).fingerprint()
+    )
+    with pytest.raises(ValueError, match="top_a"):
+        normalize_gen_kwargs({"top_a": 1.1}, where="task x")
+    # The one definition of decoding: unstated settings are off, contradictions are refused.
+    assert normalize_gen_kwargs(
+        {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0}
+    ) == normalize_gen_kwargs({"temperature": 0.7, "top_p": 0.9})
+    assert normalize_gen_kwargs({"temperature": 0.7, "repetition_penalty": 1.05}).repetition_penalty == 1.05
+    with pytest.raises(MedbridgeError, match="task x: .*do_sample=true with temperature=0"):
+        normalize_gen_kwargs({"do_sample": True, "temperature": 0}, where="task x")
     with pytest.raises(ValueError, match="num_beams"):
         normalize_gen_kwargs({"num_beams": 4})
     with pytest.raises(ValueError, match="chat model"):
@@ -84,15 +111,46 @@ def test_sample_cache_stores_each_sample_and_keys_on_everything(tmp_path):
     cache.put(key, {0: ("first", 3), 2: ("third", 4)})
     assert cache.get(key, 3) == {0: ("first", 3), 2: ("third", 4)}
     assert (cache.hits, cache.misses, cache.writes) == (2, 1, 2)
-    for other in (ItemKey("model2", "prompt", "task", "0", 7, "gen"), ItemKey("model", "prompt", "task", "0", 8, "gen"),
-                  ItemKey("model", "prompt", "task", "0", 7, "gen2"), ItemKey("model", "prompt2", "task", "0", 7, "gen"),
-                  ItemKey("model", "prompt", "task", "1", 7, "gen")):
+    for other in (
+        ItemKey("model2", "prompt", "task", "0", 7, "gen"),
+        ItemKey("model", "prompt", "task", "0", 8, "gen"),
+        ItemKey("model", "prompt", "task", "0", 7, "gen2"),
+        ItemKey("model", "prompt2", "task", "0", 7, "gen"),
+        ItemKey("model", "prompt", "task", "1", 7, "gen"),
+    ):
         assert cache.get(other, 3) == {}
     # Another process (connection) sees the rows; the journal is WAL.
     again = SampleCache(tmp_path / "c.sqlite")
     assert again.get(key, 1) == {0: ("first", 3)}
     assert sqlite3.connect(tmp_path / "c.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert again.count(run_id=cache.run_id) == 2 and again.count(run_id=again.run_id) == 0
+
+
+def test_corrupt_sample_cache_is_moved_aside_and_the_run_goes_on(tmp_path, caplog):
+    path = tmp_path / "cache" / "medbridge_samples.sqlite"
+    path.parent.mkdir()
+    garbage = b"this is not a database" * 100
+    path.write_bytes(garbage)
+    with caplog.at_level("WARNING"):
+        cache = SampleCache(path)
+    aside = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage  # kept, never deleted
+    assert str(path) in caplog.text  # reported by path
+    key = ItemKey("model", "prompt", "task", "0", 7, "gen")
+    cache.put(key, {0: ("fresh", 1)})
+    assert SampleCache(path).get(key, 1) == {0: ("fresh", 1)}
+
+
+def test_sample_cache_works_from_the_prepare_thread_and_the_generating_thread(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = SampleCache(tmp_path / "c.sqlite")
+    key = ItemKey("model", "prompt", "task", "0", 7, "gen")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(cache.put, key, {0: ("a", 1)}).result()
+        assert pool.submit(cache.get, key, 1).result() == {0: ("a", 1)}
+    assert cache.get(key, 1) == {0: ("a", 1)}
+    cache.close()
 
 
 def test_fingerprints_follow_weights_config_prompt_and_pixels(tmp_path):
@@ -111,25 +169,51 @@ def test_fingerprints_follow_weights_config_prompt_and_pixels(tmp_path):
         model_fingerprint(tmp_path)
     red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
     assert prompt_fingerprint("t", "q", [red]) == prompt_fingerprint("t", "q", [Image.new("RGB", (8, 8), "red")])
-    assert len({prompt_fingerprint("t", "q", [red]), prompt_fingerprint("t", "q", [blue]), prompt_fingerprint("t", "q2", [red]),
-                prompt_fingerprint("u", "q", [red])}) == 4
+    assert (
+        len(
+            {
+                prompt_fingerprint("t", "q", [red]),
+                prompt_fingerprint("t", "q", [blue]),
+                prompt_fingerprint("t", "q2", [red]),
+                prompt_fingerprint("u", "q", [red]),
+            }
+        )
+        == 4
+    )
 
 
 # ---------------------------------------------------------------------------- engine (tiny model)
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from medbridge.harness_ext.backend.engines import TransformersEngine
+    from medbridge.harness_ext.backend.transformers_engine import TransformersEngine
 
     # float32 so that one-row and K-row forwards agree to the last bit with transformers' generate.
-    return TransformersEngine(str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136, max_pixels=50176)
+    return TransformersEngine(
+        str(tiny_model_dir),
+        device="cpu",
+        dtype="float32",
+        attn_implementation="sdpa",
+        min_pixels=3136,
+        max_pixels=50176,
+    )
 
 
-def _image(seed: int) -> Image.Image:
-    return Image.fromarray((np.random.default_rng(seed).random((56, 56, 3)) * 255).astype("uint8"))
+def _image(seed: int, size: int = 56) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((size, size, 3)) * 255).astype("uint8"))
 
 
 def _prompt(engine, seed: int = 0):
-    return engine.render([{"role": "user", "content": [{"type": "image", "image": _image(seed)}, {"type": "text", "text": "Question: which class? Options: A. x B. y"}]}])
+    return engine.render(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": _image(seed)},
+                    {"type": "text", "text": "Question: which class? Options: A. x B. y"},
+                ],
+            }
+        ]
+    )
 
 
 def test_one_prefill_draws_what_generate_draws_from_k_prefills(engine):
@@ -141,17 +225,29 @@ def test_one_prefill_draws_what_generate_draws_from_k_prefills(engine):
     from medbridge.harness_ext.backend.instrument import count_forward_tokens
 
     prompt, k = _prompt(engine), 6
-    inputs = engine.encode(prompt)
+    inputs = engine.encode([prompt])
     length = inputs["input_ids"].shape[1]
     settings = normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.9})
     cls = type(engine.model)
     with count_forward_tokens(cls) as ours:
-        samples = engine.generate_one(Job(prompt, k, settings, seed=11), inputs=inputs)
+        samples = engine.generate([Job(prompt, k, settings, seed=11)])[0]
     torch.manual_seed(11)
     with count_forward_tokens(cls) as theirs:
-        out = engine.model.generate(**inputs, do_sample=True, temperature=0.7, top_p=0.9, top_k=None, num_return_sequences=k,
-                                    max_new_tokens=8, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id)
-    reference = [engine.tokenizer.decode([t for t in row[length:].tolist() if t not in engine.eos_ids], skip_special_tokens=True) for row in out]
+        out = engine.model.generate(
+            **inputs,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=None,
+            num_return_sequences=k,
+            max_new_tokens=8,
+            eos_token_id=engine.eos_ids,
+            pad_token_id=engine.pad_id,
+        )
+    reference = [
+        engine.tokenizer.decode([t for t in row[length:].tolist() if t not in engine.eos_ids], skip_special_tokens=True)
+        for row in out
+    ]
     assert [s.text for s in samples] == reference
     assert len(set(reference)) == k  # distinct under sampling
     assert (ours.prefill_calls, ours.prefill_tokens) == (1, length)
@@ -163,13 +259,25 @@ def test_greedy_samples_are_identical_and_equal_generate(engine):
     from medbridge.harness_ext.backend.engines import Job
 
     prompt = _prompt(engine, seed=3)
-    inputs = engine.encode(prompt)
-    samples = engine.generate_one(Job(prompt, 4, normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 0}), seed=0), inputs=inputs)
-    out = engine.model.generate(**inputs, do_sample=False, max_new_tokens=8, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id)
+    inputs = engine.encode([prompt])
+    samples = engine.generate([Job(prompt, 4, normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 0}), seed=0)])[
+        0
+    ]
+    # The checkpoint's generation_config carries Qwen's repetition_penalty 1.05 and top_k 1: generate()
+    # agrees with us only when handed the effective settings of the one definition of decoding.
+    decoding = normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 0}).decoding()
+    out = engine.model.generate(
+        **inputs,
+        **effective_settings(decoding, engine.model.generation_config),
+        eos_token_id=engine.eos_ids,
+        pad_token_id=engine.pad_id,
+    )
     length = inputs["input_ids"].shape[1]
     assert [s.text for s in samples] == [engine.tokenizer.decode(out[0, length:], skip_special_tokens=True)] * 4
     # top_k=1 sampling can only pick the argmax: the sampler's filters reach greedy.
-    top1 = engine.generate_one(Job(prompt, 3, normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 1.3, "top_k": 1}), seed=5), inputs=inputs)
+    top1 = engine.generate(
+        [Job(prompt, 3, normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 1.3, "top_k": 1}), seed=5)]
+    )[0]
     assert [s.text for s in top1] == [samples[0].text] * 3
 
 
@@ -183,13 +291,116 @@ def test_seed_makes_sampling_reproducible(engine):
     assert [s.text for s in engine.generate([Job(prompt, 4, settings, seed=2)])[0]] != first
 
 
+def _varied_prompts(engine, n: int):
+    """Prompts of different lengths and image sizes, so a batch needs padding."""
+    return [
+        engine.render(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": _image(i, 56 + 28 * (i % 3))},
+                        {"type": "text", "text": f"Question {i}: which class? " + "x " * (3 * i)},
+                    ],
+                }
+            ]
+        )
+        for i in range(n)
+    ]
+
+
+def test_greedy_and_k_samples_share_one_prefill_and_equal_separate_runs(engine):
+    """An item's greedy request and its K sampled requests: one prefill, and exactly the outputs of
+    a separate greedy run and a separate sampled run."""
+    from medbridge.harness_ext.backend.engines import Job
+    from medbridge.harness_ext.backend.instrument import count_forward_tokens
+
+    prompt = _varied_prompts(engine, 2)[1]
+    sampled = Job(prompt, 16, normalize_gen_kwargs({"max_new_tokens": 10, "temperature": 0.7, "top_p": 0.9}), seed=3)
+    greedy = Job(prompt, 1, normalize_gen_kwargs({"max_new_tokens": 6, "temperature": 0}), seed=0)
+    separate = [engine.generate([greedy])[0], engine.generate([sampled])[0]]
+    with count_forward_tokens(type(engine.model)) as log:
+        shared = engine.generate([greedy, sampled])
+    assert [[s.text for s in x] for x in shared] == [[s.text for s in x] for x in separate]
+    assert len({s.text for s in shared[1]}) > 1
+    assert log.prefill_calls == 1 and log.calls[0][0] == 1  # one prompt row prefilled for 17 rows of output
+    assert all(rows == 17 for rows, _, cached in log.calls if cached)
+
+
+def test_items_batched_with_padding_give_the_outputs_of_batch_one(engine):
+    from medbridge.harness_ext.backend.engines import Job
+    from medbridge.harness_ext.backend.instrument import count_forward_tokens
+
+    prompts = _varied_prompts(engine, 5)
+    jobs = []
+    for i, prompt in enumerate(prompts):
+        jobs.append(
+            Job(
+                prompt,
+                4,
+                normalize_gen_kwargs({"max_new_tokens": 5 + i, "temperature": 0.7, "top_p": 0.9}),
+                seed=40 + i,
+            )
+        )
+        jobs.append(Job(prompt, 1, normalize_gen_kwargs({"max_new_tokens": 7, "temperature": 0}), seed=0))
+    assert len({int(engine.encode([p])["input_ids"].shape[1]) for p in prompts}) > 1  # padding is exercised
+    single = [[s.text for s in engine.generate([job])[0]] for job in jobs]
+    engine.batch_size = 8
+    try:
+        with count_forward_tokens(type(engine.model)) as log:
+            batched = [[s.text for s in x] for x in engine.generate(jobs)]
+    finally:
+        engine.batch_size = 1
+    assert batched == single
+    assert log.prefill_calls == 1 and log.calls[0][0] == len(prompts)
+
+
+def test_checkpoint_sampling_defaults_never_reach_decoding(backend):
+    """The tiny model carries Qwen2.5-VL's generation_config (top_k 1, top_p 0.001, temperature 0.1,
+    repetition_penalty 1.05): the task's settings alone decide, so Pass@K samples differ, and the
+    run records the effective settings per task."""
+    config = backend.engine.model.generation_config
+    assert (config.top_k, config.repetition_penalty) == (1, 1.05)
+    reqs = [_instance(i, SAMPLED) for i in range(3)] + [_instance(0, GREEDY, task="g", repeats=1)]
+    backend.task_dict["g"] = backend.task_dict["t"]
+    out = [r.text for r in backend.generate_until(_cloned(reqs))]
+    distinct = [len(set(out[i * 16 : (i + 1) * 16])) for i in range(3)]
+    assert sum(distinct) / 3 > 1, distinct
+    recorded = effective_for("t")
+    assert recorded is not None
+    assert (recorded["temperature"], recorded["top_p"], recorded["top_k"], recorded["repetition_penalty"]) == (
+        0.7,
+        0.9,
+        0,
+        1.0,
+    )
+    assert effective_for("g")["do_sample"] is False
+
+
+def test_rank_padding_copies_do_not_grow_an_items_group():
+    """lmms-eval evens out ranks with new Instances copying a request: they are their own group, so
+    the original item keeps its K samples (and its seed)."""
+    original = _instance(0, SAMPLED, repeats=4)
+    copy = _instance(0, SAMPLED, repeats=4)
+    groups = group_requests(_cloned([original, copy]))
+    assert [g.n_samples for g in groups] == [4, 4]
+
+
 # ---------------------------------------------------------------------------- the lmms-eval model, in-process
 @pytest.fixture
 def backend(tiny_model_dir, tmp_path):
     from medbridge.harness_ext.backend.model import MedbridgeVLM
 
-    lm = MedbridgeVLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136,
-                      max_pixels=50176, seed=5, cache_dir=str(tmp_path / "cache"))
+    lm = MedbridgeVLM(
+        pretrained=str(tiny_model_dir),
+        device="cpu",
+        dtype="float32",
+        attn_implementation="sdpa",
+        min_pixels=3136,
+        max_pixels=50176,
+        seed=5,
+        cache_dir=str(tmp_path / "cache"),
+    )
     docs = [{"image": _image(i), "prompt": f"Question {i}: which class? Options: A. x B. y"} for i in range(3)]
     lm.task_dict = {"t": {"test": docs}}
     return lm
@@ -199,27 +410,50 @@ def test_backend_answers_each_item_from_one_prefill_and_then_from_the_cache(back
     from medbridge.harness_ext.backend.instrument import count_forward_tokens
     from medbridge.harness_ext.backend.model import MedbridgeVLM
 
-    reqs = [_instance(0, SAMPLED), _instance(1, SAMPLED), _instance(2, GREEDY, repeats=1), _instance(0, GREEDY, repeats=3)]
+    reqs = [
+        _instance(0, SAMPLED),
+        _instance(1, SAMPLED),
+        _instance(2, GREEDY, repeats=1),
+        _instance(0, GREEDY, repeats=3),
+    ]
     cloned = _cloned(reqs)
     with count_forward_tokens(type(backend.engine.model)) as log:
         out = [r.text for r in backend.generate_until(cloned)]
     assert len(out) == len(cloned) == 16 + 16 + 1 + 3
     assert len(set(out[:16])) > 1 and len(set(out[16:32])) > 1 and out[:16] != out[16:32]
     assert len(set(out[33:36])) == 1  # greedy clones
-    assert log.prefill_calls == 4 and log.prefill_tokens == sum(backend.engine.stats.prompt_lengths)
+    # Doc 0's greedy request and its 16 samples share one prefill: 3 prefills for 4 groups.
+    assert log.prefill_calls == 3 and log.prefill_tokens == sum(backend.engine.stats.prompt_lengths)
+    assert backend.engine.stats.prefill_prompts == 3 and backend.engine.stats.jobs == 4
     assert backend.cache.writes == 16 + 16 + 1 + 1
 
     # A second backend on the same cache (a resumed run) generates nothing and returns the same answers.
-    again = MedbridgeVLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136,
-                         max_pixels=50176, seed=5, cache_dir=str(backend.cache.path.parent))
+    again = MedbridgeVLM(
+        pretrained=str(tiny_model_dir),
+        device="cpu",
+        dtype="float32",
+        attn_implementation="sdpa",
+        min_pixels=3136,
+        max_pixels=50176,
+        seed=5,
+        cache_dir=str(backend.cache.path.parent),
+    )
     again.task_dict = backend.task_dict
     with count_forward_tokens(type(again.engine.model)) as log2:
         assert [r.text for r in again.generate_until(cloned)] == out
     assert log2.prefill_calls == 0 and again.items_from_cache == 4 and again.cache.hits == 34
 
     # Another seed is another set of samples (greedy ones are shared: they do not depend on the seed).
-    other = MedbridgeVLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="sdpa", min_pixels=3136,
-                         max_pixels=50176, seed=6, cache_dir=str(backend.cache.path.parent))
+    other = MedbridgeVLM(
+        pretrained=str(tiny_model_dir),
+        device="cpu",
+        dtype="float32",
+        attn_implementation="sdpa",
+        min_pixels=3136,
+        max_pixels=50176,
+        seed=6,
+        cache_dir=str(backend.cache.path.parent),
+    )
     other.task_dict = backend.task_dict
     res = [r.text for r in other.generate_until(cloned)]
     assert res[:32] != out[:32] and res[32:] == out[32:] and other.items_generated == 2

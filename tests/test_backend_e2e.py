@@ -1,13 +1,15 @@
 """medbridge_vlm through the real lmms-eval CLI (subprocesses) on MedMNIST fixtures + the tiny model.
 
 * a greedy and a Pass@16 task: 16 samples per sampled item, one prefill per item (engine counters);
-* a run killed half-way (``crash_after_items``) resumes from the sample cache, generates only the
-  missing items, and ends with exactly the results of an uninterrupted run;
+* a run killed half-way (the test-only ``medbridge_vlm_crashing`` model below exits the process
+  after N stored items) resumes from the sample cache, generates only the missing items, and ends
+  with exactly the results of an uninterrupted run;
 * lmms-eval's standard per-clone path, replaying the very same samples (the test-only ``replay``
   model below), reports the same metrics as our grouped backend.
 
 This module doubles as the launcher of those subprocesses: ``python -m medbridge.tests.test_backend_e2e
-<lmms-eval args>`` registers medbridge_vlm and ``replay`` and runs the lmms-eval CLI.
+<lmms-eval args>`` registers medbridge_vlm, ``medbridge_vlm_crashing`` and ``replay`` and runs the
+lmms-eval CLI.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from lmms_eval.api.model import lmms
+from medbridge.harness_ext.backend.model import MedbridgeVLM
 
 TASKS = ["medmnist_mcq_blood", "medmnist_mcq_blood_passk", "medmnist_mcq_oct_passk"]
 LIMIT = 3
@@ -53,6 +56,20 @@ class ReplayModel(lmms):
         raise NotImplementedError
 
 
+class CrashingVLM(MedbridgeVLM):
+    """Test-only: medbridge_vlm that kills its own process (``os._exit(3)``, no cleanup, as a crash
+    would) once ``crash_after_items`` generated items are stored in the sample cache."""
+
+    def __init__(self, crash_after_items: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.crash_after_items = int(crash_after_items)
+
+    def _item_stored(self) -> None:
+        if self.items_generated >= self.crash_after_items:
+            self._write_stats()
+            os._exit(3)
+
+
 def main() -> None:
     from lmms_eval.cli.dispatch import main as lmms_eval_main
     from lmms_eval.models import MODEL_REGISTRY_V2
@@ -60,7 +77,11 @@ def main() -> None:
     from medbridge.harness_ext.backend import register
 
     register()  # a no-op once harness_ext/plugin.py lists the backend
-    MODEL_REGISTRY_V2.register_manifest(ModelManifest(model_id="replay", simple_class_path="medbridge.tests.test_backend_e2e.ReplayModel"), overwrite=True)
+    for model_id, kind, path in (
+        ("replay", "simple_class_path", f"{LAUNCHER}.ReplayModel"),
+        ("medbridge_vlm_crashing", "chat_class_path", f"{LAUNCHER}.CrashingVLM"),
+    ):
+        MODEL_REGISTRY_V2.register_manifest(ModelManifest(model_id=model_id, **{kind: path}), overwrite=True)
     lmms_eval_main()
 
 
@@ -69,24 +90,54 @@ LAUNCHER = "medbridge.tests.test_backend_e2e"
 
 
 def _model_args(model_dir: Path, **extra) -> str:
-    args = {"pretrained": model_dir, "engine": "transformers", "device": "cpu", "dtype": "float32", "attn_implementation": "sdpa",
-            "min_pixels": 3136, "max_pixels": 50176, "seed": 7, **extra}
+    args = {
+        "pretrained": model_dir,
+        "engine": "transformers",
+        "device": "cpu",
+        "dtype": "float32",
+        "attn_implementation": "sdpa",
+        "min_pixels": 3136,
+        "max_pixels": 50176,
+        "seed": 7,
+        **extra,
+    }
     return ",".join(f"{k}={v}" for k, v in args.items())
 
 
-def _run(model_dir: Path, data_root: Path, out: Path, **extra):
+def _run(model_dir: Path, data_root: Path, out: Path, *, model: str = "medbridge_vlm", **extra):
     from .conftest import run_lmms_eval
 
     stats = out / "stats.json"
-    proc = run_lmms_eval(["--model", "medbridge_vlm", "--model_args", _model_args(model_dir, stats_path=stats, **extra),
-                          "--tasks", ",".join(TASKS), "--limit", str(LIMIT), "--gen_kwargs", "max_new_tokens=8",
-                          "--output_path", str(out / "results"), "--log_samples"], data_root, module=LAUNCHER, timeout=600)
+    proc = run_lmms_eval(
+        [
+            "--model",
+            model,
+            "--model_args",
+            _model_args(model_dir, stats_path=stats, **extra),
+            "--tasks",
+            ",".join(TASKS),
+            "--limit",
+            str(LIMIT),
+            "--gen_kwargs",
+            "max_new_tokens=8",
+            "--output_path",
+            str(out / "results"),
+            "--log_samples",
+        ],
+        data_root,
+        module=LAUNCHER,
+        timeout=600,
+    )
     return proc, (json.loads(stats.read_text()) if stats.exists() else None)
 
 
 def _metrics(run) -> dict:
     """Every reported number, per task (lmms-eval's stderr entries and aliases left out)."""
-    return {t: {m: v for m, v in r.items() if "," in m and "stderr" not in m} for t, r in run.results["results"].items() if t in TASKS}
+    return {
+        t: {m: v for m, v in r.items() if "," in m and "stderr" not in m}
+        for t, r in run.results["results"].items()
+        if t in TASKS
+    }
 
 
 def _responses(run) -> dict:
@@ -129,8 +180,9 @@ def test_k_samples_per_item_from_one_prefill_each(full_run):
                 assert len(responses) == 1
     items = LIMIT * len(TASKS)
     eng = stats["engine"]
-    # One prompt encoding per item, counted by the engine from the tensors it ran.
-    assert eng["prefill_calls"] == items and eng["jobs"] == items
+    # One prompt encoding per document, counted by the engine from the tensors it ran: a blood item's
+    # greedy request and its 16 samples share one prefill.
+    assert eng["jobs"] == items and eng["prefill_prompts"] == eng["prefill_calls"] == items - LIMIT
     assert eng["prefill_tokens"] == eng["prompt_tokens"]
     assert eng["generated_samples"] == LIMIT * 1 + 2 * LIMIT * K
     assert stats["items_generated"] == items and stats["items_from_cache"] == 0
@@ -150,7 +202,9 @@ def test_killed_run_resumes_generating_only_what_is_missing(fixtures, full_run):
 
     root, model_dir = fixtures
     out, cache_dir = root / "killed", root / "killed" / "cache"
-    crashed, crash_stats = _run(model_dir, root / "data", out, cache_dir=cache_dir, crash_after_items=4)
+    crashed, crash_stats = _run(
+        model_dir, root / "data", out, model="medbridge_vlm_crashing", cache_dir=cache_dir, crash_after_items=4
+    )
     assert crashed.returncode == 3, crashed.stderr[-3000:]
     assert crash_stats["items_generated"] == 4
     assert not list((out / "results").rglob("*_results.json"))
@@ -163,7 +217,10 @@ def test_killed_run_resumes_generating_only_what_is_missing(fixtures, full_run):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     items = LIMIT * len(TASKS)
     assert stats["items_from_cache"] == 4 and stats["items_generated"] == items - 4
-    assert stats["engine"]["prefill_calls"] == items - 4
+    assert stats["engine"]["jobs"] == items - 4
+    # The crash came after blood docs 0 and 1 (greedy + Pass@16, two items each): left are blood doc 2
+    # (both tasks, one shared prefill) and the three oct items.
+    assert stats["engine"]["prefill_prompts"] == 1 + LIMIT
     assert stats["cache"]["hits"] == stored_before
     total = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
     written_now = db.execute("SELECT COUNT(*) FROM samples WHERE run_id=?", (stats["cache"]["run_id"],)).fetchone()[0]
@@ -188,8 +245,24 @@ def test_clone_path_with_the_same_samples_reports_the_same_metrics(fixtures, ful
             assert len(rs) == (K if task.endswith("_passk") else 1), (task, doc_id)
     path = root / "replay.json"
     path.write_text(json.dumps(responses))
-    proc = run_lmms_eval(["--model", "replay", "--model_args", f"responses={path}", "--tasks", ",".join(TASKS), "--limit", str(LIMIT),
-                          "--output_path", str(root / "replay"), "--log_samples"], root / "data", module=LAUNCHER, timeout=600)
+    proc = run_lmms_eval(
+        [
+            "--model",
+            "replay",
+            "--model_args",
+            f"responses={path}",
+            "--tasks",
+            ",".join(TASKS),
+            "--limit",
+            str(LIMIT),
+            "--output_path",
+            str(root / "replay"),
+            "--log_samples",
+        ],
+        root / "data",
+        module=LAUNCHER,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     replayed = load_run(root / "replay")
     assert _responses(replayed) == responses

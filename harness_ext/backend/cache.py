@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.harness_ext.sqlite_store import connect_or_quarantine
+
 SCHEMA_VERSION = 1
 # Files whose bytes define the model's behaviour and are small enough to hash fully.
 _SMALL_FILES = (
@@ -96,34 +99,53 @@ class ItemKey:
     gen_fp: str
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    model_fp TEXT NOT NULL, prompt_fp TEXT NOT NULL, task TEXT NOT NULL, doc_id TEXT NOT NULL,
+    seed INTEGER NOT NULL, gen_fp TEXT NOT NULL, sample_idx INTEGER NOT NULL,
+    response TEXT NOT NULL, n_tokens INTEGER, run_id TEXT NOT NULL, meta TEXT,
+    created REAL NOT NULL DEFAULT (julianday('now')),
+    PRIMARY KEY (model_fp, prompt_fp, task, doc_id, seed, gen_fp, sample_idx));
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT);
+"""
+_COLUMNS = "model_fp, prompt_fp, task, doc_id, seed, gen_fp, sample_idx, response, n_tokens, run_id, meta"
+_KEY_MATCH = "model_fp=? AND prompt_fp=? AND task=? AND doc_id=? AND seed=? AND gen_fp=?"
+
+
 class SampleCache:
-    """Per-sample response store; safe to share between processes (WAL, short transactions)."""
+    """Per-sample response store; safe to share between processes and ranks (WAL, short
+    transactions, a busy timeout). Each thread gets its own connection (the prepare thread looks
+    up, the generating thread stores). A corrupt file is reported by path, moved aside (never
+    deleted) and replaced by a fresh one (harness_ext/sqlite_store.py): the run goes on and
+    regenerates what the lost file held."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run_id = uuid.uuid4().hex  # which process wrote a row: lets tests see what a resumed run generated
         self.hits = 0  # samples served from the cache
         self.misses = 0  # samples looked up and not found
         self.writes = 0  # samples stored by this process
-        self._lock = threading.Lock()  # one connection, used by the prepare thread and the generating thread
-        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            """CREATE TABLE IF NOT EXISTS samples (
-                model_fp TEXT NOT NULL, prompt_fp TEXT NOT NULL, task TEXT NOT NULL, doc_id TEXT NOT NULL,
-                seed INTEGER NOT NULL, gen_fp TEXT NOT NULL, sample_idx INTEGER NOT NULL,
-                response TEXT NOT NULL, n_tokens INTEGER, run_id TEXT NOT NULL, meta TEXT,
-                created REAL NOT NULL DEFAULT (julianday('now')),
-                PRIMARY KEY (model_fp, prompt_fp, task, doc_id, seed, gen_fp, sample_idx))"""
-        )
-        self._db.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
-        row = self._db.execute("SELECT value FROM info WHERE key='schema_version'").fetchone()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        db = self._db(check=True)
+        row = db.execute("SELECT value FROM info WHERE key='schema_version'").fetchone()
         if row is None:
-            self._db.execute("INSERT OR IGNORE INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            db.execute("INSERT OR IGNORE INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif row[0] != str(SCHEMA_VERSION):
-            raise RuntimeError(f"{self.path}: sample cache schema {row[0]}, this medbridge writes {SCHEMA_VERSION}; use another cache_dir")
+            raise MedbridgeError(
+                f"{self.path}: sample cache schema {row[0]}, this medbridge writes {SCHEMA_VERSION}; "
+                "point cache_dir at another folder (or move this file away)."
+            )
+
+    def _db(self, check: bool = False) -> sqlite3.Connection:
+        """This thread's connection (the first one, made in __init__, checks the file's integrity)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = connect_or_quarantine(self.path, _SCHEMA, check=check)
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
 
     @staticmethod
     def _where(key: ItemKey) -> tuple:
@@ -131,38 +153,58 @@ class SampleCache:
 
     def get(self, key: ItemKey, n: int) -> dict[int, tuple[str, int | None]]:
         """The cached samples of indices 0..n-1 (index -> (response, n_tokens))."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sample_idx, response, n_tokens FROM samples WHERE model_fp=? AND prompt_fp=? AND task=? AND doc_id=? "
-                "AND seed=? AND gen_fp=? AND sample_idx < ?",
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT sample_idx, response, n_tokens FROM samples WHERE {_KEY_MATCH} AND sample_idx < ?",
                 self._where(key) + (n,),
-            ).fetchall()
+            )
+            .fetchall()
+        )
         found = {int(i): (r, t) for i, r, t in rows}
         self.hits += len(found)
         self.misses += n - len(found)
         return found
 
-    def put(self, key: ItemKey, samples: Mapping[int, tuple[str, int | None]], meta: Mapping[str, Any] | None = None) -> None:
+    def put(
+        self, key: ItemKey, samples: Mapping[int, tuple[str, int | None]], meta: Mapping[str, Any] | None = None
+    ) -> None:
         """Store one item's new samples in one transaction (all or nothing)."""
         meta_json = json.dumps(dict(meta or {}), sort_keys=True)
-        rows = [self._where(key) + (int(i), text, n_tok, self.run_id, meta_json) for i, (text, n_tok) in samples.items()]
-        with self._lock, self._db:  # BEGIN ... COMMIT
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO samples (model_fp, prompt_fp, task, doc_id, seed, gen_fp, sample_idx, response, n_tokens, run_id, meta) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+        rows = [
+            self._where(key) + (int(i), text, n_tok, self.run_id, meta_json) for i, (text, n_tok) in samples.items()
+        ]
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(f"INSERT OR REPLACE INTO samples ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
         self.writes += len(rows)
 
     def count(self, run_id: str | None = None) -> int:
-        with self._lock:
-            if run_id is None:
-                return self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-            return self._db.execute("SELECT COUNT(*) FROM samples WHERE run_id=?", (run_id,)).fetchone()[0]
+        if run_id is None:
+            return self._db().execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        return self._db().execute("SELECT COUNT(*) FROM samples WHERE run_id=?", (run_id,)).fetchone()[0]
 
     def counters(self) -> dict[str, Any]:
-        return {"path": str(self.path), "run_id": self.run_id, "hits": self.hits, "misses": self.misses, "writes": self.writes}
+        return {
+            "path": str(self.path),
+            "run_id": self.run_id,
+            "hits": self.hits,
+            "misses": self.misses,
+            "writes": self.writes,
+        }
 
     def close(self) -> None:
-        self._db.close()
+        """Close every thread's connection (call from the thread that owns the cache, at the end)."""
+        with self._connections_lock:
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.ProgrammingError:  # made in another thread: closed when that thread's object goes
+                    pass
+            self._connections.clear()
+        self._local = threading.local()

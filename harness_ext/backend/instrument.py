@@ -22,6 +22,11 @@ class ForwardLog:
         return sum(1 for _, _, cached in self.calls if cached == 0)
 
     @property
+    def prefill_rows(self) -> int:
+        """Prompts prefilled (a batched prefill of B prompts counts B)."""
+        return sum(rows for rows, _, cached in self.calls if cached == 0)
+
+    @property
     def prefill_tokens(self) -> int:
         return sum(rows * seq for rows, seq, cached in self.calls if cached == 0)
 
@@ -30,7 +35,13 @@ class ForwardLog:
         return sum(rows * seq for rows, seq, cached in self.calls if cached > 0)
 
     def summary(self) -> dict[str, int]:
-        return {"forward_calls": len(self.calls), "prefill_calls": self.prefill_calls, "prefill_tokens": self.prefill_tokens, "decode_tokens": self.decode_tokens}
+        return {
+            "forward_calls": len(self.calls),
+            "prefill_calls": self.prefill_calls,
+            "prefill_rows": self.prefill_rows,
+            "prefill_tokens": self.prefill_tokens,
+            "decode_tokens": self.decode_tokens,
+        }
 
 
 def _cache_length(kwargs: dict[str, Any]) -> int:

@@ -9,18 +9,22 @@ Usage::
 Model args: ``pretrained``; ``engine`` (``transformers`` | ``vllm``); ``device``, ``device_map``,
 ``dtype`` (default bfloat16, as lmms-eval's qwen2_5_vl), ``attn_implementation`` (transformers);
 ``min_pixels`` / ``max_pixels`` (image resizing, as qwen2_5_vl); ``seed`` (sampling seed, default 0);
-``cache_dir`` (a folder for the resumable sample cache; off when unset); ``batch_size`` (items per
-engine call: vLLM batches them, transformers runs them one by one); ``gpu_memory_utilization``,
-``tensor_parallel_size``, ``max_model_len`` (vLLM); ``stats_path`` (write counters as JSON after
-each generate_until call); ``crash_after_items`` (testing only: ``os._exit(3)`` after that many
-generated items have been stored, to simulate a run that dies half-way).
+``cache_dir`` (a folder for the resumable sample cache; off when unset); ``batch_size`` (documents
+per engine call: vLLM batches them; the transformers engine prefills that many prompts in one
+padded forward); ``gpu_memory_utilization``, ``tensor_parallel_size``, ``max_model_len`` (vLLM);
+``stats_path`` (write counters as JSON after each generate_until call; under data parallel each
+rank writes ``<stem>.rank<N><suffix>``).
+
+Data parallel: launched by ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1), each process
+loads the model on its own device (``cuda:<LOCAL_RANK>`` on GPUs, the CPU otherwise), lmms-eval
+gives each rank its shard of the documents, and per-item seeds make every sample the one a
+single process would draw. All ranks may share one ``cache_dir`` (SQLite in WAL mode).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,20 +33,22 @@ from typing import Any
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
-from loguru import logger
 from medbridge.harness_ext.backend.cache import (
     ItemKey,
     SampleCache,
     model_fingerprint,
     prompt_fingerprint,
 )
+from medbridge.harness_ext.backend.distributed import DataParallel
 from medbridge.harness_ext.backend.engines import Job, Sample
 from medbridge.harness_ext.backend.grouping import (
     RequestGroup,
+    bundle_groups,
     fan_out,
     group_requests,
     stable_hash,
 )
+from medbridge.harness_ext.decoding import effective_settings, record_effective
 from tqdm import tqdm
 
 CACHE_FILENAME = "medbridge_samples.sqlite"
@@ -55,19 +61,35 @@ def _opt(value: Any) -> Any:
 
 def item_seed(seed: int, key: ItemKey, indices: list[int]) -> int:
     """A per-item seed: the same item gets the same samples whatever else runs (and in a resumed run)."""
-    digest = hashlib.sha256(f"{seed}|{key.model_fp}|{key.prompt_fp}|{key.doc_id}|{key.gen_fp}|{indices}".encode()).digest()
+    digest = hashlib.sha256(
+        f"{seed}|{key.model_fp}|{key.prompt_fp}|{key.doc_id}|{key.gen_fp}|{indices}".encode()
+    ).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class MedbridgeVLM(lmms):
+class MedbridgeVLM(DataParallel, lmms):
     is_simple = False
 
-    def __init__(self, pretrained: str, engine: str = "transformers", device: str | None = "cpu", device_map: str | None = None,
-                 dtype: str = "bfloat16", attn_implementation: str | None = None, min_pixels: int | None = 256 * 28 * 28,
-                 max_pixels: int | None = 1605632, seed: int = 0, cache_dir: str | None = None, batch_size: int | str = 1,
-                 max_batch_size: int | None = None, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, stats_path: str | None = None, crash_after_items: int | None = None,
-                 **unexpected: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        engine: str = "transformers",
+        device: str | None = "cpu",
+        device_map: str | None = None,
+        dtype: str = "bfloat16",
+        attn_implementation: str | None = None,
+        min_pixels: int | None = 256 * 28 * 28,
+        max_pixels: int | None = 1605632,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        stats_path: str | None = None,
+        **unexpected: Any,
+    ) -> None:
         super().__init__()
         if unexpected:
             raise ValueError(f"medbridge_vlm: unknown model_args {sorted(unexpected)}")
@@ -76,20 +98,34 @@ class MedbridgeVLM(lmms):
         max_pixels = None if max_pixels is None else int(max_pixels)
         self.seed = int(_opt(seed) or 0)
         self.batch_size_per_call = max(1, int(_opt(batch_size) or 1))
-        self.crash_after_items = None if _opt(crash_after_items) is None else int(crash_after_items)
-        self.stats_path = _opt(stats_path)
-        device = _opt(device) or "cpu"
+        device = self.setup_data_parallel(_opt(device) or "cpu")
+        self.stats_path = self.rank_path(_opt(stats_path))
         if engine == "transformers":
-            from medbridge.harness_ext.backend.engines import TransformersEngine
+            from medbridge.harness_ext.backend.transformers_engine import TransformersEngine
 
-            self.engine = TransformersEngine(str(pretrained), device=device, device_map=_opt(device_map), dtype=str(dtype),
-                                             attn_implementation=_opt(attn_implementation), min_pixels=min_pixels, max_pixels=max_pixels)
+            self.engine = TransformersEngine(
+                str(pretrained),
+                device=device,
+                device_map=_opt(device_map),
+                dtype=str(dtype),
+                attn_implementation=_opt(attn_implementation),
+                min_pixels=min_pixels,
+                max_pixels=max_pixels,
+                batch_size=self.batch_size_per_call,
+            )
         elif engine == "vllm":
             from medbridge.harness_ext.backend.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(str(pretrained), dtype=str(dtype), min_pixels=min_pixels, max_pixels=max_pixels, seed=self.seed,
-                                     gpu_memory_utilization=float(gpu_memory_utilization), tensor_parallel_size=int(tensor_parallel_size),
-                                     max_model_len=None if _opt(max_model_len) is None else int(max_model_len))
+            self.engine = VLLMEngine(
+                str(pretrained),
+                dtype=str(dtype),
+                min_pixels=min_pixels,
+                max_pixels=max_pixels,
+                seed=self.seed,
+                gpu_memory_utilization=float(gpu_memory_utilization),
+                tensor_parallel_size=int(tensor_parallel_size),
+                max_model_len=None if _opt(max_model_len) is None else int(max_model_len),
+            )
         else:
             raise ValueError(f"medbridge_vlm: engine must be 'transformers' or 'vllm', got {engine!r}")
         self.model_fp = model_fingerprint(pretrained)
@@ -120,9 +156,14 @@ class MedbridgeVLM(lmms):
     # ------------------------------------------------------------------ generation
     def _item_key(self, group: RequestGroup, prompt_text: str, images: list[Any]) -> ItemKey:
         gen = {"settings": group.settings.as_dict(), "engine": self.engine.signature}
-        return ItemKey(model_fp=self.model_fp, prompt_fp=prompt_fingerprint(group.task, prompt_text, images), task=group.task,
-                       doc_id=json.dumps(group.doc_id, default=str), seed=-1 if group.settings.greedy else self.seed,
-                       gen_fp=stable_hash(gen))
+        return ItemKey(
+            model_fp=self.model_fp,
+            prompt_fp=prompt_fingerprint(group.task, prompt_text, images),
+            task=group.task,
+            doc_id=json.dumps(group.doc_id, default=str),
+            seed=-1 if group.settings.greedy else self.seed,
+            gen_fp=stable_hash(gen),
+        )
 
     def _messages(self, group: RequestGroup) -> list[dict[str, Any]]:
         doc = self.task_dict[group.task][group.split][group.doc_id]
@@ -131,7 +172,9 @@ class MedbridgeVLM(lmms):
     def generate_until(self, requests) -> list[GenerationResult]:
         t0 = time.perf_counter()
         groups = group_requests(requests)
-        chunks = [groups[i : i + self.batch_size_per_call] for i in range(0, len(groups), self.batch_size_per_call)]
+        self._record_decoding(groups)
+        # A chunk holds batch_size documents with all their groups (greedy and sampled twins together).
+        chunks = bundle_groups(groups, self.batch_size_per_call)
         per_group: list[list[Sample]] = []
         pbar = tqdm(total=len(groups), desc="medbridge_vlm items", disable=self.rank != 0)
         # Prepare chunk i+1 (document, prompt, cache lookup) on a worker thread while the engine
@@ -146,10 +189,17 @@ class MedbridgeVLM(lmms):
                 per_group.extend(self._answer_chunk(chunk, prepared))
                 pbar.update(len(chunk))
         pbar.close()
-        samples = fan_out(groups, per_group, len(requests))
+        samples = fan_out([g for chunk in chunks for g in chunk], per_group, len(requests))
         self.wall_seconds += time.perf_counter() - t0
         self._write_stats()
         return [GenerationResult(text=s.text, token_counts=TokenCounts(output_tokens=s.n_tokens)) for s in samples]
+
+    def _record_decoding(self, groups: list[RequestGroup]) -> None:
+        """Record per task the settings this run decodes with (harness_ext/decoding.py): exactly the
+        task's, in the form a backend starting from the checkpoint's generation_config would pass."""
+        config = getattr(self.engine, "generation_config", None)
+        for group in {g.task: g for g in groups}.values():
+            record_effective(group.task, effective_settings(group.settings.decoding(), config))
 
     def _prepare_chunk(self, chunk: list[RequestGroup]) -> list[tuple[Any, ItemKey, dict[int, Sample]]]:
         """Per group: the rendered prompt, its cache key and the samples the cache already holds."""
@@ -163,14 +213,19 @@ class MedbridgeVLM(lmms):
             key = self._item_key(group, prompt.text, prompt.images)
             cached: dict[int, Sample] = {}
             if self.cache is not None:
-                cached = {idx: Sample(text=text, n_tokens=n_tok or 0) for idx, (text, n_tok) in self.cache.get(key, group.n_samples).items()}
+                cached = {
+                    idx: Sample(text=text, n_tokens=n_tok or 0)
+                    for idx, (text, n_tok) in self.cache.get(key, group.n_samples).items()
+                }
             self.phase_seconds["doc"] += t1 - t0
             self.phase_seconds["render"] += t2 - t1
             self.phase_seconds["key_and_lookup"] += time.perf_counter() - t2
             prepared.append((prompt, key, cached))
         return prepared
 
-    def _answer_chunk(self, chunk: list[RequestGroup], prepared: list[tuple[Any, ItemKey, dict[int, Sample]]]) -> list[list[Sample]]:
+    def _answer_chunk(
+        self, chunk: list[RequestGroup], prepared: list[tuple[Any, ItemKey, dict[int, Sample]]]
+    ) -> list[list[Sample]]:
         answers: list[dict[int, Sample]] = []
         jobs, owners = [], []
         for i, (group, (prompt, key, cached)) in enumerate(zip(chunk, prepared)):
@@ -179,7 +234,9 @@ class MedbridgeVLM(lmms):
             if not missing:
                 self.items_from_cache += 1
                 continue
-            jobs.append(Job(prompt=prompt, n=len(missing), settings=group.settings, seed=item_seed(self.seed, key, missing)))
+            jobs.append(
+                Job(prompt=prompt, n=len(missing), settings=group.settings, seed=item_seed(self.seed, key, missing))
+            )
             owners.append((i, key, missing))
         if jobs:
             for (i, key, missing), new in zip(owners, self.engine.generate(jobs)):
@@ -187,14 +244,16 @@ class MedbridgeVLM(lmms):
                 answers[i].update(fresh)
                 if self.cache is not None:
                     t0 = time.perf_counter()
-                    self.cache.put(key, {idx: (s.text, s.n_tokens) for idx, s in fresh.items()}, meta={"doc_id": chunk[i].doc_id})
+                    self.cache.put(
+                        key, {idx: (s.text, s.n_tokens) for idx, s in fresh.items()}, meta={"doc_id": chunk[i].doc_id}
+                    )
                     self.phase_seconds["store"] += time.perf_counter() - t0
                 self.items_generated += 1
-                if self.crash_after_items is not None and self.items_generated >= self.crash_after_items:
-                    self._write_stats()
-                    logger.warning(f"medbridge_vlm: crash_after_items={self.crash_after_items} reached, exiting (testing only)")
-                    os._exit(3)
+                self._item_stored()
         return [[a[idx] for idx in range(g.n_samples)] for a, g in zip(answers, chunk)]
+
+    def _item_stored(self) -> None:
+        """Called after each generated item is stored (a hook for tests that kill a run half-way)."""
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -206,6 +265,8 @@ class MedbridgeVLM(lmms):
             "harness_phase_seconds": dict(self.phase_seconds),
             "model_fingerprint": self.model_fp,
             "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
         }
 
     def _write_stats(self) -> None:
