@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.harness_ext.judge import JudgeClient, JudgeConfig
+from medbridge.harness_ext.judge import MCQ_CHOICE, JudgeClient, JudgeConfig
+from medbridge.harness_ext.judge.client import choice_inputs
 
 
 def _run_answers(run_dir: str) -> list[tuple[str, dict, str]]:
@@ -80,7 +81,7 @@ async def _timed(config: JudgeConfig, jobs) -> tuple[float, list]:
     client = JudgeClient(config, cache=False)
     try:
         start = time.perf_counter()
-        verdicts = await client.judge_many(jobs)
+        verdicts = await client.judge_many(MCQ_CHOICE, [choice_inputs(*job) for job in jobs])
         return time.perf_counter() - start, verdicts
     finally:
         await client.aclose()

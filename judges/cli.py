@@ -44,25 +44,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from medbridge.harness_ext.judge import JudgeConfig
+    from dataclasses import replace
+
+    from medbridge.harness_ext.judge import MCQ_CHOICE, JudgeConfig, JudgePool
+    from medbridge.harness_ext.judge.client import choice_inputs
     from medbridge.judges import server as S
 
-    config = JudgeConfig.resolve(explicit={"base_url": args.base_url, "model": args.model, "api_key": args.api_key, "mode": "rules"})
+    config = JudgeConfig.resolve(
+        explicit={"base_url": args.base_url, "model": args.model, "api_key": args.api_key, "mode": "rules"}
+    )
     if not config.base_url:
         print("no judge endpoint configured: pass --base-url or set MEDBRIDGE_JUDGE_BASE_URL", file=sys.stderr)
         return 2
     ok, message = S.check_endpoint(config.base_url, config.model, config.api_key)
     print(message)
     if ok and args.probe:
-        from medbridge.harness_ext.judge import JudgePool
-
-        pool = JudgePool(JudgeConfig(**{**config.__dict__, "mode": "judge", "cache_path": ""}), cache=False)
+        if not config.model:
+            print("--probe needs the judge model: pass --model or set MEDBRIDGE_JUDGE_MODEL", file=sys.stderr)
+            return 2
+        # A question whose answer is unambiguous: the judge must reply exactly "VERDICT: A".
+        pool = JudgePool(replace(config, mode="judge", cache_path="off", max_attempts=3), cache=False)
         try:
-            verdict = pool.judge_many([("Which option is a color?", {"A": "red", "B": "seven"}, "<answer>A</answer>")])[0]
+            probe = choice_inputs("Which option is a color?", {"A": "red", "B": "seven"}, "<answer>A</answer>")
+            verdict = pool.judge_many(MCQ_CHOICE, [probe])[0]
         finally:
             pool.close()
-        print(f"probe verdict: {verdict.status} {verdict.letter or ''} (reply {verdict.raw!r:.80})")
-        ok = verdict.status != "failed"
+        print(f"probe verdict: {verdict.status} {verdict.letter or verdict.error or ''} (reply {verdict.raw!r:.80})")
+        ok = verdict.status == "letter" and verdict.letter == "A"
+        if not ok:
+            print(
+                "probe FAILED: the judge did not answer the probe with the exact verdict line (VERDICT: A)",
+                file=sys.stderr,
+            )
     return 0 if ok else 1
 
 
@@ -70,7 +83,9 @@ def add_parser(subparsers) -> None:
     judge = subparsers.add_parser("judge", help="serve or check the LLM judge (OpenAI-compatible endpoint)")
     sub = judge.add_subparsers(dest="judge_command", required=True)
 
-    serve = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server for the judge and wait until it is healthy")
+    serve = sub.add_parser(
+        "serve", help="start a vLLM OpenAI-compatible server for the judge and wait until it is healthy"
+    )
     serve.add_argument("--model", required=True, help="model path or hub id, e.g. Qwen/Qwen2.5-VL-32B-Instruct")
     serve.add_argument("--served-name", help="name clients ask for (default: --model)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -79,7 +94,9 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--max-model-len", type=int, default=4096)
     serve.add_argument("--dtype", default="auto", help="auto on GPU; float32 for the CPU build")
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation (CPU, tests)")
-    serve.add_argument("--vllm-python", help="python that has vllm (default: $MEDBRIDGE_VLLM_VENV/bin/python, else this one)")
+    serve.add_argument(
+        "--vllm-python", help="python that has vllm (default: $MEDBRIDGE_VLLM_VENV/bin/python, else this one)"
+    )
     serve.add_argument("--log", help="append the server's output to this file")
     serve.add_argument("--timeout", type=float, default=900, help="seconds to wait for /health")
     serve.add_argument("--detach", action="store_true", help="print the endpoint and leave the server running")

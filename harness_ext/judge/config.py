@@ -1,0 +1,154 @@
+"""Which judge to ask and how: ``JudgeConfig`` and its resolution.
+
+Highest precedence first:
+
+1. explicit arguments (CLI flags, Python callers),
+2. a task YAML's ``metadata: {judge: {...}}`` block (base_url, model, judge_id, mode, concurrency, ...),
+3. the environment, read through harness_ext/settings.py: ``MEDBRIDGE_JUDGE_BASE_URL``,
+   ``MEDBRIDGE_JUDGE_MODEL``, ``MEDBRIDGE_JUDGE_ID``, ``MEDBRIDGE_JUDGE_API_KEY``,
+   ``MEDBRIDGE_JUDGE_MODE``, ``MEDBRIDGE_JUDGE_CONCURRENCY``, ``MEDBRIDGE_JUDGE_TIMEOUT``,
+   ``MEDBRIDGE_JUDGE_MAX_ATTEMPTS``, ``MEDBRIDGE_JUDGE_DEADLINE``, ``MEDBRIDGE_JUDGE_CACHE``.
+
+The API key is bound to the base URL it was given with: the environment's key goes only to the
+environment's base URL, so a task file that points ``base_url`` elsewhere gets no key (a task
+file may never carry a key itself). The key is excluded from ``repr`` and never logged, cached
+or written to a record.
+
+Modes: ``rules`` (our extractor only), ``judge`` (every sample judged; rules still recorded to
+measure agreement), ``cascade`` (rules settle what they can read, the judge the rest). The
+default is ``cascade`` when a judge endpoint is configured and ``rules`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from medbridge.harness_ext import settings
+from medbridge.harness_ext.errors import SettingError
+
+__all__ = ["MODES", "JudgeConfig", "active_config"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("rules", "judge", "cascade")
+
+_ENV_STR = {
+    "base_url": "MEDBRIDGE_JUDGE_BASE_URL",
+    "model": "MEDBRIDGE_JUDGE_MODEL",
+    "judge_id": "MEDBRIDGE_JUDGE_ID",
+    "api_key": "MEDBRIDGE_JUDGE_API_KEY",
+    "mode": "MEDBRIDGE_JUDGE_MODE",
+    "cache_path": "MEDBRIDGE_JUDGE_CACHE",
+}
+_ENV_INT = {"concurrency": "MEDBRIDGE_JUDGE_CONCURRENCY", "max_attempts": "MEDBRIDGE_JUDGE_MAX_ATTEMPTS"}
+_ENV_FLOAT = {"timeout_s": "MEDBRIDGE_JUDGE_TIMEOUT", "deadline_s": "MEDBRIDGE_JUDGE_DEADLINE"}
+_INTS = ("concurrency", "max_attempts", "max_tokens", "breaker_failures")
+_FLOATS = ("timeout_s", "backoff_initial_s", "backoff_max_s", "retry_after_max_s", "deadline_s")
+_warned: set[tuple[str, str]] = set()
+
+
+def _same_url(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and a.strip().rstrip("/") == b.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    # A name for the judge that the verdict cache is keyed on. Unset: derived from the served
+    # model name, the base URL and what the server's /v1/models reports (see client.py).
+    judge_id: str | None = None
+    mode: str = "rules"
+    concurrency: int = 16
+    timeout_s: float = 120.0  # one HTTP request
+    max_attempts: int = 8
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 60.0  # a server's Retry-After is honoured up to this long
+    deadline_s: float = 7200.0  # all judging of one run (one pool); 0: no deadline
+    breaker_failures: int = 5  # verdicts failed in a row (after retries) that open the breaker; 0: off
+    max_tokens: int = 16
+    cache_path: str | None = None  # None: the default path; "off": no cache
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SettingError(f"judge mode must be one of {MODES}, got {self.mode!r} (MEDBRIDGE_JUDGE_MODE)")
+        if self.mode != "rules" and not self.configured:
+            raise SettingError(
+                f"judge mode {self.mode!r} needs a judge base_url and model "
+                "(set MEDBRIDGE_JUDGE_BASE_URL and MEDBRIDGE_JUDGE_MODEL)"
+            )
+        if self.concurrency < 1 or self.max_attempts < 1:
+            raise SettingError("judge concurrency and max_attempts must be >= 1")
+        if self.timeout_s <= 0 or self.deadline_s < 0 or self.breaker_failures < 0:
+            raise SettingError("judge timeout_s must be > 0, deadline_s and breaker_failures >= 0")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url and self.model)
+
+    @property
+    def cache_enabled(self) -> bool:
+        return (self.cache_path or "").strip().lower() not in ("off", "none", "0")
+
+    @classmethod
+    def resolve(
+        cls,
+        explicit: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> JudgeConfig:
+        """Merge explicit args > task metadata (``metadata["judge"]`` or the mapping itself) > environment."""
+        values: dict[str, Any] = {}
+        for name, var in _ENV_STR.items():
+            value = settings.get_str(var, env)
+            if value is not None:
+                values[name] = value
+        for name, var in _ENV_INT.items():
+            if settings.get_str(var, env) is not None:
+                values[name] = settings.get_int(var, 0, minimum=1, env=env)
+        for name, var in _ENV_FLOAT.items():
+            if settings.get_str(var, env) is not None:
+                values[name] = settings.get_float(var, 0.0, minimum=0.0, env=env)
+        env_key, env_url = values.get("api_key"), values.get("base_url")
+
+        meta = dict((metadata or {}).get("judge", metadata or {}))
+        if "api_key" in meta:
+            raise SettingError("a task file must not carry a judge api_key; set MEDBRIDGE_JUDGE_API_KEY instead")
+        explicit = dict(explicit or {})
+        known = set(cls.__dataclass_fields__)
+        for where, source in (("task metadata judge", meta), ("judge argument", explicit)):
+            for name, value in source.items():
+                if name not in known:
+                    raise SettingError(f"unknown judge setting {name!r} in {where} (known: {sorted(known)})")
+                if value is None:
+                    continue
+                try:
+                    values[name] = int(value) if name in _INTS else float(value) if name in _FLOATS else value
+                except (TypeError, ValueError):
+                    kind = "an integer" if name in _INTS else "a number"
+                    raise SettingError(f"{where} {name}={value!r} is not {kind}") from None
+
+        if explicit.get("api_key") is None and env_key and not _same_url(values.get("base_url"), env_url):
+            # The environment's key was given for the environment's URL only.
+            values.pop("api_key", None)
+            warn = (str(values.get("base_url")), str(env_url))
+            if warn not in _warned:
+                _warned.add(warn)
+                log.warning(
+                    "not sending MEDBRIDGE_JUDGE_API_KEY to %s: it was given for MEDBRIDGE_JUDGE_BASE_URL=%s",
+                    values.get("base_url"),
+                    env_url,
+                )
+        if "mode" not in values:
+            values["mode"] = "cascade" if values.get("base_url") and values.get("model") else "rules"
+        return cls(**values)
+
+
+def active_config() -> JudgeConfig:
+    """The configuration our tasks use: the environment (explicit/metadata go through resolve())."""
+    return JudgeConfig.resolve()
