@@ -1,4 +1,8 @@
-"""The `medbridge` command: our own commands beside `lmms-eval` (which runs the tasks)."""
+"""The `medbridge` command: our own commands beside `lmms-eval` (which runs the tasks).
+
+Every command runs under one handler (medbridge/error_handling.py): an error the user can fix is one
+paragraph and exit code 2, anything else names the log file that holds its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +11,83 @@ import json
 import sys
 from pathlib import Path
 
+from medbridge.error_handling import run_guarded
+from medbridge.harness_ext.errors import MedbridgeError
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (so 0 or -1 is a usage error, not a traceback later)."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
+        return number
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its message
+    return parse
+
+
+def medmnist_flag(text: str) -> str:
+    """An argparse type: a MedMNIST dataset name or flag (e.g. breast, breastmnist) -> its flag."""
+    from medbridge.tasks.medmnist.catalog import BY_NAME, get_set
+
+    try:
+        return get_set(text).flag
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown MedMNIST dataset {text!r}; known: {', '.join(BY_NAME)}") from None
+
+
+def folder_to_write(path: str | Path, what: str) -> Path:
+    """``path`` as a folder we may create or write into; an existing file there is a user error."""
+    folder = Path(path).expanduser()
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise MedbridgeError(f"{what} {folder}: {parent} is a file, not a folder; pass a folder path")
+            break
+    return folder
+
 
 def _cmd_build_fixtures(args: argparse.Namespace) -> int:
     from medbridge.tasks.medmnist.fixtures import build_all
 
-    paths = build_all(args.root, test_per_class=args.test_per_class, train_per_class=args.train_per_class, val_per_class=args.val_per_class, seed=args.seed)
-    print(f"wrote {len(paths)} MedMNIST-format files to {args.root}")
+    root = folder_to_write(args.root, "--root")
+    paths = build_all(root, test_per_class=args.test_per_class, train_per_class=args.train_per_class,
+                      val_per_class=args.val_per_class, seed=args.seed)
+    print(f"wrote {len(paths)} MedMNIST-format files to {root}")
     return 0
 
 
 def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
     from medbridge.tiny_model import build_tiny_qwen2_5_vl
 
-    print(build_tiny_qwen2_5_vl(args.out, seed=args.seed, overwrite=args.overwrite))
+    print(build_tiny_qwen2_5_vl(folder_to_write(args.out, "--out"), seed=args.seed, overwrite=args.overwrite))
     return 0
 
 
 def _cmd_data_medmnist(args: argparse.Namespace) -> int:
-    from medbridge.tasks.medmnist.catalog import SETS, get_set
-    from medbridge.tasks.medmnist.data import default_root, load_split
+    from medbridge.medmnist_download import download_medmnist
+    from medbridge.tasks.medmnist.catalog import SETS
+    from medbridge.tasks.medmnist.data import default_root
 
-    root = Path(args.root) if args.root else default_root()
-    flags = [get_set(f).flag for f in args.flags] if args.flags else [s.flag for s in SETS]
+    root = folder_to_write(args.root, "--root") if args.root else default_root()
+    flags = args.flags or [s.flag for s in SETS]
     for flag in flags:
-        # medmnist downloads {flag}_224.npz and checks its MD5; we then check its layout.
-        images, _ = load_split(flag, "test", root, download=True)
-        print(f"{flag}: ok ({images.shape[0]} test images) in {root}")
+        n_images = download_medmnist(flag, root)
+        print(f"{flag}: ok ({n_images} test images) in {root}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from medbridge.models import registered_models
+
+    for model in registered_models():
+        print(f"{model.model_id}\t{model.class_path}\t{model.kind}")
+    print("\nUse them as: lmms-eval --model <name> ... (`lmms-eval models` in lmms-eval 0.7.3 lists built-ins only)")
     return 0
 
 
@@ -75,18 +130,20 @@ def _cmd_tasks_path(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from medbridge.demo import run_demo
 
-    return run_demo(Path(args.out), max_new_tokens=args.max_new_tokens, test_per_class=args.test_per_class, batch_size=args.batch_size)
+    return run_demo(folder_to_write(args.out, "--out"), max_new_tokens=args.max_new_tokens,
+                    test_per_class=args.test_per_class, batch_size=args.batch_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medbridge", description="medbridge: medical VLM evaluation (Acc@1, Pass@K) on lmms-eval")
+    parser = argparse.ArgumentParser(prog="medbridge",
+                                     description="medbridge: medical VLM evaluation (Acc@1, Pass@K) on lmms-eval")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline demo: fixtures + tiny model through the real lmms-eval CLI")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--test-per-class", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=24)
+    p.add_argument("--test-per-class", type=at_least(1), default=1)
+    p.add_argument("--batch-size", type=at_least(1), default=16)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("tasks-path", help="print the folder of medbridge's lmms-eval task YAMLs (for --include_path)")
@@ -94,24 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-fixtures", help="write small MedMNIST-format npz files")
     p.add_argument("--root", required=True)
-    p.add_argument("--test-per-class", type=int, default=2)
-    p.add_argument("--train-per-class", type=int, default=4)
-    p.add_argument("--val-per-class", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-per-class", type=at_least(1), default=2)
+    p.add_argument("--train-per-class", type=at_least(1), default=4)
+    p.add_argument("--val-per-class", type=at_least(1), default=2)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(func=_cmd_build_fixtures)
 
     p = sub.add_parser("build-tiny-model", help="write a tiny random-weight Qwen2.5-VL checkpoint")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_build_tiny_model)
 
     p = sub.add_parser("data", help="fetch datasets")
     dsub = p.add_subparsers(dest="dataset", required=True)
     q = dsub.add_parser("medmnist", help="download MedMNIST-v2 224x224 files (MD5-checked by medmnist)")
-    q.add_argument("--flags", nargs="*", help="e.g. breastmnist pathmnist (default: all twelve)")
+    q.add_argument("--flags", nargs="*", type=medmnist_flag, help="e.g. breastmnist pathmnist (default: all twelve)")
     q.add_argument("--root", help="data root (default: $MEDBRIDGE_MEDMNIST_ROOT or ~/.medmnist)")
     q.set_defaults(func=_cmd_data_medmnist)
+
+    p = sub.add_parser("models", help="list the lmms-eval model backends medbridge registers (for --model)")
+    p.set_defaults(func=_cmd_models)
 
     from medbridge.leaderboard.cli import add_parser as add_leaderboard_parsers
 
@@ -132,12 +192,31 @@ def build_parser() -> argparse.ArgumentParser:
     from medbridge.training.cli import add_parser as add_training_commands
 
     add_training_commands(sub)  # train, eval-checkpoint, data build-medmnist-train|build-pmc-vqa
+    _name_commands(parser)
     return parser
 
 
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command its full name (e.g. "medbridge judge check") for error messages."""
+    parser.set_defaults(command_name=parser.prog)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _name_commands(child)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parsed: list[argparse.Namespace] = []
+
+    def parse_and_run() -> int:
+        parsed.append(build_parser().parse_args(argv))
+        return parsed[0].func(parsed[0])
+
+    try:
+        return run_guarded(parse_and_run, argv, lambda: parsed[0].command_name if parsed else "medbridge")
+    except SystemExit as exc:  # argparse printed a usage error (exit 2) or --help (exit 0)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
 
 
 if __name__ == "__main__":

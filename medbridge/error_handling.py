@@ -1,0 +1,116 @@
+"""How the `medbridge` command reports a failure: never a bare traceback.
+
+A user-fixable error (``MedbridgeError``, a missing or unreadable file the user named, a broken YAML
+or JSON file) is printed as one paragraph and the command exits 2, like an argparse usage error.
+Anything else is a bug: its traceback goes to a log file under ``$MEDBRIDGE_LOG_DIR`` (default
+``~/.cache/medbridge/logs``, else the temp folder) and the command prints the error, where the log is,
+and exits 1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from medbridge.harness_ext import settings
+from medbridge.harness_ext.errors import MedbridgeError
+
+USER_ERROR_EXIT = 2  # argparse's code for a usage error; ours for every error the user can fix
+BUG_EXIT = 1
+LOG_DIR_ENV = "MEDBRIDGE_LOG_DIR"
+DEFAULT_LOG_DIR = Path("~/.cache/medbridge/logs")
+
+# OSErrors that mean "the path you gave is wrong", when they carry the path.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _one_paragraph(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Error types from modules that predate MedbridgeError but only ever mean bad user input."""
+    types: list[type[BaseException]] = [MedbridgeError]
+    if "medbridge.tasks.medmnist.data" in sys.modules:  # only loaded when a command read MedMNIST files
+        types.append(sys.modules["medbridge.tasks.medmnist.data"].MedMNISTFileError)
+    return tuple(types)
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-paragraph message for an error the user can fix, or None when ``err`` is a bug."""
+    if isinstance(err, _user_error_types()):
+        return _one_paragraph(str(err)) or type(err).__name__
+    if isinstance(err, _PATH_ERRORS) and err.filename is not None:
+        reason = err.strerror or type(err).__name__
+        target = f" -> {err.filename2}" if err.filename2 is not None else ""
+        return _one_paragraph(f"{reason}: {err.filename}{target}")
+    if isinstance(err, json.JSONDecodeError):
+        return _one_paragraph(f"invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})")
+    yaml = sys.modules.get("yaml")
+    if yaml is not None and isinstance(err, yaml.YAMLError):
+        return _one_paragraph(f"invalid YAML: {err}")
+    return None
+
+
+def log_dir() -> Path:
+    """Where tracebacks of unexpected errors go: $MEDBRIDGE_LOG_DIR, ~/.cache/medbridge/logs, or $TMPDIR."""
+    chosen = settings.get_path(LOG_DIR_ENV) or DEFAULT_LOG_DIR.expanduser()
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+        if os.access(chosen, os.W_OK):
+            return chosen
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "medbridge-logs"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def write_traceback(err: BaseException, argv: list[str]) -> Path:
+    """Write the full traceback of ``err`` (and the command line) to a new log file; return its path."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    fd, name = tempfile.mkstemp(prefix=f"medbridge-error-{stamp}-", suffix=".log", dir=log_dir())
+    with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as fh:
+        fh.write("command: medbridge " + " ".join(argv) + "\n\n")
+        fh.write("".join(traceback.format_exception(err)))
+    return Path(name)
+
+
+def run_guarded(func: Callable[[], int], argv: list[str], command: Callable[[], str] = lambda: "medbridge",
+                *, stderr: TextIO | None = None) -> int:
+    """Run one command; turn any failure into a message and an exit code (see the module docstring).
+
+    ``command`` gives the command's name for the message (known only once its arguments are parsed);
+    argparse's own exits (usage errors, --help) pass through as SystemExit with their code."""
+    stderr = sys.stderr if stderr is None else stderr
+    try:
+        return func()
+    except KeyboardInterrupt:
+        print(f"{command()}: interrupted", file=stderr)
+        return 130
+    except SystemExit as exc:
+        # Modules stop with SystemExit("message") for bad input; argparse's own exits carry a code.
+        if isinstance(exc.code, str):
+            print(f"{command()}: error: {_one_paragraph(exc.code)}", file=stderr)
+            return USER_ERROR_EXIT
+        raise
+    except Exception as err:  # noqa: BLE001 - this is the command's last line of defence
+        message = user_error_message(err)
+        if message is not None:
+            print(f"{command()}: error: {message}", file=stderr)
+            return USER_ERROR_EXIT
+        try:
+            where = f"the full traceback is in {write_traceback(err, argv)}"
+        except OSError as log_err:
+            where = f"no log file could be written ({log_err}); set {LOG_DIR_ENV} to a writable folder"
+        detail = _one_paragraph(str(err))[:500]
+        print(f"{command()}: unexpected error: {type(err).__name__}: {detail}\n{where}. "
+              "This is a bug in medbridge, not in your input: please report it with that file.", file=stderr)
+        return BUG_EXIT
