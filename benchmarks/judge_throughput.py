@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if not (args.base_url and args.model):
         from medbridge.judges import server as S
-        from medbridge.judges.tiny_judge import build_tiny_judge
+        from medbridge.tiny_judge import build_tiny_judge
 
         tmp = tempfile.mkdtemp(prefix="medbridge-bench-")
         opts = S.ServeOptions(model=str(build_tiny_judge(Path(tmp) / "tiny-judge")), served_name="tiny-judge", port=_free_port(), max_model_len=2048, dtype="float32", enforce_eager=True)

@@ -72,7 +72,7 @@ def vllm_judge(tmp_path_factory):
         if os.environ.get("MEDBRIDGE_REQUIRE_VLLM") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    from medbridge.judges.tiny_judge import build_tiny_judge
+    from medbridge.tiny_judge import build_tiny_judge
 
     root = tmp_path_factory.mktemp("vllm-judge")
     model_dir = build_tiny_judge(root / "tiny-judge")
