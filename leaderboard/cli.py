@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from medbridge.harness_ext.errors import MedbridgeError
+
 STORE_HELP = "leaderboard store (SQLite; default: $MEDBRIDGE_LEADERBOARD or ./medbridge_leaderboard/leaderboard.sqlite)"
 
 
@@ -19,21 +21,31 @@ def _store(args: argparse.Namespace) -> Path:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from medbridge.leaderboard.ingest import IngestError, ingest_run
+    from medbridge.leaderboard.ingest import IngestError, expand_runs, ingest_run
 
     store = _store(args)
+    paths = expand_runs(args.runs)
     added, failed = 0, 0
-    for path in args.runs:
+    for path in paths:
         try:
-            n = ingest_run(store, path, model=args.model_name, run=args.run_name, step=args.step, trained_on=args.trained_on, base_model=args.base_model)
+            n = ingest_run(
+                store,
+                path,
+                model=args.model_name,
+                run=args.run_name,
+                step=args.step,
+                trained_on=args.trained_on,
+                base_model=args.base_model,
+                allow_partial=args.allow_partial,
+            )
         except IngestError as err:
             failed += 1
             print(f"skipped {path}: {err}", file=sys.stderr)
             continue
         added += n
         print(f"{path}: {n} rows added" if n else f"{path}: already in the store, nothing added")
-    print(f"store {store}: {added} rows added from {len(args.runs) - failed} run(s); {failed} skipped")
-    return 1 if failed and failed == len(args.runs) else 0
+    print(f"store {store}: {added} rows added from {len(paths) - failed} run(s); {failed} skipped")
+    return 1 if failed and failed == len(paths) else 0
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -47,7 +59,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         transfer = [(args.base, args.rl, args.trained_on)]
     try:
         index = build_leaderboard(_store(args), args.out, transfer=transfer)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ValueError, MedbridgeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"leaderboard: {index}\nmarkdown:    {index.with_name('leaderboard.md')}")
@@ -55,11 +67,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
-    from medbridge.leaderboard.recipe import format_verdicts, recipe
+    from medbridge.leaderboard.verdict import format_verdicts, recipe
 
     try:
         source, verdicts = recipe(args.target, tau=args.tau, store=_store(args))
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ValueError, MedbridgeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_verdicts(source, verdicts, args.tau))
@@ -72,7 +84,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     try:
-        results = run_probe(args.model, datasets, root=args.root, cache=args.cache, layer=args.layer, batch_size=args.batch_size, device=args.device)
+        results = run_probe(
+            args.model,
+            datasets,
+            root=args.root,
+            cache=args.cache,
+            layer=args.layer,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
     except (FileNotFoundError, KeyError, ValueError, MedMNISTFileError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -85,7 +105,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `leaderboard {ingest,build}`, `recipe` and `probe` on the medbridge CLI."""
-    p = subparsers.add_parser("leaderboard", help="ingest runs into the leaderboard store; build the tables, figures and HTML page")
+    p = subparsers.add_parser(
+        "leaderboard", help="ingest runs into the leaderboard store; build the tables, figures and HTML page"
+    )
     sub = p.add_subparsers(dest="leaderboard_command", required=True)
 
     q = sub.add_parser("ingest", help="add lmms-eval runs (--output_path folders with --log_samples) to the store")
@@ -96,28 +118,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--step", type=int, help="training step of the checkpoint (default: from a checkpoint-N path)")
     q.add_argument("--trained-on", help="dataset the model was trained on (e.g. organa), for the RQ3 transfer table")
     q.add_argument("--base-model", help="model the training started from (its own evaluation is the RQ3 baseline)")
+    q.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="ingest a run with failed requests (those items are left out and the row is marked partial)",
+    )
     q.set_defaults(func=_cmd_ingest)
 
     q = sub.add_parser("build", help="write leaderboard.md, index.html and the PNG figures")
     q.add_argument("--store", help=STORE_HELP)
-    q.add_argument("--out", default="medbridge_leaderboard/site", help="output folder (default: medbridge_leaderboard/site)")
+    q.add_argument(
+        "--out", default="medbridge_leaderboard/site", help="output folder (default: medbridge_leaderboard/site)"
+    )
     q.add_argument("--base", help="RQ3 transfer table: base model (name, run or label)")
     q.add_argument("--rl", help="RQ3 transfer table: RL-trained model (name, run or label; last step)")
     q.add_argument("--trained-on", help="RQ3 transfer table: the dataset the RL model was trained on (e.g. organa)")
     q.set_defaults(func=_cmd_build)
 
-    p = subparsers.add_parser("recipe", help="per task: Pass@K, Acc@1, gap and the boundary-aware verdict (bridge with SFT or sharpen with RL)")
+    p = subparsers.add_parser(
+        "recipe",
+        help="per task: Pass@K, Acc@1, gap and the boundary-aware verdict (bridge with SFT or sharpen with RL)",
+    )
     p.add_argument("target", help="an lmms-eval output folder / results JSON, or a model or run name in the store")
     p.add_argument("--tau", type=float, default=0.5, help="reliability threshold on support Pass@16 (default 0.5)")
     p.add_argument("--store", help=STORE_HELP)
     p.set_defaults(func=_cmd_recipe)
 
     p = subparsers.add_parser("probe", help="linear probe of a VLM's frozen vision tower on MedMNIST (Table 1)")
-    p.add_argument("--model", required=True, help="local Hugging Face model folder (Qwen2.5-VL or a VLM with get_image_features)")
+    p.add_argument(
+        "--model", required=True, help="local Hugging Face model folder (Qwen2.5-VL or a VLM with get_image_features)"
+    )
     p.add_argument("--datasets", required=True, help="comma-separated MedMNIST names, e.g. breast,organa,blood")
     p.add_argument("--root", help="MedMNIST data root (default: $MEDBRIDGE_MEDMNIST_ROOT or ~/.medmnist)")
     p.add_argument("--cache", help="feature cache folder (default: next to the store, probe_cache/)")
-    p.add_argument("--layer", choices=("merger", "tower"), default="merger", help="features after the patch merger (default) or of the last vision block")
+    p.add_argument(
+        "--layer",
+        choices=("merger", "tower"),
+        default="merger",
+        help="features after the patch merger (default) or of the last vision block",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-name", help="name to show on the leaderboard (default: the folder name)")

@@ -18,8 +18,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext.answers import EXTRACTOR_VERSION
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import INSTRUCTION, PROMPT_VERSION
-from medbridge.harness_ext.report import SAMPLED_SUFFIX, Run, find_results, groups_for, load_run, summarize
+from medbridge.harness_ext.report import (
+    SAMPLED_SUFFIX,
+    Run,
+    describe_failures,
+    find_all_results,
+    find_results,
+    groups_for,
+    load_run,
+    summarize,
+)
 from medbridge.leaderboard.store import (
     ItemRow,
     ResultRow,
@@ -36,15 +47,18 @@ from medbridge.leaderboard.store import (
 # Metrics taken from the greedy task, from the sampled twin, or from both.
 GREEDY_ROW_METRICS = ("acc1",)
 SAMPLED_ROW_METRICS = ("pass_at_01", "pass_at_02", "pass_at_04", "pass_at_08", "pass_at_16", "maj_at_16", "all_at_16")
+# How diverse a sampled task's samples were: mean distinct responses per item, and 1.0 when the
+# sampling collapsed to one response per item (then Pass@K is Acc@1 and draws no verdict).
+DIVERSITY_METRICS = ("distinct", "collapsed")
 TRAINING_MARKERS = ("medbridge_training.json", "medbridge_run.json")
 
 
-class IngestError(ValueError):
+class IngestError(MedbridgeError, ValueError):
     """A results folder that cannot be ingested; the message names the file and the reason."""
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
 # ------------------------------------------------------------------ identity of the model
@@ -65,7 +79,9 @@ def _model_args(results: Mapping[str, Any]) -> dict[str, str]:
 _STEP_RE = re.compile(r"(?:checkpoint|step|global_step)[-_]?(\d+)$")
 
 
-def describe_model(results: Mapping[str, Any], *, model: str | None = None, run: str | None = None, step: int | None = None) -> dict[str, Any]:
+def describe_model(
+    results: Mapping[str, Any], *, model: str | None = None, run: str | None = None, step: int | None = None
+) -> dict[str, Any]:
     """model / checkpoint / run / step of a results file; explicit arguments win."""
     args = _model_args(results)
     pretrained = args.get("pretrained") or args.get("model") or args.get("model_name")
@@ -174,6 +190,80 @@ def task_gen_settings(results: Mapping[str, Any], task: str) -> dict[str, Any]:
     }
 
 
+# model_args that change what a model answers (image resolution, precision, attention kernel,
+# engine, served model); identity (pretrained), placement and secrets are left out on purpose.
+OUTPUT_MODEL_ARGS = (
+    "min_pixels",
+    "max_pixels",
+    "dtype",
+    "torch_dtype",
+    "attn_implementation",
+    "use_flash_attention_2",
+    "engine",
+    "max_num_frames",
+    "fps",
+    "interleave_visuals",
+    "image_resolution",
+    "max_image_size",
+    "system_prompt",
+    "reasoning_prompt",
+    "quantization",
+    "load_in_4bit",
+    "load_in_8bit",
+    "revision",
+    "model_version",
+    "max_images",
+)
+
+
+def _decoding_of(records: Sequence[Mapping[str, Any]]) -> Any:
+    """The effective decoding the backend recorded on the records (one setting, or the sorted
+    distinct ones), None when the backend recorded none."""
+    seen = sorted({canonical_json(r["decoding"]) for r in records if isinstance(r.get("decoding"), Mapping)})
+    if not seen:
+        return None
+    return json.loads(seen[0]) if len(seen) == 1 else [json.loads(x) for x in seen]
+
+
+def task_provenance(results: Mapping[str, Any], task: str, records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """What, besides the task's own config, decides a task's numbers: backend, output-changing
+    model_args, the effective decoding the backend recorded, the extractor version, and the data
+    source and revision (with the subset tag the records carry)."""
+    config = results.get("config") if isinstance(results.get("config"), Mapping) else {}
+    args = _model_args(results)
+    cfg = ((results.get("configs") or {}).get(task) or {}) if isinstance(results.get("configs"), Mapping) else {}
+    kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), Mapping) else {}
+    subsets = sorted({str(r["subset"]) for r in records if r.get("subset") is not None})
+    data = {
+        "path": cfg.get("dataset_path"),
+        "name": cfg.get("dataset_name"),
+        "revision": kwargs.get("revision"),
+        "files": _scrub(kwargs.get("data_files")),
+        "subset": subsets[0] if len(subsets) == 1 else (subsets or None),
+    }
+    return {
+        "backend": str(config.get("model") or "unrecorded"),
+        "model_args": {k: args[k] for k in OUTPUT_MODEL_ARGS if k in args},
+        "decoding": _decoding_of(records),
+        "extractor_version": EXTRACTOR_VERSION,
+        "data": {k: v for k, v in data.items() if v is not None},
+    }
+
+
+def merge_provenance(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One provenance for a number over several tasks (a group row): a field the tasks share
+    keeps its value, a field that differs holds the sorted distinct values."""
+    merged: dict[str, Any] = {}
+    for key in sorted({k for p in parts for k in p}):
+        values = [p.get(key) for p in parts]
+        if all(isinstance(v, Mapping) for v in values) and key == "data":
+            merged[key] = merge_provenance(values)
+            continue
+        distinct = sorted({canonical_json(v) for v in values})
+        merged[key] = json.loads(distinct[0]) if len(distinct) == 1 else [json.loads(v) for v in distinct]
+    return merged
+
+
 def prompt_version_of(samples: Sequence[Mapping[str, Any]]) -> str | None:
     """PROMPT_VERSION when the logged prompts end with our instruction, else a hash of theirs."""
     tails = {str(s.get("input", "")).rstrip().splitlines()[-1] for s in samples if s.get("input")}
@@ -184,7 +274,9 @@ def prompt_version_of(samples: Sequence[Mapping[str, Any]]) -> str | None:
     return "custom-" + sha256_text("\n".join(sorted(tails)))[:10]
 
 
-def judge_of(results: Mapping[str, Any], task: str, records: Sequence[Mapping[str, Any]] = ()) -> tuple[str | None, str | None]:
+def judge_of(
+    results: Mapping[str, Any], task: str, records: Sequence[Mapping[str, Any]] = ()
+) -> tuple[str | None, str | None]:
     """Judge model and judge prompt version behind a task's numbers; (None, None) when every
     sample was scored by the rules. Read from the records (``judge_model`` /
     ``judge_prompt_version``) or the task's ``metadata.judge`` block; a judged run that recorded
@@ -232,6 +324,9 @@ def _pins(run: Run, tasks: Sequence[str]) -> dict[str, Any]:
     judge_model, judge_prompt = judges.pop() if len(judges) == 1 else ("mixed", "mixed")
     configs = sorted(filter(None, (task_config_hash(run.results, t) for t in tasks)))
     return {
+        "provenance": canonical_json(
+            merge_provenance([task_provenance(run.results, t, run.records.get(t, [])) for t in tasks])
+        ),
         "subset_hash": subset_hash(ids),
         "prompt_version": prompt_version_of(samples),
         "judge_model": judge_model,
@@ -246,28 +341,47 @@ def _metric_tasks(metric: str, kinds: Mapping[str, str]) -> list[str]:
         return [kinds["greedy"]] if "greedy" in kinds else []
     if metric in SAMPLED_ROW_METRICS:
         return [kinds["sampled"]] if "sampled" in kinds else []
+    if metric in DIVERSITY_METRICS:
+        return [kinds["sampled"]] if "sampled" in kinds else []
     return list(kinds.values())  # gap, unparsed: both
 
 
 def result_rows(run: Run, summary: Mapping[str, Any], groups: Mapping[str, Sequence[str]]) -> list[ResultRow]:
     rows: list[ResultRow] = []
 
-    def add(task: str, dataset: str | None, metric: str, row: Mapping[str, Any], pins: Mapping[str, Any], n: int | None) -> None:
+    def add(
+        task: str, dataset: str | None, metric: str, row: Mapping[str, Any], pins: Mapping[str, Any], n: int | None
+    ) -> None:
         lo, hi = row.get(f"{metric}_ci", (None, None))
-        rows.append(ResultRow(task=task, dataset=dataset, metric=metric, value=_finite(row.get(metric)), ci_low=_finite(lo), ci_high=_finite(hi), n=n, **pins))
+        value = row.get(metric)
+        value = float(value) if isinstance(value, bool) else value
+        rows.append(
+            ResultRow(
+                task=task,
+                dataset=dataset,
+                metric=metric,
+                value=_finite(value),
+                ci_low=_finite(lo),
+                ci_high=_finite(hi),
+                n=n,
+                **pins,
+            )
+        )
 
     for base, row in summary["datasets"].items():
         kinds = _tasks_of(base, run)
         recs = [r for t in kinds.values() for r in run.records[t]]
         dataset = recs[0].get("dataset") if recs else None
-        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + ("gap", "unparsed"):
-            if metric not in row:
+        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + ("gap", "unparsed") + DIVERSITY_METRICS:
+            if row.get(metric) is None:
                 continue
             tasks = _metric_tasks(metric, kinds)
             if not tasks:
                 continue
             if metric == "gap":
-                common = {r["item_id"] for r in run.records[kinds["greedy"]]} & {r["item_id"] for r in run.records[kinds["sampled"]]}
+                common = {r["item_id"] for r in run.records[kinds["greedy"]]} & {
+                    r["item_id"] for r in run.records[kinds["sampled"]]
+                }
                 pins = _pins(run, tasks)
                 pins["subset_hash"] = subset_hash(common)
                 n = len(common)
@@ -276,6 +390,8 @@ def result_rows(run: Run, summary: Mapping[str, Any], groups: Mapping[str, Seque
                 n = sum(len(run.records[t]) for t in tasks) if metric == "unparsed" else len(run.records[tasks[0]])
             add(base, dataset, metric, row, pins, n)
     for label, grow in summary["groups"].items():
+        if grow.get("partial"):
+            continue  # a mean over part of a group is not the group's number; its datasets have rows
         members = [m for m in groups.get(label, []) if m in summary["datasets"]]
         for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + ("gap",):
             if metric not in grow:
@@ -293,23 +409,66 @@ def item_rows(run: Run) -> list[ItemRow]:
             if key in seen:  # an item logged twice counts once (its first record)
                 continue
             seen.add(key)
-            rows.append(ItemRow(task=task, item_id=key[1], first_correct=int(bool(r["outcomes"]) and r["outcomes"][0] == "correct"), n=int(r["n"]), c=int(r["c"])))
+            rows.append(
+                ItemRow(
+                    task=task,
+                    item_id=key[1],
+                    first_correct=int(bool(r["outcomes"]) and r["outcomes"][0] == "correct"),
+                    n=int(r["n"]),
+                    c=int(r["c"]),
+                )
+            )
     return rows
 
 
-def bundle_from_run(run_path: str | Path, *, model: str | None = None, run: str | None = None, step: int | None = None, trained_on: str | None = None, base_model: str | None = None, iters: int = 2000) -> RunBundle:
-    """Read one lmms-eval output folder (or results JSON) into what the store keeps."""
-    try:
-        results_path = find_results(run_path)
-    except FileNotFoundError as err:
-        raise IngestError(str(err)) from None
-    try:
-        loaded = load_run(results_path)
-    except (ValueError, OSError) as err:
-        raise IngestError(f"{results_path}: {err}") from None
-    res = loaded.results
+def run_identity(run: Run) -> str:
+    """A content hash of the results file and every sample log it names: two runs whose results
+    files happen to match (a 16-item and a 20,012-item run) are still two runs."""
+    h = hashlib.sha256(run.results_path.read_bytes())
+    stamp = run.results_path.name[: -len("_results.json")]
+    for path in sorted(run.results_path.parent.glob(f"{stamp}_samples_*.jsonl")):
+        h.update(b"\0" + path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _check_shape(results_path: Path, res: Any) -> None:
     if not isinstance(res, dict) or not isinstance(res.get("results"), dict):
         raise IngestError(f"{results_path}: not an lmms-eval results file (no 'results' mapping)")
+    for key in ("config", "configs"):
+        if key in res and res[key] is not None and not isinstance(res[key], dict):
+            raise IngestError(
+                f"{results_path}: '{key}' is a {type(res[key]).__name__}, not an object; "
+                "the file is not one lmms-eval wrote"
+            )
+
+
+def bundle_from_run(
+    run_path: str | Path,
+    *,
+    model: str | None = None,
+    run: str | None = None,
+    step: int | None = None,
+    trained_on: str | None = None,
+    base_model: str | None = None,
+    iters: int = 2000,
+    allow_partial: bool = False,
+) -> RunBundle:
+    """Read one lmms-eval output folder (or results JSON) into what the store keeps.
+
+    Every problem (unreadable files, inconsistent records, failed requests without
+    ``allow_partial``, values out of range) raises IngestError naming the file."""
+    try:
+        results_path = find_results(run_path)
+        loaded = load_run(results_path)
+    except MedbridgeError as err:
+        raise IngestError(str(err)) from None
+    except (OSError, RecursionError, OverflowError) as err:
+        raise IngestError(f"{run_path}: cannot be read ({type(err).__name__}: {err})") from None
+    res = loaded.results
+    _check_shape(results_path, res)
     if not loaded.records:
         raise IngestError(f"{results_path}: no medbridge per-item records in the sample logs (was --log_samples set?)")
     try:
@@ -320,12 +479,22 @@ def bundle_from_run(run_path: str | Path, *, model: str | None = None, run: str 
         if who["step"] is None and marker.get("step") is not None:
             who["step"] = int(marker["step"])
         groups = groups_for(loaded.records)
-        summary = summarize(loaded.records, groups=groups, iters=iters)
+        summary = summarize(
+            loaded.records, groups=groups, iters=iters, allow_partial=allow_partial, source=str(results_path)
+        )
         rows = result_rows(loaded, summary, groups)
         items = item_rows(loaded)
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise IngestError(f"{results_path}: malformed results or sample records ({type(err).__name__}: {err})") from None
-    digest = hashlib.sha256(results_path.read_bytes()).hexdigest()
+        check_values(results_path, rows)
+        digest = run_identity(loaded)
+    except IngestError:
+        raise
+    except MedbridgeError as err:
+        raise IngestError(str(err)) from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, OverflowError, OSError) as err:
+        raise IngestError(
+            f"{results_path}: malformed results or sample records ({type(err).__name__}: {err})"
+        ) from None
+    failed = summary.get("request_failed") or {}
     run_row = RunRow(
         run_id=f"eval-{digest[:24]}",
         kind="eval",
@@ -337,15 +506,53 @@ def bundle_from_run(run_path: str | Path, *, model: str | None = None, run: str 
         base_model=base_model or _base_model(marker),
         date=_run_date(res),
         source=str(results_path),
+        partial=describe_failures(failed) if failed else None,
     )
     return RunBundle(run_row, rows, items)
 
 
-def ingest_run(store_path: str | Path | None, run_path: str | Path, *, model: str | None = None, run: str | None = None, step: int | None = None, trained_on: str | None = None, base_model: str | None = None) -> int:
+def check_values(results_path: Path, rows: Sequence[ResultRow]) -> None:
+    """Every stored rate lies in [0, 1] (gaps in [-1, 1]) and every CI holds its value."""
+    for r in rows:
+        if r.metric == "distinct":
+            if r.value is not None and r.value < 0:
+                raise IngestError(f"{results_path}: {r.task} distinct = {r.value} is negative")
+            continue
+        low = -1.0 if r.metric == "gap" else 0.0
+        for name in ("value", "ci_low", "ci_high"):
+            x = getattr(r, name)
+            if x is not None and not low - 1e-9 <= x <= 1.0 + 1e-9:
+                raise IngestError(
+                    f"{results_path}: {r.task} {r.metric} {name} = {x} is outside [{low:g}, 1]; "
+                    "the sample records are not ones medbridge wrote"
+                )
+        if r.n is not None and r.n < 0:
+            raise IngestError(f"{results_path}: {r.task} {r.metric} has n = {r.n}")
+
+
+def ingest_run(
+    store_path: str | Path | None,
+    run_path: str | Path,
+    *,
+    model: str | None = None,
+    run: str | None = None,
+    step: int | None = None,
+    trained_on: str | None = None,
+    base_model: str | None = None,
+    allow_partial: bool = False,
+) -> int:
     """Ingest one lmms-eval output folder; returns the number of result rows added (0 when the
     run is already in the store). Raises IngestError naming the file when it cannot be read;
     nothing of a failed run is written."""
-    bundle = bundle_from_run(run_path, model=model, run=run, step=step, trained_on=trained_on, base_model=base_model)
+    bundle = bundle_from_run(
+        run_path,
+        model=model,
+        run=run,
+        step=step,
+        trained_on=trained_on,
+        base_model=base_model,
+        allow_partial=allow_partial,
+    )
     with open_store(store_path or default_store_path()) as conn:
         try:
             return write_bundle(conn, bundle, now_iso())
@@ -353,8 +560,23 @@ def ingest_run(store_path: str | Path | None, run_path: str | Path, *, model: st
             raise IngestError(f"{bundle.run.source}: could not be stored ({err})") from None
 
 
-def ingest_many(store_path: str | Path | None, run_paths: Iterable[str | Path], **labels: Any) -> tuple[int, list[tuple[str, str]]]:
-    """Ingest several runs; a run that fails is reported and skipped. Returns (rows added, [(path, why)])."""
+def expand_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Each results file under each given folder tree (a multi-process or multi-node sweep writes
+    one per run, from rank 0); a path with none is kept as is, so that ingesting it reports why."""
+    out: list[Path] = []
+    for path in paths:
+        try:
+            out += find_all_results(path)
+        except MedbridgeError:
+            out.append(Path(path))
+    return out
+
+
+def ingest_many(
+    store_path: str | Path | None, run_paths: Iterable[str | Path], **labels: Any
+) -> tuple[int, list[tuple[str, str]]]:
+    """Ingest several runs; a run that fails is reported and skipped, the others go on.
+    Returns (rows added, [(path, why)])."""
     added, skipped = 0, []
     for path in run_paths:
         try:

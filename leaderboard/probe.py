@@ -14,15 +14,22 @@ pools the vision tower's output after its patch merger (what the language model 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from medbridge.leaderboard.store import ResultRow, RunBundle, RunRow, canonical_json, default_store_path, open_store, subset_hash, write_bundle
+from medbridge.leaderboard.store import (
+    ResultRow,
+    RunBundle,
+    RunRow,
+    canonical_json,
+    default_store_path,
+    open_store,
+    subset_hash,
+    write_bundle,
+)
 from medbridge.tasks.medmnist.catalog import get_set
 from medbridge.tasks.medmnist.data import default_root, load_split, npz_path, single_labels
 
@@ -80,9 +87,13 @@ class VisionTower:
         self.layer = layer
         self.device = device
         self.processor = AutoProcessor.from_pretrained(str(model_dir))
-        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(model_dir), dtype=torch.float32 if device == "cpu" else torch.bfloat16
+        )
         if not hasattr(model, "get_image_features"):
-            raise TypeError(f"{model_dir}: {type(model).__name__} has no get_image_features; its vision tower is not reachable")
+            raise TypeError(
+                f"{model_dir}: {type(model).__name__} has no get_image_features; its vision tower is not reachable"
+            )
         self.model = model.to(device).eval()
 
     def features(self, images: Sequence[Any]) -> np.ndarray:
@@ -129,7 +140,18 @@ def cache_path(mhash: str, name: str, split: str, root: Path, cache: Path, layer
     return cache / f"{spec.flag}_{split}_{layer}_{key}.npz"
 
 
-def split_features(tower: VisionTower, mhash: str, name: str, split: str, *, root: Path, cache: Path, layer: str, batch_size: int = 32, progress: bool = True) -> SplitFeatures:
+def split_features(
+    tower: VisionTower,
+    mhash: str,
+    name: str,
+    split: str,
+    *,
+    root: Path,
+    cache: Path,
+    layer: str,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> SplitFeatures:
     """Features of one split (computed and cached)."""
     spec = get_set(name)
     path = cache_path(mhash, name, split, root, cache, layer)
@@ -167,7 +189,9 @@ class ProbeResult:
     test_ids: list[str]
 
 
-def fit_probe(train: SplitFeatures, val: SplitFeatures, test: SplitFeatures, *, c_grid: Sequence[float] = C_GRID, seed: int = 0) -> tuple[float, float, float, np.ndarray]:
+def fit_probe(
+    train: SplitFeatures, val: SplitFeatures, test: SplitFeatures, *, c_grid: Sequence[float] = C_GRID, seed: int = 0
+) -> tuple[float, float, float, np.ndarray]:
     """Standardise on train, pick C on val (ties -> stronger regularisation), test accuracy.
     Returns (test accuracy, chosen C, val accuracy, per-item test correctness)."""
     from sklearn.linear_model import LogisticRegression
@@ -188,8 +212,18 @@ def fit_probe(train: SplitFeatures, val: SplitFeatures, test: SplitFeatures, *, 
     return float(correct.mean()), float(c), val_acc, correct
 
 
-def run_probe(model_dir: str | Path, datasets: Sequence[str], *, root: str | Path | None = None, cache: str | Path | None = None, layer: str = "merger", batch_size: int = 32, device: str = "cpu", progress: bool = True) -> list[ProbeResult]:
-    from medbridge.harness_ext.metrics import bootstrap_ci
+def run_probe(
+    model_dir: str | Path,
+    datasets: Sequence[str],
+    *,
+    root: str | Path | None = None,
+    cache: str | Path | None = None,
+    layer: str = "merger",
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[ProbeResult]:
+    from medbridge.harness_ext.statistics import bootstrap_ci
 
     root = Path(root) if root else default_root()
     model_dir = Path(model_dir)
@@ -206,10 +240,32 @@ def run_probe(model_dir: str | Path, datasets: Sequence[str], *, root: str | Pat
             except LookupError:
                 # Load the model only when some split is not cached yet.
                 tower = tower or VisionTower(model_dir, device=device, layer=layer)
-                feats[split] = split_features(tower, mhash, spec.name, split, root=root, cache=cache, layer=layer, batch_size=batch_size, progress=progress)
+                feats[split] = split_features(
+                    tower,
+                    mhash,
+                    spec.name,
+                    split,
+                    root=root,
+                    cache=cache,
+                    layer=layer,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
         acc, c, val_acc, correct = fit_probe(feats["train"], feats["val"], feats["test"])
         lo, hi = bootstrap_ci(correct)
-        results.append(ProbeResult(spec.name, acc, (lo, hi), len(correct), len(feats["train"].y), c, val_acc, 1.0 / spec.n_classes, feats["test"].ids))
+        results.append(
+            ProbeResult(
+                spec.name,
+                acc,
+                (lo, hi),
+                len(correct),
+                len(feats["train"].y),
+                c,
+                val_acc,
+                1.0 / spec.n_classes,
+                feats["test"].ids,
+            )
+        )
     return results
 
 
@@ -221,22 +277,59 @@ def _cached_only(mhash: str, name: str, split: str, root: Path, cache: Path, lay
         return SplitFeatures(z["x"], z["y"], [str(i) for i in z["ids"]])
 
 
-def probe_bundle(model_dir: str | Path, results: Sequence[ProbeResult], *, model: str | None = None, layer: str = "merger") -> RunBundle:
+def probe_bundle(
+    model_dir: str | Path, results: Sequence[ProbeResult], *, model: str | None = None, layer: str = "merger"
+) -> RunBundle:
     """Table 1 rows of one probe run; the run id hashes the model, layer and test sets, so the
     same probe ingested twice adds nothing."""
     mhash = model_hash(model_dir)
     rows = []
     for r in results:
-        rows.append(ResultRow(task=f"medmnist_probe_{r.dataset}", dataset=r.dataset, metric="probe_acc", value=r.accuracy, ci_low=r.ci[0], ci_high=r.ci[1], n=r.n_test,
-                              config_hash=hashlib.sha256(canonical_json({"layer": layer, "C_grid": C_GRID, "version": FEATURE_VERSION}).encode()).hexdigest()[:16],
-                              subset_hash=subset_hash(r.test_ids), prompt_version=None, gen_settings=canonical_json({"features": f"{layer} mean-pooled", "classifier": "logreg", "C_grid": list(C_GRID)})))
-    ident = canonical_json({"model": mhash, "layer": layer, "version": FEATURE_VERSION, "sets": sorted((r.dataset, subset_hash(r.test_ids), round(r.accuracy, 6)) for r in results)})
-    run = RunRow(run_id="probe-" + hashlib.sha256(ident.encode()).hexdigest()[:24], kind="probe", model=model or Path(model_dir).resolve().name,
-                 checkpoint=str(Path(model_dir).resolve()), source=str(Path(model_dir).resolve()))
+        rows.append(
+            ResultRow(
+                task=f"medmnist_probe_{r.dataset}",
+                dataset=r.dataset,
+                metric="probe_acc",
+                value=r.accuracy,
+                ci_low=r.ci[0],
+                ci_high=r.ci[1],
+                n=r.n_test,
+                config_hash=hashlib.sha256(
+                    canonical_json({"layer": layer, "C_grid": C_GRID, "version": FEATURE_VERSION}).encode()
+                ).hexdigest()[:16],
+                subset_hash=subset_hash(r.test_ids),
+                prompt_version=None,
+                gen_settings=canonical_json(
+                    {"features": f"{layer} mean-pooled", "classifier": "logreg", "C_grid": list(C_GRID)}
+                ),
+            )
+        )
+    ident = canonical_json(
+        {
+            "model": mhash,
+            "layer": layer,
+            "version": FEATURE_VERSION,
+            "sets": sorted((r.dataset, subset_hash(r.test_ids), round(r.accuracy, 6)) for r in results),
+        }
+    )
+    run = RunRow(
+        run_id="probe-" + hashlib.sha256(ident.encode()).hexdigest()[:24],
+        kind="probe",
+        model=model or Path(model_dir).resolve().name,
+        checkpoint=str(Path(model_dir).resolve()),
+        source=str(Path(model_dir).resolve()),
+    )
     return RunBundle(run, rows, [])
 
 
-def ingest_probe(store: str | Path | None, model_dir: str | Path, results: Sequence[ProbeResult], *, model: str | None = None, layer: str = "merger") -> int:
+def ingest_probe(
+    store: str | Path | None,
+    model_dir: str | Path,
+    results: Sequence[ProbeResult],
+    *,
+    model: str | None = None,
+    layer: str = "merger",
+) -> int:
     from medbridge.leaderboard.ingest import now_iso
 
     bundle = probe_bundle(model_dir, results, model=model, layer=layer)
@@ -245,12 +338,13 @@ def ingest_probe(store: str | Path | None, model_dir: str | Path, results: Seque
 
 
 def format_results(results: Sequence[ProbeResult]) -> str:
-    lines = [f"{'dataset':10} {'test acc':>8} {'95% CI':>15} {'chance':>7} {'n test':>7} {'n train':>8} {'C':>7} {'val acc':>8}"]
+    lines = [
+        f"{'dataset':10} {'test acc':>8} {'95% CI':>15} {'chance':>7} {'n test':>7} {'n train':>8} "
+        f"{'C':>7} {'val acc':>8}"
+    ]
     for r in results:
-        lines.append(f"{r.dataset:10} {100 * r.accuracy:8.1f} [{100 * r.ci[0]:5.1f},{100 * r.ci[1]:6.1f}] {100 * r.chance:7.1f} {r.n_test:7d} {r.n_train:8d} {r.best_c:7g} {100 * r.val_accuracy:8.1f}")
+        lines.append(
+            f"{r.dataset:10} {100 * r.accuracy:8.1f} [{100 * r.ci[0]:5.1f},{100 * r.ci[1]:6.1f}] "
+            f"{100 * r.chance:7.1f} {r.n_test:7d} {r.n_train:8d} {r.best_c:7g} {100 * r.val_accuracy:8.1f}"
+        )
     return "\n".join(lines)
-
-
-def results_json(results: Sequence[ProbeResult]) -> str:
-    return json.dumps([{k: v for k, v in r.__dict__.items() if k != "test_ids"} for r in results], indent=2, default=float)
-

@@ -1,42 +1,105 @@
-"""The paper's published numbers, shown as clearly labelled reference rows.
+"""The paper's published numbers (MedBridgeRL, Tables 1-3), shown beside ours as reference rows.
 
-Reference files are JSON under ``leaderboard/reference/``: ``tables.<table>.rows`` holds rows
-checked against the paper (label, source, values in % keyed by task name). Candidates that could
-not be checked are kept apart under ``unverified_candidates`` and are never rendered.
+``reference/medbridgerl_2026.json`` is the one copy in the package of the project's checked
+transcription of the paper's tables (identical to ../shared/paper/medbridgerl_tables.json; a test
+keeps them equal). Values are in %, keyed here by our task names; each table carries the settings
+the paper states, so a reader sees what a published number was measured under.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+REFERENCE_FILE = Path(__file__).resolve().parent / "reference" / "medbridgerl_2026.json"
+
+# table id -> (key in the file, task name of a dataset / benchmark key)
+TABLE_KEYS = {"table1": "table1_linear_probe_accuracy", "table2": "table2_acc1_greedy", "table3": "table3_medical_vqa"}
 
 
 @dataclass(frozen=True)
 class ReferenceRow:
-    table: str
-    label: str
+    table: str  # table1 | table2 | table3
+    label: str  # as printed in the paper
     source: str
     values: dict[str, float]  # task -> value in % (as printed in the paper)
+    setting: str = ""  # the paper's stated setting of the table
+    extra: dict[str, float] = field(default_factory=dict)  # other printed columns (Table 3's average)
+
+    @property
+    def model_names(self) -> set[str]:
+        """Lower-case names a run of the same model may carry (label without its parenthesis,
+        and the paper's short alias inside it, e.g. MBase)."""
+        head, _, tail = self.label.partition(" (")
+        names = {head.strip().lower()}
+        if tail:
+            names.add(tail.rstrip(")").strip().lower())
+        return names
 
 
-def load_references(paths: list[Path] | None = None) -> list[ReferenceRow]:
-    paths = paths if paths is not None else sorted(REFERENCE_DIR.glob("*.json"))
+def _task(table: str, key: str) -> str:
+    if table == "table1":
+        return f"medmnist_probe_{key}"
+    if table == "table2":
+        return f"medmnist_mcq_{key}"
+    from medbridge.tasks.medvqa.catalog import get_set
+
+    return get_set(key).task
+
+
+def load_references(path: Path | None = None) -> list[ReferenceRow]:
+    """Reference rows of Tables 1-3; a malformed file raises ValueError naming the file and entry."""
+    path = Path(path or REFERENCE_FILE)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable reference file ({err})") from None
+    source = f"MedBridgeRL paper ({data.get('source', path.name)})"
     rows: list[ReferenceRow] = []
-    for path in paths:
-        try:
-            data: dict[str, Any] = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable reference file ({err})") from None
-        paper = data.get("paper", Path(path).stem)
-        for table, spec in (data.get("tables") or {}).items():
-            for i, row in enumerate(spec.get("rows") or []):
-                try:
-                    values = {str(k): float(v) for k, v in row["values"].items()}
-                    rows.append(ReferenceRow(table, str(row["label"]), str(row.get("source") or paper), values))
-                except (KeyError, TypeError, ValueError, AttributeError) as err:
-                    raise ValueError(f"{path}: tables.{table}.rows[{i}] is malformed ({err!r}); need label and values") from None
+    for table, key in TABLE_KEYS.items():
+        spec = data.get(key)
+        if not isinstance(spec, dict) or not isinstance(spec.get("rows"), dict):
+            raise ValueError(f"{path}: {key}.rows is missing or not an object")
+        for label, printed in spec["rows"].items():
+            try:
+                values, extra = {}, {}
+                for k, v in printed.items():
+                    x = float(v)
+                    if not math.isfinite(x) or not 0 <= x <= 100:
+                        raise ValueError(f"{k} = {v} is not a percentage")
+                    if k == "average":
+                        extra[k] = x
+                    else:
+                        values[_task(table, k)] = x
+            except (AttributeError, KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}: {key}.rows[{label!r}] is malformed ({err})") from None
+            rows.append(ReferenceRow(table, str(label), source, values, str(spec.get("setting") or ""), extra))
     return rows
+
+
+def published_settings(path: Path | None = None) -> dict[str, Any]:
+    """The settings the paper states in its text (Pass@K sampling, judge, model aliases)."""
+    data = json.loads(Path(path or REFERENCE_FILE).read_text())
+    return data.get("settings_stated_in_text") or {}
+
+
+def unreachable_values(row: ReferenceRow) -> list[str]:
+    """Table 2 values that no count of correct answers over the whole official test split can
+    give (to the two printed decimals): they come from a subset whose items the paper does not
+    list, so no run of ours is over the same items."""
+    if row.table != "table2":
+        return []
+    import medmnist
+    from medbridge.tasks.medmnist.catalog import get_set
+
+    out = []
+    for task, value in row.values.items():
+        spec = get_set(task.removeprefix("medmnist_mcq_"))
+        n = int(medmnist.INFO[spec.flag]["n_samples"]["test"])
+        k = round(value / 100 * n)
+        if abs(100 * k / n - value) >= 0.005:
+            out.append(f"{spec.name} {value:.2f}% (test split: {n} images)")
+    return out

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from medbridge.harness_ext.settings import get_path
 
 STORE_ENV = "MEDBRIDGE_LEADERBOARD"
 DEFAULT_STORE = Path("medbridge_leaderboard") / "leaderboard.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     base_model  TEXT,                      -- the model training started from, if known
     date        TEXT,                      -- when the run was made (from the results file)
     ingested_at TEXT NOT NULL,
-    source      TEXT NOT NULL              -- path it was ingested from
+    source      TEXT NOT NULL,             -- path it was ingested from
+    partial     TEXT                       -- failed requests left out (ingested with --allow-partial), else NULL
 );
 CREATE TABLE IF NOT EXISTS results (
     run_id               TEXT NOT NULL REFERENCES runs(run_id),
@@ -59,6 +61,7 @@ CREATE TABLE IF NOT EXISTS results (
     judge_model          TEXT,
     judge_prompt_version TEXT,
     gen_settings         TEXT,              -- canonical JSON
+    provenance           TEXT,              -- canonical JSON: backend, model_args, decoding, extractor, data
     UNIQUE (run_id, task, metric)
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -70,18 +73,27 @@ CREATE TABLE IF NOT EXISTS items (
     c       INTEGER NOT NULL,
     UNIQUE (run_id, task, item_id)
 );
-CREATE VIEW IF NOT EXISTS rows AS
-    SELECT r.*, u.kind, u.model, u.checkpoint, u.run, u.step, u.trained_on, u.base_model, u.date, u.ingested_at, u.source
+"""
+
+# Recreated on every open (a view holds no data), so stores written before a column was added
+# show it too.
+ROWS_VIEW = """
+DROP VIEW IF EXISTS rows;
+CREATE VIEW rows AS
+    SELECT r.*, u.rowid AS run_seq, u.kind, u.model, u.checkpoint, u.run, u.step, u.trained_on, u.base_model,
+           u.date, u.ingested_at, u.source, u.partial
     FROM results r JOIN runs u USING (run_id);
 """
 
-PIN_FIELDS = ("subset_hash", "prompt_version", "judge_model", "judge_prompt_version", "gen_settings")
+# Columns added after schema version 1: (table, column, type); added to older stores on open.
+ADDED_COLUMNS = (("runs", "partial", "TEXT"), ("results", "provenance", "TEXT"))
+
+PIN_FIELDS = ("subset_hash", "prompt_version", "judge_model", "judge_prompt_version", "gen_settings", "provenance")
 
 
 def default_store_path() -> Path:
     """$MEDBRIDGE_LEADERBOARD, else ./medbridge_leaderboard/leaderboard.sqlite."""
-    env = os.environ.get(STORE_ENV)
-    return Path(env).expanduser() if env else DEFAULT_STORE
+    return get_path(STORE_ENV) or DEFAULT_STORE
 
 
 def canonical_json(obj: Any) -> str:
@@ -109,6 +121,7 @@ class RunRow:
     trained_on: str | None = None
     base_model: str | None = None
     date: str | None = None
+    partial: str | None = None  # what was left out of a partial run
 
 
 @dataclass
@@ -126,6 +139,7 @@ class ResultRow:
     judge_model: str | None = None
     judge_prompt_version: str | None = None
     gen_settings: str | None = None
+    provenance: str | None = None
 
 
 @dataclass
@@ -150,12 +164,18 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     path = Path(path)
     if not path.exists():
         if not create:
-            raise FileNotFoundError(f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)")
+            raise FileNotFoundError(
+                f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path))
     conn.row_factory = sqlite3.Row
     try:
         conn.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        conn.executescript(ROWS_VIEW)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.commit()
     except sqlite3.DatabaseError as err:
@@ -184,12 +204,47 @@ def write_bundle(conn: sqlite3.Connection, bundle: RunBundle, ingested_at: str) 
     r = bundle.run
     with conn:  # one transaction: all of the run or nothing
         conn.execute(
-            "INSERT INTO runs (run_id, kind, model, checkpoint, run, step, trained_on, base_model, date, ingested_at, source) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (r.run_id, r.kind, r.model, r.checkpoint, r.run, r.step, r.trained_on, r.base_model, r.date, ingested_at, r.source),
+            "INSERT INTO runs (run_id, kind, model, checkpoint, run, step, trained_on, base_model, date, ingested_at,"
+            " source, partial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                r.run_id,
+                r.kind,
+                r.model,
+                r.checkpoint,
+                r.run,
+                r.step,
+                r.trained_on,
+                r.base_model,
+                r.date,
+                ingested_at,
+                r.source,
+                r.partial,
+            ),
         )
         cur = conn.executemany(
-            "INSERT INTO results (run_id, task, dataset, metric, value, ci_low, ci_high, n, config_hash, subset_hash, prompt_version, judge_model, judge_prompt_version, gen_settings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(r.run_id, x.task, x.dataset, x.metric, x.value, x.ci_low, x.ci_high, x.n, x.config_hash, x.subset_hash, x.prompt_version, x.judge_model, x.judge_prompt_version, x.gen_settings) for x in bundle.results],
+            "INSERT INTO results (run_id, task, dataset, metric, value, ci_low, ci_high, n, config_hash, subset_hash,"
+            " prompt_version, judge_model, judge_prompt_version, gen_settings, provenance)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r.run_id,
+                    x.task,
+                    x.dataset,
+                    x.metric,
+                    x.value,
+                    x.ci_low,
+                    x.ci_high,
+                    x.n,
+                    x.config_hash,
+                    x.subset_hash,
+                    x.prompt_version,
+                    x.judge_model,
+                    x.judge_prompt_version,
+                    x.gen_settings,
+                    x.provenance,
+                )
+                for x in bundle.results
+            ],
         )
         added = cur.rowcount
         conn.executemany(
@@ -200,10 +255,15 @@ def write_bundle(conn: sqlite3.Connection, bundle: RunBundle, ingested_at: str) 
 
 
 def fetch_rows(conn: sqlite3.Connection, where: str = "1", params: tuple = ()) -> list[dict[str, Any]]:
-    return [dict(row) for row in conn.execute(f"SELECT * FROM rows WHERE {where} ORDER BY ingested_at, run_id, task, metric", params)]
+    return [
+        dict(row)
+        for row in conn.execute(f"SELECT * FROM rows WHERE {where} ORDER BY ingested_at, run_seq, task, metric", params)
+    ]
 
 
-def fetch_items(conn: sqlite3.Connection, run_id: str, tasks: Iterable[str] | None = None) -> dict[tuple[str, str], Mapping[str, Any]]:
+def fetch_items(
+    conn: sqlite3.Connection, run_id: str, tasks: Iterable[str] | None = None
+) -> dict[tuple[str, str], Mapping[str, Any]]:
     """(task, item_id) -> item row of one run."""
     rows = conn.execute("SELECT * FROM items WHERE run_id = ?", (run_id,)).fetchall()
     wanted = set(tasks) if tasks is not None else None

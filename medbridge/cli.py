@@ -7,7 +7,6 @@ paragraph and exit code 2, anything else names the log file that holds its trace
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -91,33 +90,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_records(run_path: str, rescore: bool) -> tuple[dict, Path]:
-    from medbridge.harness_ext.report import load_run, rescore_run
-
-    run = load_run(run_path)
-    records = rescore_run(run) if rescore else run.records
-    if not records:
-        raise SystemExit(f"{run.results_path}: no medbridge sample records found (was --log_samples set?)")
-    return records, run.results_path
-
-
 def _cmd_report(args: argparse.Namespace, rescore: bool = False) -> int:
-    from medbridge.harness_ext.report import format_table, groups_for, summarize, write_summary
+    from medbridge.harness_ext.report import report_command
 
-    records, results_path = _load_records(args.run, rescore)
-    summary = summarize(records, groups=groups_for(records), iters=args.bootstrap)
-    print(format_table(summary))
-    out = Path(args.json) if args.json else results_path.with_name(results_path.name.replace("_results.json", "_medbridge_summary.json" if not rescore else "_medbridge_rescored.json"))
-    write_summary(summary, out)
-    if rescore:
-        samples_out = out.with_suffix(".records.jsonl")
-        with samples_out.open("w") as fh:
-            for task, recs in records.items():
-                for rec in recs:
-                    fh.write(json.dumps({"task": task, **rec}) + "\n")
-        print(f"re-scored records: {samples_out}")
-    print(f"summary: {out}")
-    return 0
+    return report_command(
+        args.run, rescore=rescore, json_out=args.json, iters=args.bootstrap, allow_partial=args.allow_partial
+    )
 
 
 def _cmd_tasks_path(args: argparse.Namespace) -> int:
@@ -183,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run", help="lmms-eval --output_path folder or a *_results.json file")
         p.add_argument("--json", help="where to write the summary JSON")
         p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+        p.add_argument("--allow-partial", action="store_true",
+                       help="score a run with failed requests (request_failed items are left out and counted)")
         p.set_defaults(func=lambda a, r=rescore: _cmd_report(a, rescore=r))
 
     from medbridge.judges.cli import add_parser as add_judge_commands
@@ -206,6 +186,7 @@ def _name_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. argparse's own exits (a usage error: 2, --help: 0) leave as SystemExit."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed: list[argparse.Namespace] = []
 
@@ -213,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         parsed.append(build_parser().parse_args(argv))
         return parsed[0].func(parsed[0])
 
-    try:
-        return run_guarded(parse_and_run, argv, lambda: parsed[0].command_name if parsed else "medbridge")
-    except SystemExit as exc:  # argparse printed a usage error (exit 2) or --help (exit 0)
-        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    return run_guarded(parse_and_run, argv, lambda: parsed[0].command_name if parsed else "medbridge")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from medbridge.harness_ext import statistics
 from medbridge.harness_ext.report import groups_for, load_run, summarize
-from medbridge.leaderboard import build as lb_build
-from medbridge.leaderboard import stats
+from medbridge.leaderboard import comparisons, tables
 from medbridge.leaderboard.build import build_leaderboard
 from medbridge.leaderboard.ingest import bundle_from_run, describe_model, ingest_many, ingest_run
 from medbridge.leaderboard.store import ItemRow, count, fetch_rows, open_store, write_bundle
+from medbridge.leaderboard.view import View
 from medbridge.tasks.medmnist.fixtures import build_all
 
 from .conftest import run_lmms_eval
@@ -38,7 +38,20 @@ def oracle_run_dir(tmp_path_factory, p: float, seed: int) -> Path:
     if not list(out.glob("**/*_results.json")):
         if not data.exists():
             build_all(data, test_per_class=2, train_per_class=1, val_per_class=1)
-        proc = run_lmms_eval(["--model", "oracle", "--model_args", f"p={p},seed={seed}", "--tasks", "medmnist_mcq", "--output_path", str(out), "--log_samples"], data)
+        proc = run_lmms_eval(
+            [
+                "--model",
+                "oracle",
+                "--model_args",
+                f"p={p},seed={seed}",
+                "--tasks",
+                "medmnist_mcq",
+                "--output_path",
+                str(out),
+                "--log_samples",
+            ],
+            data,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert list(out.glob("**/*_results.json")), proc.stderr[-4000:]
     return out
@@ -132,7 +145,9 @@ def test_malformed_runs_are_reported_by_path_and_skipped(runs, tmp_path):
 def test_a_run_that_fails_midway_leaves_nothing_behind(runs, tmp_path):
     store = tmp_path / "lb.sqlite"
     bundle = bundle_from_run(runs[0], model="m")
-    bundle.items.append(ItemRow(task="medmnist_mcq_breast", item_id=None, first_correct=1, n=1, c=1))  # violates NOT NULL
+    bundle.items.append(
+        ItemRow(task="medmnist_mcq_breast", item_id=None, first_correct=1, n=1, c=1)
+    )  # violates NOT NULL
     with open_store(store) as conn:
         with pytest.raises(sqlite3.IntegrityError):
             write_bundle(conn, bundle, "now")
@@ -156,7 +171,9 @@ def test_model_identity_from_checkpoint_path_and_training_marker(tmp_path):
 def test_training_marker_supplies_trained_on(runs, tmp_path):
     ckpt = tmp_path / "rq3_oct" / "checkpoint-50"
     ckpt.mkdir(parents=True)
-    (ckpt / "medbridge_training.json").write_text(json.dumps({"trained_on": ["octmnist"], "model_name_or_path": "models/base-vlm"}))
+    (ckpt / "medbridge_training.json").write_text(
+        json.dumps({"trained_on": ["octmnist"], "model_name_or_path": "models/base-vlm"})
+    )
     copy = tmp_path / "run"
     shutil.copytree(runs[0], copy)
     results = next(copy.glob("**/*_results.json"))
@@ -164,7 +181,13 @@ def test_training_marker_supplies_trained_on(runs, tmp_path):
     data["config"]["model_args"] = f"pretrained={ckpt}"
     results.write_text(json.dumps(data))
     bundle = bundle_from_run(copy)
-    assert (bundle.run.model, bundle.run.run, bundle.run.step, bundle.run.trained_on, bundle.run.base_model) == ("rq3_oct", "rq3_oct", 50, "octmnist", "models/base-vlm")
+    assert (bundle.run.model, bundle.run.run, bundle.run.step, bundle.run.trained_on, bundle.run.base_model) == (
+        "rq3_oct",
+        "rq3_oct",
+        50,
+        "octmnist",
+        "models/base-vlm",
+    )
 
 
 # ------------------------------------------------------------------ comparability pins
@@ -182,8 +205,8 @@ def test_rows_with_different_generation_settings_never_share_a_column(store, run
     shutil.copy(store, mixed)
     assert ingest_run(mixed, hot, model="hot-sampler") > 0
     with open_store(mixed) as conn:
-        view = lb_build.View(fetch_rows(conn))
-    table = lb_build.table2(view, [])
+        view = View(fetch_rows(conn))
+    table = tables.table2(view, [])
     heads = table.columns
     assert "organa Acc@1" in heads  # greedy settings identical: one column
     assert "organa gap [A]" in heads and "organa gap [B]" in heads and "organa gap" not in heads
@@ -201,12 +224,27 @@ def test_rows_with_different_generation_settings_never_share_a_column(store, run
 @pytest.mark.e2e
 def test_build_writes_markdown_html_and_figures(site):
     out = site.parent
-    for name in ("index.html", "leaderboard.md", "passk_radiology.png", "passk_microscopy.png", "passk_photography.png", "steps_rq3_organa.png"):
+    for name in (
+        "index.html",
+        "leaderboard.md",
+        "passk_radiology.png",
+        "passk_microscopy.png",
+        "passk_photography.png",
+        "steps_rq3_organa.png",
+    ):
         assert (out / name).stat().st_size > 1000, name
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "leaderboard.md").read_text()
-    for heading in ("Table 1", "Table 2", "Table 3", "Pass@K curves per modality", "checkpoints over steps", "RQ3 transfer", "reference"):
+    for heading in (
+        "Table 1",
+        "Table 2",
+        "Table 3",
+        "Pass@K curves per modality",
+        "checkpoints over steps",
+        "RQ3 transfer",
+        "Published: ",
+    ):
         assert heading.lower() in md.lower(), heading
     assert "![radiology](passk_radiology.png)" in md
 
@@ -225,25 +263,25 @@ def test_checkpoint_table_holds_a_paired_test_on_the_same_items(store, site, run
     md = (site.parent / "leaderboard.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| 100 |"))
     assert f"| {gained} / {lost} |" in line
-    assert f"{stats.mcnemar_exact(gained, lost):.3g}" in line
+    assert f"{statistics.mcnemar_exact(gained, lost):.3g}" in line
     delta = 100 * (np.mean(list(after.values())) - np.mean(list(before.values())))
     assert f"{delta:+.1f}" in line
 
 
 def test_mcnemar_exact_known_values():
-    assert stats.mcnemar_exact(0, 6) == pytest.approx(2 * 0.5**6)
-    assert stats.mcnemar_exact(3, 3) == pytest.approx(1.0)
-    assert stats.mcnemar_exact(0, 0) == 1.0
-    assert stats.mcnemar_exact(10, 0) == pytest.approx(2 * 0.5**10)
+    assert statistics.mcnemar_exact(0, 6) == pytest.approx(2 * 0.5**6)
+    assert statistics.mcnemar_exact(3, 3) == pytest.approx(1.0)
+    assert statistics.mcnemar_exact(0, 0) == 1.0
+    assert statistics.mcnemar_exact(10, 0) == pytest.approx(2 * 0.5**10)
 
 
 @pytest.mark.e2e
 def test_transfer_table_splits_in_domain_within_and_cross_modality(store, runs):
     with open_store(store) as conn:
-        view = lb_build.View(fetch_rows(conn))
-        pairs = lb_build.auto_pairs(view)
+        view = View(fetch_rows(conn))
+        pairs = comparisons.auto_pairs(view)
         assert [(p.base.step, p.rl.step, p.trained_on) for p in pairs] == [(0, 100, "organa")]
-        table = lb_build.transfer_table(view, conn, pairs[0])
+        table = comparisons.transfer_table(view, conn, pairs[0])
     rows = {cells[0].text: cells for cells in table.rows}
     assert rows["organa"][1].text == "in-domain"
     assert rows["organc"][1].text == "within-modality" and rows["breast"][1].text == "within-modality"
@@ -273,9 +311,21 @@ def _chrome(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     if exe is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("chromium is not installed but CI=true: .ci/run must install Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install -y chromium); the CI run installs it and fails instead of skipping")
-    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"]
+        pytest.skip(
+            "chromium is not installed (apt-get install -y chromium); "
+            "the CI run installs it and fails instead of skipping"
+        )
+    base = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run(base + args, capture_output=True, text=True, timeout=120)
 
 
@@ -288,14 +338,19 @@ def test_page_renders_in_headless_chromium_with_tables_and_images(site, tmp_path
     for table_id in ("table2", "passk", "steps_rq3_organa", "runs"):
         assert f'id="{table_id}"' in dom, table_id
     assert 'id="transfer_' in dom
-    assert 'data-table="table1"' in dom and 'data-table="table3"' in dom  # empty tables say so
+    # no run of ours has a probe or VQA result: Tables 1 and 3 hold the paper's published rows
+    for table_id in ("table1", "table3"):
+        assert (
+            f'id="{table_id}"' in dom
+            and dom.split(f'id="{table_id}"', 1)[1].split("</table>", 1)[0].count('<tr class="reference">') >= 4
+        )
     images = dom.count("<img ")
     assert images == 4  # three Pass@K figures and one training-run curve
     assert dom.count('data-loaded="yes"') == images, "an image did not load"
     # the ?sort= link sorted Table 2 by its first data column, descending, in the browser
     body = dom.split('id="table2"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     values = [float(v) for v in re.findall(r'<tr[^>]*><td[^>]*>[^<]*</td><td data-v="([^"]+)"', body)]
-    assert len(values) == 2 and values == sorted(values, reverse=True)
+    assert len(values) == 2 + 3 and values == sorted(values, reverse=True)  # two models, three published rows
     assert '<th data-dir="desc">breast Acc@1</th>' in dom
     # keep a screenshot as a test artifact
     artifacts = REPO / "artifacts"

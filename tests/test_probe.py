@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from medbridge.leaderboard import probe as probe_mod
-from medbridge.leaderboard.build import View, table1
 from medbridge.leaderboard.probe import format_results, ingest_probe, run_probe
 from medbridge.leaderboard.store import count, fetch_rows, open_store
+from medbridge.leaderboard.tables import table1
+from medbridge.leaderboard.view import View
 from medbridge.tasks.medmnist.catalog import get_set
 from medbridge.tasks.medmnist.data import MedMNISTFileError
 from medbridge.tasks.medmnist.fixtures import build_all

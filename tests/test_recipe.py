@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 
 import pytest
-
 from medbridge.harness_ext.report import load_run, summarize
 from medbridge.leaderboard import cli as lb_cli
 from medbridge.leaderboard.ingest import ingest_run
-from medbridge.leaderboard.recipe import BRIDGE, SHARPEN, decide, format_verdicts, matching_recipes, rank_recipes, recipe
+from medbridge.leaderboard.verdict import (
+    BRIDGE,
+    SHARPEN,
+    decide,
+    format_verdicts,
+    matching_recipes,
+    rank_recipes,
+    recipe,
+)
 
 from .test_leaderboard import oracle_run_dir
 

@@ -1,4 +1,4 @@
-"""`medbridge recipe`: the paper's boundary-aware decision rule, per task.
+"""`medbridge recipe`: the verdict of the paper's boundary-aware decision rule, per task.
 
 Support is Pass@16 (does a correct answer appear anywhere in 16 samples?); default behaviour is
 greedy Acc@1. With a reliability threshold tau:
@@ -8,11 +8,15 @@ greedy Acc@1. With a reliability threshold tau:
 * Pass@16 >= tau: support is there. Sharpen with RL (GRPO) to turn it into Acc@1, and watch
   Pass@K during training: a falling Pass@16 means the distribution is collapsing.
 
-The numbers come straight from a results folder (``summarize``) or from the leaderboard store.
+A sampled task whose samples collapsed to one response per item gets no verdict: its Pass@16 is
+its Acc@1 and says nothing about support. The numbers come straight from a results folder
+(``summarize``) or from the leaderboard store. Recipe files are looked up under training/recipes/
+by path; this module does not import the training package.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -22,16 +26,19 @@ from typing import Any
 
 from medbridge.harness_ext.report import groups_for, load_run, summarize
 from medbridge.leaderboard.store import default_store_path, fetch_rows, open_store
+from medbridge.leaderboard.view import View, entry_of
 
 BRIDGE = "bridge with SFT on task-/modality-proximal data"
 SHARPEN = "sharpen with RL; watch Pass@K for collapse"
 
 
 def _recipes_dir() -> Path:
-    """training/recipes/ of the installed medbridge.training package."""
-    import medbridge.training
-
-    return Path(medbridge.training.__file__).resolve().parent / "recipes"
+    """training/recipes/ of the installed medbridge.training package, found without importing it
+    (importing training would load TRL and torch for a table lookup)."""
+    spec = importlib.util.find_spec("medbridge.training")
+    if spec is None or not spec.submodule_search_locations:
+        return Path(__file__).resolve().parent.parent / "training" / "recipes"
+    return Path(list(spec.submodule_search_locations)[0]).resolve() / "recipes"
 
 
 RECIPES_DIR = _recipes_dir()
@@ -51,7 +58,15 @@ class Verdict:
     recipes: list[str]
 
 
-def decide(pass16: float | None, acc1: float | None, tau: float) -> tuple[str, str]:
+COLLAPSED = "no verdict: sampling collapsed"
+
+
+def decide(pass16: float | None, acc1: float | None, tau: float, collapsed: bool | None = False) -> tuple[str, str]:
+    if collapsed:
+        return COLLAPSED, (
+            "every item's 16 samples are one response, so Pass@16 equals Acc@1 and shows no support; "
+            "fix the sampled task's decoding (an inherited top_k=1 or tiny top_p does this) and re-run"
+        )
     if pass16 is None or (isinstance(pass16, float) and math.isnan(pass16)):
         return "no verdict: no Pass@16 (run the task's _passk twin with 16 samples)", "support unknown"
     if pass16 < tau:
@@ -65,7 +80,13 @@ def dataset_keys(task: str, dataset: str | None) -> tuple[set[str], set[str]]:
     the task name and MedMNIST flag anywhere in the text; the short name only in the file name,
     where it cannot be part of an unrelated word (``path`` in ``model_name_or_path``)."""
     text_keys, name_keys = {task.lower()}, set()
-    short = task[len("medmnist_mcq_"):] if task.startswith("medmnist_mcq_") else task[len("medvqa_"):] if task.startswith("medvqa_") else (dataset or "")
+    short = (
+        task[len("medmnist_mcq_") :]
+        if task.startswith("medmnist_mcq_")
+        else task[len("medvqa_") :]
+        if task.startswith("medvqa_")
+        else (dataset or "")
+    )
     if short:
         name_keys.add(short.lower())
     if task.startswith("medmnist_mcq_"):
@@ -100,6 +121,7 @@ def matching_recipes(task: str, dataset: str | None, recipes_dir: Path | None = 
 
 def rank_recipes(paths: Sequence[str], verdict: str) -> list[str]:
     """Recipes that do what the verdict says first: SFT ones to bridge, RL-only ones to sharpen."""
+
     def is_sft(p: str) -> bool:
         return "sft" in re.split(r"[^a-z0-9]+", Path(p).stem.lower())
 
@@ -110,18 +132,25 @@ def rank_recipes(paths: Sequence[str], verdict: str) -> list[str]:
     return list(paths)
 
 
-def _rows_from_summary(summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def _rows_from_summary(
+    summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
     out = []
     for task, row in summary["datasets"].items():
         recs = records.get(task) or records.get(task + "_passk") or []
-        out.append({
-            "task": task,
-            "dataset": recs[0].get("dataset") if recs else None,
-            "acc1": row.get("acc1"),
-            "gap": row.get("gap"),
-            "passk": {int(k[len("pass_at_"):]): row[k] for k in row if k.startswith("pass_at_") and not k.endswith("_ci")},
-            "n": row.get("n_items"),
-        })
+        out.append(
+            {
+                "task": task,
+                "dataset": recs[0].get("dataset") if recs else None,
+                "acc1": row.get("acc1"),
+                "gap": row.get("gap"),
+                "passk": {
+                    int(k[len("pass_at_") :]): row[k] for k in row if k.startswith("pass_at_") and not k.endswith("_ci")
+                },
+                "n": row.get("n_items"),
+                "collapsed": row.get("collapsed"),
+            }
+        )
     return out
 
 
@@ -135,26 +164,39 @@ def rows_for_run(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
 
 def rows_for_model(store: str | Path, name: str) -> tuple[str, list[dict[str, Any]]]:
     """The latest evaluation of a model (by name, run name, checkpoint or label) in the store."""
-    from medbridge.leaderboard.build import View, entry_of, find_entry
-
     with open_store(store, create=False) as conn:
         view = View(fetch_rows(conn, "kind = 'eval'"))
-    entry = find_entry(view, name, last=True)
+    entry = view.find(name, last=True)
     per_task: dict[str, dict[str, Any]] = {}
     for r in view.rows:
         if entry_of(r) != entry or r["dataset"] is None:
             continue
-        row = per_task.setdefault(r["task"], {"task": r["task"], "dataset": r["dataset"], "acc1": None, "gap": None, "passk": {}, "n": None})
+        row = per_task.setdefault(
+            r["task"],
+            {
+                "task": r["task"],
+                "dataset": r["dataset"],
+                "acc1": None,
+                "gap": None,
+                "passk": {},
+                "n": None,
+                "collapsed": None,
+            },
+        )
         if r["metric"] == "acc1":
             row["acc1"], row["n"] = r["value"], r["n"]
         elif r["metric"] == "gap":
             row["gap"] = r["value"]
+        elif r["metric"] == "collapsed":
+            row["collapsed"] = bool(r["value"])
         elif r["metric"].startswith("pass_at_"):
-            row["passk"][int(r["metric"][len("pass_at_"):])] = r["value"]
+            row["passk"][int(r["metric"][len("pass_at_") :])] = r["value"]
     return f"{entry.label} (store {store})", [per_task[t] for t in sorted(per_task)]
 
 
-def recipe(target: str, *, tau: float = 0.5, store: str | Path | None = None, recipes_dir: Path | None = None) -> tuple[str, list[Verdict]]:
+def recipe(
+    target: str, *, tau: float = 0.5, store: str | Path | None = None, recipes_dir: Path | None = None
+) -> tuple[str, list[Verdict]]:
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau is a Pass@16 threshold in [0, 1], got {tau}")
     if Path(target).exists():
@@ -164,9 +206,22 @@ def recipe(target: str, *, tau: float = 0.5, store: str | Path | None = None, re
     verdicts = []
     for r in rows:
         p16 = r["passk"].get(16)
-        verdict, reason = decide(p16, r["acc1"], tau)
+        verdict, reason = decide(p16, r["acc1"], tau, r.get("collapsed"))
         found = rank_recipes(matching_recipes(r["task"], r["dataset"], recipes_dir), verdict)
-        verdicts.append(Verdict(r["task"], r["dataset"] or "", r["acc1"], p16, r["gap"], dict(sorted(r["passk"].items())), r["n"], verdict, reason, found))
+        verdicts.append(
+            Verdict(
+                r["task"],
+                r["dataset"] or "",
+                r["acc1"],
+                p16,
+                r["gap"],
+                dict(sorted(r["passk"].items())),
+                r["n"],
+                verdict,
+                reason,
+                found,
+            )
+        )
     return source, verdicts
 
 
@@ -175,7 +230,11 @@ def format_verdicts(source: str, verdicts: Sequence[Verdict], tau: float) -> str
         return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:5.1f}"
 
     lines = [f"medbridge recipe for {source}  (tau = {tau:g} on support Pass@16)", ""]
-    head = f"{'task':28} {'n':>4} {'Acc@1':>6} " + " ".join(f"{'P@' + str(k):>6}" for k in (1, 2, 4, 8, 16)) + f" {'gap':>6}  verdict"
+    head = (
+        f"{'task':28} {'n':>4} {'Acc@1':>6} "
+        + " ".join(f"{'P@' + str(k):>6}" for k in (1, 2, 4, 8, 16))
+        + f" {'gap':>6}  verdict"
+    )
     lines.append(head)
     lines.append("-" * len(head))
     for v in verdicts:
@@ -185,6 +244,9 @@ def format_verdicts(source: str, verdicts: Sequence[Verdict], tau: float) -> str
         fits = v.recipes[0] if v.recipes else "none yet"
         also = f" (also: {', '.join(v.recipes[1:])})" if len(v.recipes) > 1 else ""
         lines.append(f"{'':28}   because {v.reason}; recipe: {fits}{also}")
-    lines += ["", "Values in %. Rule (MedBridgeRL): support below tau -> bridge with SFT on task- or modality-proximal data;",
-              "support at or above tau -> sharpen with RL (GRPO) and track Pass@K so support does not collapse."]
+    lines += [
+        "",
+        "Values in %. Rule (MedBridgeRL): support below tau -> bridge with SFT on task- or modality-proximal data;",
+        "support at or above tau -> sharpen with RL (GRPO) and track Pass@K so support does not collapse.",
+    ]
     return "\n".join(lines)
