@@ -46,7 +46,11 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
 
 
 def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
+    """main()'s exit code, stdout and stderr; argparse's usage errors and --help leave as SystemExit."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as done:
+        code = done.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
