@@ -7,6 +7,7 @@ leaderboard all compute a number the same way.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -14,9 +15,35 @@ from typing import Any
 
 import numpy as np
 
-# The outcome of one generated sample. "invalid" and "judge_failed" come from the judge.
-OUTCOMES = ("correct", "incorrect", "unparsed", "invalid", "judge_failed")
+# The outcome of one generated sample. "invalid" and "judge_failed" come from the judge;
+# "request_failed" means the backend got no answer at all (a server or request failure): it is the
+# infrastructure's outcome, never the model's, so such items are left out of every score and counted.
+REQUEST_FAILED = "request_failed"
+OUTCOMES = ("correct", "incorrect", "unparsed", "invalid", "judge_failed", REQUEST_FAILED)
 PASS_KS = (1, 2, 4, 8, 16)
+
+# What a backend returns instead of an answer when a request failed: lmms-eval's API backends write
+# "[LMMS_EVAL_REQUEST_FAILED after N retries] <error>"; medbridge's backends use their own prefix.
+REQUEST_FAILED_MARKERS = ("[LMMS_EVAL_REQUEST_FAILED", "[MEDBRIDGE_REQUEST_FAILED")
+
+# Sampling at the paper's temperature gives (nearly) all-distinct reasoning traces; a task whose
+# items average fewer distinct responses than this sampled the same text again and again (e.g. a
+# checkpoint's top_k=1 leaked into decoding), so its Pass@K is a greedy score in disguise.
+COLLAPSE_THRESHOLD = 1.5
+
+log = logging.getLogger(__name__)
+
+
+def is_request_failure(response: Any) -> bool:
+    """True when ``response`` is no answer at all: missing, or a backend's request-failure marker."""
+    if response is None:
+        return True
+    return isinstance(response, str) and response.lstrip().startswith(REQUEST_FAILED_MARKERS)
+
+
+def count_distinct(responses: Sequence[Any]) -> int:
+    """Distinct responses among one item's samples, compared whitespace-stripped."""
+    return len({r.strip() if isinstance(r, str) else repr(r) for r in responses})
 
 
 def _check_counts(n: int, c: int, k: int) -> None:
@@ -98,8 +125,13 @@ def outcome_of(choice: str | None, answer: str) -> str:
     return "correct" if choice == answer else "incorrect"
 
 
-def make_record(item_id: str, dataset: str, answer: str, choices: Sequence[str | None], outcomes: Sequence[str] | None = None, options: Mapping[str, str] | None = None) -> dict[str, Any]:
-    outcomes = list(outcomes) if outcomes is not None else [outcome_of(c, answer) for c in choices]
+def make_record(item_id: str, dataset: str, answer: str, choices: Sequence[str | None],
+                outcomes: Sequence[str] | None = None, options: Mapping[str, str] | None = None,
+                failed: Sequence[bool] | None = None) -> dict[str, Any]:
+    """One item's record. ``failed[i]`` marks sample i as a failed request (outcome ``request_failed``)."""
+    if outcomes is None:
+        outcomes = [outcome_of(c, answer) for c in choices]
+    outcomes = [REQUEST_FAILED if failed is not None and failed[i] else o for i, o in enumerate(outcomes)]
     bad = [o for o in outcomes if o not in OUTCOMES]
     if bad:
         raise ValueError(f"unknown outcome(s) {bad} for item {item_id}")
@@ -142,7 +174,41 @@ def item_acc1(record: Mapping[str, Any]) -> float:
     return 1.0 if record["outcomes"][0] == "correct" else 0.0
 
 
+def has_request_failure(record: Mapping[str, Any]) -> bool:
+    return REQUEST_FAILED in (record.get("outcomes") or ())
+
+
+def scorable(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The records every score is computed over: items with a failed request are left out."""
+    return [r for r in records if not has_request_failure(r)]
+
+
+def n_request_failed(records: Sequence[Mapping[str, Any]], *, task: str = "") -> int:
+    """Items with at least one failed request; a loud warning when there are any."""
+    failed = [r.get("item_id") for r in records if has_request_failure(r)]
+    if failed:
+        where = f" of {task}" if task else ""
+        log.warning("REQUEST FAILURES: %d of %d item(s)%s had a failed request and are left out of every score "
+                    "(first: %s); re-run them once the backend answers.", len(failed), len(records), where,
+                    ", ".join(map(str, failed[:5])))
+    return len(failed)
+
+
+def sampling_diversity(records: Sequence[Mapping[str, Any]]) -> float:
+    """Mean number of distinct responses per sampled item (records without ``distinct`` are skipped);
+    NaN when no record carries it."""
+    values = [r["distinct"] for r in records if r.get("distinct") is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def is_collapsed(records: Sequence[Mapping[str, Any]]) -> bool:
+    """True when sampled items average fewer than COLLAPSE_THRESHOLD distinct responses."""
+    diversity = sampling_diversity(records)
+    return not math.isnan(diversity) and diversity < COLLAPSE_THRESHOLD
+
+
 def outcome_rate(records: Sequence[Mapping[str, Any]], outcome: str) -> float:
+    records = scorable(records)
     total = sum(r["n"] for r in records)
     if total == 0:
         return math.nan
@@ -160,6 +226,8 @@ lmms-eval's group aggregation matches metric names by substring."""
 
 
 def mean_metric(records: Sequence[Mapping[str, Any]], name: str) -> float:
+    """Mean of a per-item metric over the scorable items (those with a failed request are left out)."""
+    records = scorable(records)
     if not records:
         return math.nan
     fn = ITEM_METRICS[name]

@@ -3,7 +3,6 @@ from math import comb
 
 import numpy as np
 import pytest
-
 from medbridge.harness_ext import metrics
 from medbridge.harness_ext.metrics import majority_correct, pass_at_k, pass_hat_k
 
@@ -85,3 +84,65 @@ def test_bootstrap_ci_covers_the_mean_and_narrows_with_more_items():
     lo_l, hi_l = metrics.bootstrap_ci(large)
     assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
     assert (hi_l - lo_l) < (hi_s - lo_s) / 5
+
+
+# ---------------------------------------------------------------- failed requests and collapsed sampling
+
+DOC = {"item_id": "octmnist/test/1", "dataset": "oct", "answer_letter": "B", "task": "medmnist_mcq_oct",
+       "options": '{"A": "Drusen", "B": "Normal retina"}', "subset": "balanced50-seed1234"}
+FAIL = "[LMMS_EVAL_REQUEST_FAILED after 5 retries] Connection refused"
+
+
+def test_failed_request_is_its_own_outcome_never_unparsed_or_incorrect():
+    from medbridge.harness_ext import scoring
+
+    responses = ["<answer>B</answer>"] * 14 + [FAIL, "  [MEDBRIDGE_REQUEST_FAILED] server gone"]
+    record = scoring.process_sampled(DOC, [responses])["pass_at_16"]
+    assert record["outcomes"][-2:] == ["request_failed", "request_failed"]
+    assert record["outcomes"][:14] == ["correct"] * 14 and record["c"] == 14
+    assert record["distinct"] == 3 and record["subset"] == "balanced50-seed1234"
+    greedy = scoring.process_greedy(DOC, [FAIL])["acc1"]
+    assert greedy["outcomes"] == ["request_failed"] and greedy["choices"] == [None]
+    assert metrics.is_request_failure(None) and not metrics.is_request_failure("the request failed, so B")
+
+
+def test_items_with_a_failed_request_are_left_out_of_scores_and_counted(caplog):
+    from medbridge.harness_ext import scoring
+
+    ok = scoring.process_greedy(DOC, ["<answer>B</answer>"])["acc1"]
+    wrong = scoring.process_greedy({**DOC, "item_id": "x/2"}, ["<answer>A</answer>"])["acc1"]
+    failed = scoring.process_greedy({**DOC, "item_id": "x/3"}, [FAIL])["acc1"]
+    records = [ok, wrong, failed]
+    assert scoring.agg_acc1(records) == 0.5  # not 1/3: the failed item is no wrong answer
+    assert scoring.agg_unparsed_greedy(records) == 0.0
+    with caplog.at_level("WARNING"):
+        assert scoring.agg_n_request_failed(records) == 1.0
+    assert "REQUEST FAILURES: 1 of 3 item(s)" in caplog.text and "x/3" in caplog.text
+    assert scoring.agg_n_request_failed([ok, wrong]) == 0.0
+
+
+def test_sampling_diversity_and_collapse(caplog):
+    from medbridge.harness_ext import scoring
+
+    same = scoring.process_sampled(DOC, [["<answer>B</answer>"] * 16])["pass_at_16"]
+    spaced = scoring.process_sampled(DOC, [["<answer>B</answer> ", " <answer>B</answer>"] * 8])["pass_at_16"]
+    varied = scoring.process_sampled(DOC, [[f"<think>{i}</think><answer>B</answer>" for i in range(16)]])["pass_at_16"]
+    assert (same["distinct"], spaced["distinct"], varied["distinct"]) == (1, 1, 16)
+    assert metrics.sampling_diversity([same, varied]) == 8.5
+    assert metrics.is_collapsed([same, spaced]) and not metrics.is_collapsed([same, varied])
+    assert not metrics.is_collapsed([{"item_id": "old"}])  # records from before the field: unknown, not collapsed
+    with caplog.at_level("WARNING"):
+        assert scoring.agg_distinct_per_item([same, spaced]) == 1.0
+    assert "COLLAPSED SAMPLING" in caplog.text
+
+
+def test_records_carry_the_decoding_the_backend_recorded():
+    from medbridge.harness_ext import decoding, scoring
+
+    decoding.clear_effective()
+    assert scoring.process_greedy(DOC, ["<answer>B</answer>"])["acc1"]["decoding"] is None
+    decoding.record_effective("medmnist_mcq_oct_passk", decoding.effective_settings(decoding.PASSK))
+    record = scoring.process_sampled(DOC, [["<answer>B</answer>"] * 16])["pass_at_16"]
+    assert record["decoding"]["temperature"] == 0.7 and record["decoding"]["top_k"] == 0
+    assert scoring.process_greedy(DOC, ["<answer>B</answer>"])["acc1"]["decoding"] is None
+    decoding.clear_effective()

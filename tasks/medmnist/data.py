@@ -184,6 +184,7 @@ def build_items(name_or_flag: str, split: str = "test", *, root: str | Path | No
         answer = list(options)[order.index(int(y[idx]))]
         item = {
             "item_id": f"{spec.flag}/{split}/{idx}",
+            "task": spec.task,  # the greedy task's name: scoring finds the recorded decoding by it
             "dataset": spec.name,
             "flag": spec.flag,
             "modality": spec.modality,

@@ -4,11 +4,13 @@
 from medbridge.harness_ext.scoring import (  # noqa: F401
     agg_acc1,
     agg_all_at_16,
+    agg_distinct_per_item,
     agg_maj_at_16,
     agg_n_by_judge,
     agg_n_by_rules,
     agg_n_judge_down,
     agg_n_judge_invalid,
+    agg_n_request_failed,
     agg_n_unparseable,
     agg_pass_at_01,
     agg_pass_at_02,

@@ -196,6 +196,7 @@ def row_to_item(row: dict[str, Any], spec: MedVQASet) -> dict[str, Any]:
         raise BadRow(f"dataset_index is {row.get('dataset_index')!r}, not an integer")
     return {
         "item_id": item_id_of(row, spec),
+        "task": spec.task,  # the greedy task's name: scoring finds the recorded decoding by it
         "dataset": spec.name,
         "benchmark": spec.title,
         "source_dataset_name": str(row["dataset_name"]),

@@ -1,16 +1,16 @@
 """lmms-eval hooks of the medvqa tasks (referenced from _template.yaml)."""
 
-from medbridge.harness_ext import scoring
-
 # Referenced by the task YAMLs as utils.<name>; defined once in harness_ext/scoring.py.
 from medbridge.harness_ext.scoring import (  # noqa: F401
     agg_acc1,
     agg_all_at_16,
+    agg_distinct_per_item,
     agg_maj_at_16,
     agg_n_by_judge,
     agg_n_by_rules,
     agg_n_judge_down,
     agg_n_judge_invalid,
+    agg_n_request_failed,
     agg_n_unparseable,
     agg_pass_at_01,
     agg_pass_at_02,
@@ -22,12 +22,10 @@ from medbridge.harness_ext.scoring import (  # noqa: F401
     agg_unparsed_greedy,
     agg_unparsed_sampled,
     doc_to_text,
+    process_greedy,
+    process_sampled,
 )
 from medbridge.tasks.medvqa.data import build_items, to_dataset
-
-# Copied from the doc into each per-item record: lmms-eval drops the doc from the sample log, and
-# a logged run must still say which subset it scored and how many bad source rows were skipped.
-PROVENANCE = ("subset", "source", "n_skipped_in_source")
 
 
 def process_docs(dataset):
@@ -38,20 +36,6 @@ def process_docs(dataset):
         raise ValueError(f"a medvqa data file must name exactly one dataset_name, got {names}")
     items, _info = build_items(names[0])
     return to_dataset(items)
-
-
-def _with_provenance(doc, scored: dict) -> dict:
-    for record in {id(r): r for r in scored.values()}.values():
-        record.update({key: doc[key] for key in PROVENANCE})
-    return scored
-
-
-def process_greedy(doc, results):
-    return _with_provenance(doc, scoring.process_greedy(doc, results))
-
-
-def process_sampled(doc, results):
-    return _with_provenance(doc, scoring.process_sampled(doc, results))
 
 
 def doc_to_visual(doc, lmms_eval_specific_kwargs=None):
