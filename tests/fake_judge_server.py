@@ -145,7 +145,8 @@ def make_handler(state: _State):
                 state.max_inflight = max(state.max_inflight, state.inflight)
                 if body.get("temperature") != 0:
                     state.counts["nonzero_temperature"] += 1
-                if self.headers.get("Authorization", "").startswith("Bearer "):
+                # The OpenAI client sends "Bearer EMPTY" when it has no key: that is no key.
+                if self.headers.get("Authorization", "") not in ("", "Bearer EMPTY"):
                     state.counts["with_key"] += 1
             try:
                 if state.hang_s:

@@ -150,8 +150,8 @@ def test_cascade_task_through_lmms_eval_and_rerun_from_cache(vllm_judge, tmp_pat
 
 def test_server_killed_mid_run_and_restarted_loses_and_duplicates_nothing(vllm_judge, tmp_path):  # noqa: F811
     cache_path = tmp_path / "cache.sqlite"
-    # A retry budget that outlasts a restart (about a minute on two busy cores).
-    cfg = _cfg(vllm_judge, cache_path, concurrency=2, max_attempts=200, backoff_max_s=2.0)
+    # A retry budget that outlasts a restart (about a minute on two busy cores), breaker off.
+    cfg = _cfg(vllm_judge, cache_path, concurrency=2, max_attempts=200, backoff_max_s=2.0, breaker_failures=0)
     jobs = _jobs(160, "restart")
     pool = judge.JudgePool(cfg)
     try:

@@ -6,15 +6,18 @@ verdict cache first, then in-flight de-duplication (identical questions share on
 a request under bounded concurrency with tenacity retries.
 
 What a question can end as (``Verdict.status``): one of the template's settled statuses, or
-``invalid`` (the judge answered, but not in the template's exact format: any content shape,
-a lone surrogate, empty; cached like a verdict and counted), or ``failed`` (no usable answer:
+``invalid`` (the judge answered, but not in the template's exact format; counted; cached when the
+reply was text, asked again next run when it was any other shape: a number, a list, null, empty,
+a lone surrogate, no choices), or ``failed`` (no usable answer:
 retries exhausted, a 4xx, the run's deadline passed, the circuit breaker open; never cached,
 so the next run asks again). Nothing raises out of ``judge`` for a bad reply.
 
 Faults: 429/5xx, timeouts and connection errors are retried with jittered exponential backoff;
 a ``Retry-After`` (or ``retry-after-ms``) header on 429/503 is honoured, capped at
 ``retry_after_max_s``; every request and wait is cut to the run's ``deadline_s``; after
-``breaker_failures`` verdicts in a row fail, the breaker opens and the rest fail at once.
+``breaker_failures`` verdicts in a row fail (or that many verdicts' worth of attempts, see
+``_record_failure``), the breaker opens and the rest fail at once. A judge that is expected to
+restart mid-run needs ``breaker_failures=0`` and a retry budget that outlasts the restart.
 
 Judge identity (the verdict cache key): ``judge_id`` when configured, else the served model
 name + base URL + the server's own description of that model from ``/v1/models`` (its root
@@ -37,7 +40,7 @@ from typing import Any
 
 from medbridge.harness_ext.judge.cache import VerdictCache, default_cache_path, storable_text, verdict_key
 from medbridge.harness_ext.judge.config import JudgeConfig
-from medbridge.harness_ext.judge.prompts import MCQ_CHOICE, PromptTemplate
+from medbridge.harness_ext.judge.prompts import MCQ_CHOICE, PromptTemplate, reply_text
 
 __all__ = ["JudgeClient", "JudgePool", "Verdict", "get_pool", "retry_after_s"]
 
@@ -108,9 +111,10 @@ def _reply_content(completion: Any) -> Any:
 class JudgeClient:
     """Async judge client. Must be used from one event loop.
 
-    ``stats`` counts chat requests (``requests``; ``identity_requests`` for /v1/models), ``cache_hits``, ``deduplicated``, ``settled``,
-    ``invalid``, ``failed``, ``short_circuited`` (failed without a request), ``retry_after_waits``
-    and the peak number of requests in flight (``peak_inflight``).
+    ``stats`` counts chat requests (``requests``; ``identity_requests`` for /v1/models),
+    ``cache_hits``, ``deduplicated``, ``settled``, ``invalid``, ``failed``, ``short_circuited``
+    (failed without a request), ``retry_after_waits`` and the peak number of requests in flight
+    (``peak_inflight``).
     """
 
     def __init__(self, config: JudgeConfig, cache: VerdictCache | None | bool = True):
@@ -133,6 +137,7 @@ class JudgeClient:
         self._inflight: dict[str, asyncio.Future] = {}
         self._active = 0
         self._failed_in_a_row = 0
+        self._failed_attempts = 0
         self.breaker_open = False
         self._deadline = time.monotonic() + config.deadline_s if config.deadline_s else None
         self._identity: str | None = None
@@ -154,6 +159,7 @@ class JudgeClient:
                     self._identity = f"id:{self.config.judge_id}"
                 else:
                     card = await self._with_retries(self._model_card)
+                    self._record_reply()
                     self._identity = json.dumps(
                         {"served": self.config.model, "base_url": self.config.base_url.rstrip("/"), "card": card},
                         sort_keys=True,
@@ -187,17 +193,34 @@ class JudgeClient:
         if remaining is not None and remaining <= 0:
             raise _Stop("DeadlineExceeded")
 
-    def _record_failure(self) -> None:
-        self._failed_in_a_row += 1
+    def _record_failure(self, attempt_only: bool = False) -> None:
+        """Count a failed verdict (or one failed attempt) since the last reply; maybe open the breaker.
+
+        It opens after ``breaker_failures`` failed verdicts in a row, or after as many verdicts'
+        worth of failed attempts in a row (``breaker_failures * max_attempts``): with many
+        questions in flight, every one of them fails its first attempts long before any single
+        one has used up its retries.
+        """
+        if attempt_only:
+            self._failed_attempts += 1
+        else:
+            self._failed_in_a_row += 1
         threshold = self.config.breaker_failures
-        if threshold and self._failed_in_a_row >= threshold and not self.breaker_open:
+        if not threshold or self.breaker_open:
+            return
+        if self._failed_in_a_row >= threshold or self._failed_attempts >= threshold * self.config.max_attempts:
             self.breaker_open = True
             log.error(
-                "judge at %s failed %d verdicts in a row: circuit breaker open, the rest of this run is judge_failed "
-                "(rerun to judge them; nothing failed is cached)",
+                "judge at %s: %d verdicts and %d attempts failed in a row: circuit breaker open, the rest of this "
+                "run is judge_failed (rerun to judge them; nothing failed is cached)",
                 self.config.base_url,
                 self._failed_in_a_row,
+                self._failed_attempts,
             )
+
+    def _record_reply(self) -> None:
+        self._failed_in_a_row = 0
+        self._failed_attempts = 0
 
     # ------------------------------------------------------------------ asking
 
@@ -239,9 +262,13 @@ class JudgeClient:
             del self._inflight[key]
 
     async def _judge_uncached(self, key: str, template: PromptTemplate, inputs: Mapping[str, Any]) -> Verdict:
+        import openai
+
+        messages = template.build(inputs)
         try:
-            messages = template.build(inputs)
             completion = await self._with_retries(lambda: self._create(messages, template.max_tokens))
+        except (ValueError, openai.APIResponseValidationError):
+            completion = None  # a 200 whose body is not a chat completion (not JSON, wrong schema): invalid
         except _Stop as stop:
             self.stats["short_circuited"] += 1
             self.stats["failed"] += 1
@@ -251,7 +278,7 @@ class JudgeClient:
             self.stats["failed"] += 1
             log.warning("judge request failed after retries: %s", type(exc).__name__)
             return Verdict("failed", error=type(exc).__name__)
-        self._failed_in_a_row = 0
+        self._record_reply()
         content = _reply_content(completion)
         try:
             status, value = template.parse(content, inputs)
@@ -263,7 +290,10 @@ class JudgeClient:
         self.stats["settled"] += 1
         if status == "invalid":
             self.stats["invalid"] += 1
-        if self.cache is not None:
+        # A text reply is the judge's answer (at temperature 0 it would say the same again): cached,
+        # even when invalid. Any other shape (a number, a list, null, empty, unencodable text, no
+        # choices) is a serving fault: counted invalid now and asked again on the next run.
+        if self.cache is not None and reply_text(content):
             self.cache.put(key, await self.identity(), template.key, status, value, raw)
         return Verdict(status, value, raw)
 
@@ -309,7 +339,12 @@ class JudgeClient:
         async for attempt in retrying:
             with attempt:
                 self._check_limits()  # raises _Stop (not retryable) once the run is over
-                return await call()
+                try:
+                    return await call()
+                except Exception as exc:
+                    if _retryable(exc):
+                        self._record_failure(attempt_only=True)
+                    raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def judge_many(self, template: PromptTemplate, inputs: Sequence[Mapping[str, Any]]) -> list[Verdict]:

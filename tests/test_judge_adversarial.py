@@ -1,0 +1,355 @@
+"""Adversarial judge tests against a local stub server (tests/fake_judge_server.py) over real HTTP:
+replies of every odd shape, 429/503 with Retry-After, a hung judge, a judge that is down, a corrupt
+verdict cache, a switched judge behind the same name, a task file pointing the key elsewhere, and
+pending verdicts carried across a pickle (as lmms-eval gathers ranks). What must hold: no run is
+lost (nothing raises), no failure is ever scored correct, no stale verdict is reused."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import pickle
+import socket
+import time
+
+import pytest
+from medbridge.harness_ext import judge, scoring
+from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.harness_ext.judge import MCQ_CHOICE, MODALITIES, JudgeConfig, VerdictCache
+from medbridge.harness_ext.judge.client import choice_inputs
+from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer
+from medbridge.tests.judge_redteam import OPTIONS, QUESTION
+
+SECRET = "sk-medbridge-adversarial-SECRET"
+
+
+def _config(base_url: str, tmp_path, **kw) -> JudgeConfig:
+    values = dict(
+        base_url=base_url,
+        model=MODEL_NAME,
+        mode="judge",
+        cache_path=str(tmp_path / "cache.sqlite"),
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+        max_attempts=4,
+        timeout_s=10,
+    )
+    values.update(kw)
+    return JudgeConfig(**values)
+
+
+def _jobs(n: int) -> list[dict]:
+    return [
+        choice_inputs(QUESTION, OPTIONS, f"<think>case {i}</think><answer>{'ABCD'[i % 4]}</answer>") for i in range(n)
+    ]
+
+
+def _run(config: JudgeConfig, inputs, template=MCQ_CHOICE, cache=True):
+    async def go():
+        client = judge.JudgeClient(config, cache=cache)
+        try:
+            return await client.judge_many(template, inputs), client.stats
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _doc(i: int, answer: str = "B") -> dict:
+    return {
+        "item_id": f"x/test/{i}",
+        "dataset": "x",
+        "question": QUESTION,
+        "options": json.dumps(OPTIONS),
+        "answer_letter": answer,
+    }
+
+
+# ----------------------------------------------------------------- odd replies
+
+
+ODD = ("number", "list", "dict", "null", "surrogate", "empty", "no_choices", "not_json")
+
+
+@pytest.mark.parametrize("reply", ODD)
+def test_adversarial_reply_shape_is_invalid_counted_and_asked_again(tmp_path, reply):
+    jobs = _jobs(4)
+    with FakeJudgeServer(reply=reply) as server:
+        verdicts, stats = _run(_config(server.base_url, tmp_path), jobs)
+        assert [v.status for v in verdicts] == ["invalid"] * 4
+        assert stats["invalid"] == 4 and stats["failed"] == 0
+        # Not text: a serving fault, not the judge's answer. Nothing cached; the next run asks again.
+        assert VerdictCache(tmp_path / "cache.sqlite").count() == 0
+        _, again = _run(_config(server.base_url, tmp_path), jobs)
+    assert again["requests"] == 4 and again["cache_hits"] == 0
+
+
+@pytest.mark.parametrize("reply", ("number", "dict", "surrogate", "not_json"))
+def test_adversarial_reply_shape_never_loses_the_task_records(tmp_path, reply):
+    responses = ["<answer>B</answer>", "could be C or D", "<think>cut off"]
+    with FakeJudgeServer(reply=reply) as server:
+        cfg = _config(server.base_url, tmp_path, mode="cascade")
+        pool = judge.JudgePool(cfg)
+        try:
+            records = [judge.score_doc_judged(_doc(i), responses, OPTIONS, cfg, pool=pool) for i in range(3)]
+            acc = scoring.aggregation("acc1")(records)  # what lmms-eval calls: must not raise
+            stats = judge.judge_stats(records)
+        finally:
+            pool.close()
+    assert acc == pytest.approx(1.0)  # the first response of each item, settled by the rules
+    assert stats["n_judge_invalid"] == 6 and stats["n_by_rules"] == 3 and stats["n_judge_down"] == 0
+    for r in records:
+        assert r["outcomes"] == ["correct", "invalid", "invalid"] and r["c"] == 1
+        assert json.dumps(r)
+
+
+def test_adversarial_text_reply_in_wrong_format_is_cached_as_invalid(tmp_path):
+    with FakeJudgeServer(reply="garbage") as server:
+        _run(_config(server.base_url, tmp_path), _jobs(3))
+        verdicts, stats = _run(_config(server.base_url, tmp_path), _jobs(3))
+    assert stats["requests"] == 0 and all(v.cached and v.status == "invalid" for v in verdicts)
+
+
+# ------------------------------------------------------------ Retry-After, hang, down
+
+
+def test_adversarial_retry_after_is_honoured(tmp_path):
+    with FakeJudgeServer(fail_first=1, fail_status=429, retry_after="1") as server:
+        verdicts, stats = _run(_config(server.base_url, tmp_path), _jobs(1))
+        times = list(server.state.request_times)
+    assert verdicts[0].status == "letter" and stats["retry_after_waits"] == 1
+    assert len(times) == 2 and times[1] - times[0] >= 0.95  # backoff alone would wait ~0.01-0.05 s
+
+
+def test_adversarial_retry_after_http_date_and_cap(tmp_path):
+    # An absurd Retry-After (an hour) is capped at retry_after_max_s.
+    with FakeJudgeServer(fail_first=1, fail_status=503, retry_after="3600") as server:
+        start = time.monotonic()
+        verdicts, _ = _run(_config(server.base_url, tmp_path, retry_after_max_s=0.3), _jobs(2))
+        elapsed = time.monotonic() - start
+    assert [v.status for v in verdicts] == ["letter", "letter"] and elapsed < 5
+
+    class _Exc(Exception):
+        status_code = 429
+
+        class response:  # noqa: N801 -- the shape of an httpx response
+            headers = {"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"}
+
+    assert judge.client.retry_after_s(_Exc()) > 3600
+    _Exc.response.headers = {"retry-after-ms": "1500"}
+    assert judge.client.retry_after_s(_Exc()) == 1.5
+
+
+def test_adversarial_hung_judge_is_cut_by_the_run_deadline(tmp_path):
+    with FakeJudgeServer(hang_s=30) as server:
+        cfg = _config(
+            server.base_url,
+            tmp_path,
+            judge_id="hung",
+            timeout_s=0.5,
+            max_attempts=100,
+            deadline_s=2.0,
+            breaker_failures=0,
+            concurrency=4,
+        )
+        start = time.monotonic()
+        verdicts, stats = _run(cfg, _jobs(12))
+        elapsed = time.monotonic() - start
+    assert [v.status for v in verdicts] == ["failed"] * 12
+    assert elapsed < 6, elapsed  # not 12 x 100 x 0.5 s
+    assert any(v.error == "DeadlineExceeded" for v in verdicts)
+    assert VerdictCache(tmp_path / "cache.sqlite").count() == 0  # a rerun judges them all
+
+
+def test_adversarial_down_judge_opens_the_circuit_breaker(tmp_path):
+    with FakeJudgeServer(fail_first=10**6, fail_status=500) as server:
+        cfg = _config(server.base_url, tmp_path, judge_id="down", max_attempts=3, breaker_failures=3, concurrency=2)
+        verdicts, stats = _run(cfg, _jobs(60))
+        sent = server.state.counts["requests"]
+    assert [v.status for v in verdicts] == ["failed"] * 60
+    assert stats["short_circuited"] >= 50 and sent <= 3 * 5  # not 60 x 3 requests
+    assert sum(v.error == "CircuitOpen" for v in verdicts) >= 50
+
+
+def test_adversarial_unreachable_judge_fails_fast_through_the_identity(tmp_path):
+    cfg = _config(f"http://127.0.0.1:{_free_port()}/v1", tmp_path, max_attempts=2, breaker_failures=2)
+    start = time.monotonic()
+    verdicts, stats = _run(cfg, _jobs(40))
+    assert [v.status for v in verdicts] == ["failed"] * 40 and time.monotonic() - start < 10
+    assert stats["identity_requests"] <= 4
+
+
+# ------------------------------------------------------------ stale verdicts, keys
+
+
+def test_adversarial_switched_judge_never_reuses_verdicts(tmp_path):
+    jobs = _jobs(5)
+    with FakeJudgeServer(root="/models/judge-a") as server:
+        _, first = _run(_config(server.base_url, tmp_path), jobs)
+        _, rerun = _run(_config(server.base_url, tmp_path), jobs)
+    assert first["requests"] == 5 and rerun["requests"] == 0
+    with FakeJudgeServer(root="/models/judge-b") as server:  # same served name, another model
+        _, other = _run(_config(server.base_url, tmp_path), jobs)
+    assert other["requests"] == 5 and other["cache_hits"] == 0
+    with FakeJudgeServer(root="/models/judge-a") as server:  # same model, another URL (port)
+        _, moved = _run(_config(server.base_url, tmp_path), jobs)
+    assert moved["requests"] == 5
+    # A configured judge id is the identity: the same id on another URL reuses its verdicts.
+    with FakeJudgeServer(root="/models/judge-c") as server:
+        _run(_config(server.base_url, tmp_path, judge_id="qwen32b-v1"), jobs)
+    with FakeJudgeServer(root="/models/judge-c") as server:
+        _, by_id = _run(_config(server.base_url, tmp_path, judge_id="qwen32b-v1"), jobs)
+    assert by_id["requests"] == 0 and by_id["identity_requests"] == 0 and by_id["cache_hits"] == 5
+
+
+def test_adversarial_task_metadata_url_never_gets_the_environment_key(tmp_path):
+    with FakeJudgeServer() as trusted, FakeJudgeServer() as elsewhere:
+        env = {
+            "MEDBRIDGE_JUDGE_BASE_URL": trusted.base_url,
+            "MEDBRIDGE_JUDGE_MODEL": MODEL_NAME,
+            "MEDBRIDGE_JUDGE_API_KEY": SECRET,
+            "MEDBRIDGE_JUDGE_CACHE": "off",
+        }
+        redirected = JudgeConfig.resolve(metadata={"judge": {"base_url": elsewhere.base_url}}, env=env)
+        assert redirected.base_url == elsewhere.base_url and redirected.api_key is None
+        _run(redirected, _jobs(2))
+        assert elsewhere.state.counts["with_key"] == 0
+        same = JudgeConfig.resolve(metadata={"judge": {"base_url": trusted.base_url + "/"}}, env=env)
+        assert same.api_key == SECRET  # the same URL keeps its key
+        _run(same, _jobs(2))
+        assert trusted.state.counts["with_key"] == 2
+    explicit = JudgeConfig.resolve(explicit={"base_url": "http://other/v1", "api_key": "k2"}, env=env)
+    assert explicit.api_key == "k2"  # a key given together with its URL
+
+
+def test_adversarial_bad_settings_name_their_source():
+    with pytest.raises(MedbridgeError, match="MEDBRIDGE_JUDGE_CONCURRENCY"):
+        JudgeConfig.resolve(env={"MEDBRIDGE_JUDGE_CONCURRENCY": "many"})
+    with pytest.raises(MedbridgeError, match="task metadata judge timeout_s"):
+        JudgeConfig.resolve(metadata={"judge": {"timeout_s": "soon"}}, env={})
+
+
+def test_adversarial_corrupt_verdict_cache_is_moved_aside_and_the_run_goes_on(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(b"\x00garbage, not SQLite\n" * 500)
+    with FakeJudgeServer() as server:
+        verdicts, stats = _run(_config(server.base_url, tmp_path), _jobs(4))
+    assert [v.letter for v in verdicts] == list("ABCD")
+    aside = list(tmp_path.glob("cache.sqlite.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"\x00garbage")
+    assert VerdictCache(path).count() == 4
+
+
+# -------------------------------------------------- verdicts across ranks (pickling)
+
+
+def test_adversarial_pending_records_settle_when_pickled_for_the_gather(tmp_path):
+    responses = ["<answer>B</answer>", "I cannot decide between C and D", "<think>x</think><answer>A</answer>"]
+    with FakeJudgeServer(delay_s=0.2) as server:
+        cfg = _config(server.base_url, tmp_path, mode="judge")
+        pool = judge.JudgePool(cfg)
+        try:
+            records = [judge.score_doc_judged(_doc(i), responses, OPTIONS, cfg, pool=pool) for i in range(4)]
+            assert all("pending" in r["outcomes"] for r in records)
+            # What one rank hands to torch.distributed.gather_object: its logged samples (each holding
+            # the record under every metric name) and its per-metric lists of the same objects.
+            logged = [{"doc_id": i, "acc1": r, "unparsed_greedy": r} for i, r in enumerate(records)]
+            payload = pickle.dumps((logged, {"acc1": records, "unparsed_greedy": records}))
+        finally:
+            pool.close()
+    # Rank 0, after the gather: plain dicts with final verdicts; the pool that asked is gone.
+    got_logged, got_metrics = pickle.loads(payload)
+    for sample in got_logged:
+        record = sample["acc1"]
+        assert type(record) is dict and record is sample["unparsed_greedy"]
+        assert record["outcomes"] == ["correct", "unparsed", "incorrect"] and record["c"] == 1
+        assert record["judge_choices"] == ["B", "none", "A"]
+    assert scoring.aggregation("acc1")(got_metrics["acc1"]) == pytest.approx(1.0)
+    assert judge.judge_stats(got_metrics["acc1"])["n_by_judge"] == 12
+    # The requesting process's own objects were settled in place as well (its sample log agrees).
+    assert [r["outcomes"] for r in records] == [s["acc1"]["outcomes"] for s in got_logged]
+
+
+def test_adversarial_deepcopy_settles_and_a_lost_pending_copy_is_an_error(tmp_path):
+    with FakeJudgeServer() as server:
+        cfg = _config(server.base_url, tmp_path, mode="cascade")
+        pool = judge.JudgePool(cfg)
+        try:
+            record = judge.score_doc_judged(_doc(0), ["maybe B?"], OPTIONS, cfg, pool=pool)
+            raw_copy = dict(record)  # a shallow copy taken while pending (not how lmms-eval copies)
+            raw_copy["outcomes"] = list(raw_copy["outcomes"])
+            settled = copy.deepcopy(record)
+        finally:
+            pool.close()
+    assert type(settled) is dict and settled["outcomes"] == ["unparsed"] and record["outcomes"] == ["unparsed"]
+    with pytest.raises(RuntimeError, match="pending"):
+        judge.settle_records([raw_copy])
+
+
+def test_adversarial_torch_object_gather_path_carries_final_verdicts(tmp_path):
+    torch_c10d = pytest.importorskip("torch.distributed.distributed_c10d")
+    to_tensor, from_tensor = torch_c10d._object_to_tensor, torch_c10d._tensor_to_object
+    import torch
+
+    with FakeJudgeServer() as server:
+        cfg = _config(server.base_url, tmp_path, mode="cascade")
+        pool = judge.JudgePool(cfg)
+        try:
+            record = judge.score_doc_judged(_doc(0), ["<answer>B</answer>", "B or C"], OPTIONS, cfg, pool=pool)
+            tensor, size = to_tensor([record], torch.device("cpu"), None)
+        finally:
+            pool.close()
+    (got,) = from_tensor(tensor, size, None)
+    assert got["outcomes"] == ["correct", "unparsed"] and got["sources"] == ["rules", "judge"]
+
+
+# ----------------------------------------------------------- modality classifier
+
+
+def test_adversarial_modality_classifier_vocabulary_cache_and_images(tmp_path):
+    from PIL import Image
+
+    questions = [
+        "What does this MRI of the knee show?",
+        "Axial CT: which organ is enlarged?",
+        "On this chest x-ray, where is the opacity?",
+        "Which stain was used in this microscopy image?",
+        "What does the PET scan show?",  # out of the vocabulary: invalid -> None
+        "How many lesions are visible?",  # no modality stated: "none"
+        "Which dermatology finding is on this photo?",
+    ]
+    with FakeJudgeServer() as server:
+        cfg = _config(server.base_url, tmp_path)
+        labels = judge.classify_modalities(questions, config=cfg)
+        assert labels == ["mri", "ct", "x-ray", "microscopy", None, "none", "dermatology"]
+        assert set(labels) - {None} <= set(MODALITIES)
+        verdicts = judge.modality_verdicts(questions, config=cfg)
+        assert [v.cached for v in verdicts] == [True] * 7  # the second pass asked nothing
+        assert server.state.counts["requests"] == 7
+        images = [Image.new("RGB", (8, 8), (i * 30, 0, 0)) for i in range(2)]
+        with_images = judge.classify_modalities(questions[:2], images=images, config=cfg)
+        assert with_images == ["mri", "ct"] and server.state.counts["with_image"] == 2
+        with pytest.raises(MedbridgeError, match="2 questions but 1 images"):
+            judge.classify_modalities(questions[:2], images=images[:1], config=cfg)
+    with pytest.raises(MedbridgeError, match="MEDBRIDGE_JUDGE_BASE_URL"):
+        judge.classify_modalities(["q"], config=JudgeConfig())
+
+
+# --------------------------------------------------------------------- CLI probe
+
+
+def test_adversarial_check_probe_fails_on_an_invalid_reply(capsys):
+    from medbridge.cli import main
+
+    for reply in ("garbage", "dict"):
+        with FakeJudgeServer(reply=reply) as server:
+            assert main(["judge", "check", "--base-url", server.base_url, "--model", MODEL_NAME, "--probe"]) == 1
+        captured = capsys.readouterr()
+        assert "probe verdict: invalid" in captured.out and "probe FAILED" in captured.err
