@@ -48,8 +48,14 @@ def test_rewards_follow_the_evaluation_extractor(response, acc, fmt):
 def test_reward_functions_accept_trl_call_and_plain_strings():
     out = rewards.accuracy_reward(
         prompts=[[{"role": "user", "content": "q"}]] * 2,
-        completions=["<answer>C</answer>", [{"role": "assistant", "content": [{"type": "text", "text": "<answer>C</answer>"}]}]],
-        completion_ids=[[1], [2]], answer_letter=["C", "B"], options=[OPTIONS, json.dumps(OPTIONS)], trainer_state=None,
+        completions=[
+            "<answer>C</answer>",
+            [{"role": "assistant", "content": [{"type": "text", "text": "<answer>C</answer>"}]}],
+        ],
+        completion_ids=[[1], [2]],
+        answer_letter=["C", "B"],
+        options=[OPTIONS, json.dumps(OPTIONS)],
+        trainer_state=None,
     )
     assert out == [1.0, 0.0]
     with pytest.raises(ValueError, match="JSON object"):
@@ -58,19 +64,61 @@ def test_reward_functions_accept_trl_call_and_plain_strings():
         rewards.get_reward_funcs(["accuracy", "nope"])
 
 
-def test_compute_score_called_the_way_verl_calls_it():
-    # verl's reward manager: compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=...)
-    # with ground_truth from reward_model["ground_truth"] and extra_info from the parquet row.
-    row = {"data_source": "medmnist_organa", "reward_model": {"style": "rule", "ground_truth": "B"},
-           "extra_info": {"options": json.dumps(OPTIONS), "index": 7}}
-    good = rewards.compute_score(data_source=row["data_source"], solution_str="<think>cells</think><answer>B</answer>",
-                                 ground_truth=row["reward_model"]["ground_truth"], extra_info=row["extra_info"])
-    assert good == {"score": 2.0, "accuracy": 1.0, "format": 1.0}
-    wrong = rewards.compute_score(row["data_source"], "Answer: C", "B", row["extra_info"])
-    assert wrong == {"score": 0.0, "accuracy": 0.0, "format": 0.0}
-    assert isinstance(good["score"], float)
+def _verl_rows():
+    # verl parquet rows: ground truth under reward_model, the options in extra_info.
+    return [
+        {
+            "data_source": "medmnist_organa",
+            "reward_model": {"style": "rule", "ground_truth": "B"},
+            "extra_info": {"options": json.dumps(OPTIONS), "index": 7},
+            "response": "<think>cells</think><answer>B</answer><|im_end|>",
+        },
+        {
+            "data_source": "medmnist_organa",
+            "reward_model": {"style": "rule", "ground_truth": "B"},
+            "extra_info": {"options": OPTIONS, "index": 8},
+            "response": "Answer: C",
+        },
+    ]
+
+
+def test_compute_score_called_the_way_verls_naive_reward_manager_calls_it():
+    # verl's naive manager: keyword arguments, the decoded response possibly still ending in the EOS token,
+    # and newer reward loops pass extra keyword arguments of their own.
+    scores, extra = [], {}
+    for row in _verl_rows():
+        result = rewards.compute_score(
+            data_source=row["data_source"],
+            solution_str=row["response"],
+            ground_truth=row["reward_model"]["ground_truth"],
+            extra_info=row["extra_info"],
+            reward_router_address=None,
+            reward_model_tokenizer=None,
+        )
+        scores.append(result["score"])
+        for key, value in result.items():
+            extra.setdefault(key, []).append(value)
+    assert scores == [2.0, 0.0]
+    assert extra == {"score": [2.0, 0.0], "accuracy": [1.0, 0.0], "format": [1.0, 0.0]}
+    assert rewards.compute_score("x", "<think>a</think><answer>B</answer>", "B", {"options": OPTIONS}) == {
+        "score": 2.0,
+        "accuracy": 1.0,
+        "format": 1.0,
+    }  # positional, as older managers call it
     with pytest.raises(ValueError, match="options"):
         rewards.compute_score("x", "B", "B", {})
+
+
+def test_compute_score_batch_called_the_way_verls_batch_reward_manager_calls_it():
+    rows = _verl_rows()
+    scores = rewards.compute_score_batch(
+        data_sources=[r["data_source"] for r in rows],
+        solution_strs=[r["response"] for r in rows],
+        ground_truths=[r["reward_model"].get("ground_truth") for r in rows],
+        extra_infos=[r["extra_info"] for r in rows],
+        some_future_kwarg=1,
+    )
+    assert scores == [2.0, 0.0] and all(isinstance(x, float) for x in scores)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -80,8 +128,8 @@ def test_compute_score_called_the_way_verl_calls_it():
 
 def test_bonus_rule_on_hand_made_groups():
     nan = float("nan")
-    acc = torch.tensor([1.0, 1.0, 1.0, 0.0,   0.0, 0.0, 0.0, 0.0,   1.0, 1.0, 0.0, 1.0])
-    c = torch.tensor([0.9, 0.5, 0.7, 0.99,    0.8, 0.8, nan, 0.1,   0.6, nan, 0.9, 0.2])
+    acc = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    c = torch.tensor([0.9, 0.5, 0.7, 0.99, 0.8, 0.8, nan, 0.1, 0.6, nan, 0.9, 0.2])
     bonus = care.care_bonus(acc, c, 4, coef=0.5, margin=0.0)
     # group 1: accurate 0,1,2 -> mu 0.7 -> 0 (0.9) and 2 (0.7, equal counts) get it; 3 is wrong.
     # group 2: nobody accurate -> no bonus.  group 3: accurate 0,1,3 with c for 0 and 3 -> mu 0.4:
@@ -132,6 +180,51 @@ def test_answer_span_and_token_mask():
     assert care.answer_token_mask([(5, 5), (5, 6)], (5, 6)) == [False, True]  # empty tokens never count
 
 
+def test_answer_span_never_scores_a_draft_the_extractor_does_not_read():
+    from medbridge.harness_ext.answers import extract_choice
+
+    # A draft inside <think> and a different final answer written after the reasoning: the extractor reads
+    # the text after the reasoning, so there is no tag span to score.
+    text = "<think>maybe <answer>A</answer></think> So the answer is B."
+    assert extract_choice(text, OPTIONS) == "B"
+    assert care.answer_char_span(text, OPTIONS) is None
+    assert care.answer_char_span(text) is None  # without options: text after the reasoning -> no draft
+    # Only a draft and nothing that answers after it: the extractor reads the draft, so it is scored.
+    only_draft = "<think>I think <answer>C</answer></think>"
+    assert extract_choice(only_draft, OPTIONS) == "C"
+    s, e = care.answer_char_span(only_draft, OPTIONS)
+    assert only_draft[s:e] == "C"
+    trailing_noise = "<think>so <answer>C</answer></think> ..."
+    assert extract_choice(trailing_noise, OPTIONS) == "C"
+    s, e = care.answer_char_span(trailing_noise, OPTIONS)
+    assert trailing_noise[s:e] == "C"
+
+
+def test_answer_tokens_are_found_on_the_sampled_ids(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "<think>the lesion is dark</think><answer> B </answer>"
+    # Sampled ids need not be the canonical tokenisation of their text: spell the answer letter's
+    # neighbourhood character by character, then decode as the trainer does.
+    ids = tok("<think>the lesion is dark</think><answer>", add_special_tokens=False)["input_ids"]
+    ids += [t for c in " B " for t in tok(c, add_special_tokens=False)["input_ids"]]
+    ids += tok("</answer>", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    assert ids != tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(x):
+        return tok.decode(x, skip_special_tokens=True)
+
+    assert decode(ids) == text
+    span = care.answer_char_span(decode(ids), OPTIONS)
+    mask = care.answer_token_mask_from_ids(decode, ids, span)
+    assert [tok.decode([t]) for t, m in zip(ids, mask) if m] == ["B"]
+    # Every token in a span covering the whole answer block is found, none outside it.
+    start = text.index("<answer>")
+    mask = care.answer_token_mask_from_ids(decode, ids, (start, len(text)))
+    assert "".join(tok.decode([t]) for t, m in zip(ids, mask) if m) == text[start:]
+
+
 def test_ema_update_blends_parameters():
     torch.manual_seed(0)
     ref, policy = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
@@ -147,6 +240,54 @@ def test_ema_update_blends_parameters():
     care.ema_update(ref, policy, decay=0.9)
     after = sum((r - p).abs().sum() for r, p in zip(ref.parameters(), policy.parameters()))
     assert after.item() == pytest.approx(0.9 * before.item(), rel=1e-5)
+
+
+def test_bf16_ema_reference_moves_as_the_exact_ema_does():
+    """decay 0.995, a policy 3 % away from the reference: a plain bf16 blend never moves (the increment
+    is below half a bf16 ulp); the fp32 running average follows the exact EMA and the bf16 reference
+    used for forwards is that average rounded to bf16."""
+    torch.manual_seed(0)
+    decay, steps = 0.995, 40
+    ref = torch.nn.Linear(64, 64).to(torch.bfloat16)
+    policy = torch.nn.Linear(64, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        for r, p in zip(ref.parameters(), policy.parameters()):
+            p.copy_(r.float() * 1.03)
+    start = [r.detach().double().clone() for r in ref.parameters()]
+    target = [p.detach().double().clone() for p in policy.parameters()]
+
+    naive = torch.nn.Linear(64, 64).to(torch.bfloat16)
+    naive.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        for _ in range(steps):  # the old blend, in the parameters' own dtype
+            for r, p in zip(naive.parameters(), policy.parameters()):
+                r.mul_(decay).add_(p, alpha=1 - decay)
+    naive_moved = sum((r.double() - s).abs().sum().item() for r, s in zip(naive.parameters(), start))
+
+    ema = care.EMAReference(ref)
+    for _ in range(steps):
+        ema.update(policy, decay)
+    exact = [decay**steps * s + (1 - decay**steps) * t for s, t in zip(start, target)]
+    for shadow, want in zip(ema.shadow, exact):
+        torch.testing.assert_close(shadow.double(), want, rtol=1e-5, atol=1e-6)
+    for r, shadow in zip(ref.parameters(), ema.shadow):
+        assert r.dtype == torch.bfloat16
+        torch.testing.assert_close(r.detach(), shadow.to(torch.bfloat16), rtol=0, atol=0)
+    moved = sum((r.double() - s).abs().sum().item() for r, s in zip(ref.parameters(), start))
+    expected_move = sum((w - s).abs().sum().item() for w, s in zip(exact, start))
+    print(
+        f"bf16 EMA after {steps} updates: naive moved {naive_moved:.3g}, fp32 shadow moved {moved:.3g} "
+        f"(exact EMA {expected_move:.3g})"
+    )
+    assert naive_moved < 0.05 * expected_move  # the defect the shadow fixes
+    assert moved == pytest.approx(expected_move, rel=0.1)
+    assert ema.updates == steps
+    # The counter and the average survive a checkpoint round trip.
+    fresh = care.EMAReference(naive)
+    fresh.load_state_dict(ema.state_dict(), "test")
+    assert fresh.updates == steps
+    for a, b in zip(fresh.shadow, ema.shadow):
+        torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,14 +319,22 @@ def test_final_recipe_has_the_papers_hyperparameters():
     _, cfg, model = parse_recipe("care", ["--config", str(RECIPES / "final_octomed7b_pmcvqa8k_care.yaml"), *CPU])
     assert isinstance(cfg, GRPOCareConfig)
     assert "OctoMed-7B" in model.model_name_or_path
-    assert (cfg.num_generations, cfg.learning_rate, cfg.beta, cfg.care_bonus_coef, cfg.max_pixels) == (8, 5e-7, 0.0, 0.5, 802816)
+    assert (cfg.num_generations, cfg.learning_rate, cfg.beta, cfg.care_bonus_coef, cfg.max_pixels) == (
+        8,
+        5e-7,
+        0.0,
+        0.5,
+        802816,
+    )
     assert (cfg.care_ema_decay, cfg.care_ema_interval, cfg.care_consistency_clamp) == (0.995, 10, 0.95)
     assert cfg.num_train_epochs == 1
 
 
 def test_flags_override_yaml_and_unknown_keys_fail(tmp_path):
     recipe = RECIPES / "tiny_cpu_care.yaml"
-    script, cfg, _ = parse_recipe("care", ["--config", str(recipe), "--learning_rate", "0.5", "--care_margin", "0.01", "--per_class", "3"])
+    script, cfg, _ = parse_recipe(
+        "care", ["--config", str(recipe), "--learning_rate", "0.5", "--care_margin", "0.01", "--per_class", "3"]
+    )
     assert cfg.learning_rate == 0.5 and cfg.care_margin == 0.01 and script.per_class == 3
     assert cfg.num_generations == 4  # from the YAML
 
@@ -254,7 +403,9 @@ def _write_pmc_csv(folder: Path, rows: list[tuple[str, str]]) -> Path:
     path = folder / "train.csv"
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"])
+        w.writerow(
+            ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"]
+        )
         for i, (question, label) in enumerate(rows):
             name = f"PMC{i}_fig.jpg"
             Image.new("RGB", (40 + i, 30), (i * 3 % 255, 80, 120)).save(images / name)
@@ -304,8 +455,15 @@ def test_pmc_vqa_builder_balances_modalities_and_writes_a_manifest(tmp_path):
 
     # Resumable: a second build asks the classifier nothing (cache), and the same seed gives the same rows.
     calls.clear()
-    again = build_pmc_vqa_subset(csv_path, tmp_path / "subset2", size=7, seed=3, classify_modality=judge, labeler="test-judge",
-                                 cache_path=Path(manifest["modality_cache"]))
+    again = build_pmc_vqa_subset(
+        csv_path,
+        tmp_path / "subset2",
+        size=7,
+        seed=3,
+        classify_modality=judge,
+        labeler="test-judge",
+        cache_path=Path(manifest["modality_cache"]),
+    )
     assert calls == [] and again["counts_per_modality"] == manifest["counts_per_modality"]
     assert datasets.load_from_disk(str(tmp_path / "subset2"))["item_id"] == ds["item_id"]
 
@@ -363,12 +521,29 @@ def test_cli_registers_commands_next_to_an_existing_data_command():
 def test_eval_command_fills_the_model_args_template():
     from medbridge.training.callbacks import EvalSettings, build_eval_command
 
-    s = EvalSettings(tasks=["medmnist_mcq_breast"], model_args="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},x={other}",
-                     max_pixels=50176, min_pixels=3136, limit=2, gen_kwargs="max_new_tokens=8")
+    s = EvalSettings(
+        tasks=["medmnist_mcq_breast"],
+        model_args="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},x={other}",
+        max_pixels=50176,
+        min_pixels=3136,
+        limit=2,
+        gen_kwargs="max_new_tokens=8",
+    )
     cmd = build_eval_command("/ck/checkpoint-3", s, "/out")
-    assert cmd[cmd.index("--model_args") + 1] == "pretrained=/ck/checkpoint-3,max_pixels=50176,min_pixels=3136,x={other}"
+    assert (
+        cmd[cmd.index("--model_args") + 1] == "pretrained=/ck/checkpoint-3,max_pixels=50176,min_pixels=3136,x={other}"
+    )
     assert cmd[cmd.index("--limit") + 1] == "2" and "--log_samples" in cmd
     assert cmd[cmd.index("--gen_kwargs") + 1] == "max_new_tokens=8"
+
+
+def _fake_checkpoint(folder: Path, step: int) -> Path:
+    ckpt = folder / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_text("w")
+    (ckpt / "optimizer.pt").write_text("o")
+    (ckpt / "care_ema.pt").write_text("e")
+    return ckpt
 
 
 def test_checkpoint_eval_queue_does_not_block_and_records_failures(tmp_path, monkeypatch):
@@ -389,12 +564,12 @@ def test_checkpoint_eval_queue_does_not_block_and_records_failures(tmp_path, mon
         return Path(output_path) / "x_results.json"
 
     monkeypatch.setattr(callbacks, "evaluate_checkpoint", fake_evaluate)
-    cb = callbacks.CheckpointEvalCallback(callbacks.EvalSettings(tasks=["t"]), eval_root=tmp_path / "ev", run_name="r")
+    # With a device of its own, evaluation runs during training, in the background.
+    cb = callbacks.CheckpointEvalCallback(
+        callbacks.EvalSettings(tasks=["t"]), eval_root=tmp_path / "ev", run_name="r", during_training=True
+    )
     for step in (1, 2, 3):
-        ckpt = tmp_path / f"checkpoint-{step}"
-        ckpt.mkdir()
-        (ckpt / "model.safetensors").write_text("w")
-        (ckpt / "optimizer.pt").write_text("o")
+        ckpt = _fake_checkpoint(tmp_path, step)
         started = time.monotonic()
         cb.submit(ckpt, step)
         assert time.monotonic() - started < 0.5  # training goes on while evaluations queue up
@@ -407,6 +582,130 @@ def test_checkpoint_eval_queue_does_not_block_and_records_failures(tmp_path, mon
     lines = (tmp_path / "ev" / "evaluations.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
 
-    # Staging keeps the model files (hard links) and leaves training state behind.
+    # Staging keeps the model files (hard links) and leaves training state (optimizer, EMA) behind.
     staged = callbacks._stage(tmp_path / "checkpoint-1", tmp_path / "staged" / "r" / "checkpoint-1")
     assert sorted(p.name for p in staged.iterdir()) == ["model.safetensors"]
+
+
+def test_checkpoint_eval_waits_for_the_end_of_training_by_default(tmp_path, monkeypatch):
+    """Without ckpt_eval_device nothing runs during training (no training GPU is used, no rank waits on one
+    inside a collective); finish() runs the queue; the staged copy that the leaderboard rows point to stays."""
+    from types import SimpleNamespace
+
+    from medbridge.training import callbacks
+
+    evaluated, ingested = [], []
+
+    def fake_evaluate(checkpoint, settings, output_path):
+        evaluated.append(Path(checkpoint))
+        Path(output_path).mkdir(parents=True, exist_ok=True)
+        return Path(output_path) / "x_results.json"
+
+    monkeypatch.setattr(callbacks, "evaluate_checkpoint", fake_evaluate)
+    monkeypatch.setattr(callbacks, "ingest_into_leaderboard", lambda store, out, **kw: ingested.append(kw) or 3)
+    script = SimpleNamespace(
+        ckpt_eval=True,
+        ckpt_eval_device=None,
+        ckpt_eval_tasks=["t"],
+        ckpt_eval_model="m",
+        ckpt_eval_model_args="pretrained={checkpoint}",
+        ckpt_eval_limit=None,
+        ckpt_eval_gen_kwargs=None,
+        ckpt_eval_batch_size=1,
+        leaderboard_run_name="run",
+        leaderboard_store=str(tmp_path / "lb.sqlite"),
+    )
+    args = SimpleNamespace(output_dir=str(tmp_path / "out"), max_pixels=50176, min_pixels=3136)
+    cb = callbacks.checkpoint_eval_callback(script, args)
+    assert cb.during_training is False and "CUDA_VISIBLE_DEVICES" not in cb.settings.env
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1)
+    _fake_checkpoint(Path(args.output_dir), 1)
+    cb.on_save(args, state, None)
+    assert cb.wait(timeout=1) == [] or evaluated == []  # queued, not started
+    assert evaluated == []
+    records = cb.finish(timeout=10)
+    assert [r["step"] for r in records] == [1] and records[0]["leaderboard_rows"] == 3
+    assert evaluated[0].is_dir() and (evaluated[0] / "model.safetensors").is_file()  # kept after evaluation
+    assert ingested == [{"model": "run", "run": "run", "step": 1}]
+
+    on_device = callbacks.checkpoint_eval_callback(SimpleNamespace(**{**vars(script), "ckpt_eval_device": "7"}), args)
+    assert on_device.during_training is True and on_device.settings.env == {"CUDA_VISIBLE_DEVICES": "7"}
+
+
+def test_train_help_prints_the_recipe_fields_without_a_recipe(capsys):
+    from medbridge.cli import main
+
+    for trainer, field in (("grpo", "--reward_names"), ("care", "--care_ema_decay"), ("sft", "--max_pixels")):
+        assert main(["train", trainer, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert f"medbridge train {trainer}" in out and field in out and "--ckpt_eval_device" in out
+    assert main(["train", "care", "--learning_rate", "1e-6"]) == 2  # no recipe: an error that points to --help
+    assert "medbridge train care --help" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# One image geometry: trainer processor, colocated vLLM engine, vLLM server
+# ------------------------------------------------------------------------------------------------
+
+
+def _image_tokens(processor, image) -> int:
+    text = "<|vision_start|><|image_pad|><|vision_end|>What is shown?"
+    ids = processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0]
+    return int((ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+
+
+def test_trainer_and_vllm_see_the_same_number_of_image_tokens(tiny_model_dir):
+    """vLLM builds its processor with ``from_pretrained(model, **mm_processor_kwargs)``; with the recipe's
+    budget passed as mm_processor_kwargs it cuts every image into the trainer's grid, and without it
+    (the checkpoint's own defaults) it does not."""
+    from medbridge.training.model_utils import image_geometry, load_processor
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    max_pixels, min_pixels = 200704, 3136  # the tiny checkpoint's own default is 50176
+    trainer_proc = load_processor(str(tiny_model_dir), max_pixels=max_pixels, min_pixels=min_pixels)
+    vllm_proc = AutoProcessor.from_pretrained(str(tiny_model_dir), **image_geometry(max_pixels, min_pixels))
+    default_proc = AutoProcessor.from_pretrained(str(tiny_model_dir))
+    differs = 0
+    for size in [(28, 28), (224, 224), (640, 480), (1000, 800), (2048, 512)]:
+        image = Image.new("RGB", size, (90, 30, 200))
+        n_trainer, n_vllm = _image_tokens(trainer_proc, image), _image_tokens(vllm_proc, image)
+        assert n_trainer == n_vllm, size
+        assert n_trainer * 28 * 28 <= max_pixels
+        differs += _image_tokens(default_proc, image) != n_trainer
+    assert differs >= 2  # large images: the engine's defaults would have cut another grid
+
+
+def test_colocated_vllm_engine_and_server_get_the_recipes_image_budget():
+    from medbridge.training import model_utils
+
+    built = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+
+    from trl.generation import vllm_generation
+
+    original = getattr(vllm_generation, "LLM", None)
+    vllm_generation.LLM = FakeLLM
+    try:
+        with model_utils.vllm_image_geometry(802816, 3136):
+            vllm_generation.LLM(model="m", tensor_parallel_size=1)  # what TRL's colocate mode calls
+        assert vllm_generation.LLM is FakeLLM  # restored after the block
+    finally:
+        vllm_generation.LLM = original
+    assert built == [
+        {"model": "m", "tensor_parallel_size": 1, "mm_processor_kwargs": {"max_pixels": 802816, "min_pixels": 3136}}
+    ]
+
+    cmd = model_utils.vllm_serve_command(
+        "OctoMed/OctoMed-7B", max_pixels=802816, min_pixels=3136, tensor_parallel_size=2
+    )
+    assert cmd[:3] == ["vllm", "serve", "OctoMed/OctoMed-7B"]
+    assert cmd[cmd.index("--data-parallel-size") + 1] == "1"  # TRL: > 1 errors on dense models
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1]) == {"max_pixels": 802816, "min_pixels": 3136}
+    assert "--weight-transfer-config" in cmd and "--logprobs-mode" in cmd  # what TRL's client needs
+    shell = model_utils.vllm_serve_shell(str(RECIPES / "final_octomed7b_pmcvqa8k_care.yaml"), 1, 8000)
+    assert shell.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve OctoMed/OctoMed-7B ") and '"max_pixels": 802816' in shell

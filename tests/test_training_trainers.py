@@ -36,8 +36,18 @@ def _offline(monkeypatch, medmnist_root):
 
 
 def _recipe_args(recipe: str, model_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config", str(RECIPES / recipe), "--model_name_or_path", str(model_dir), "--output_dir", str(out),
-            "--ckpt_eval", "false", *CPU, *extra]
+    return [
+        "--config",
+        str(RECIPES / recipe),
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--ckpt_eval",
+        "false",
+        *CPU,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +72,24 @@ def _group(trainer, answers: list[str]):
     return row, [prompt] * len(answers), inputs, completions
 
 
+def _sampled_ids(trainer, completions) -> list[list[int]]:
+    """Token ids as the policy would have sampled them (ending in the end-of-turn token)."""
+    tok = trainer.processing_class.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    return [tok(c[0]["content"], add_special_tokens=False)["input_ids"] + [end] for c in completions]
+
+
 def test_care_consistency_matches_a_direct_reference_forward(care_trainer):
     from trl.data_utils import apply_chat_template
 
     trainer = care_trainer
-    row, prompts, _, completions = _group(trainer, ["<think>the image is bright</think><answer>B</answer>", "no tags at all"])
-    c = trainer._care_consistency(prompts, completions)
+    row, prompts, _, completions = _group(
+        trainer, ["<think>the image is bright</think><answer>B</answer>", "no tags at all"]
+    )
+    forwards = trainer.care_reference_forwards
+    c = trainer._care_consistency(prompts, _sampled_ids(trainer, completions), [row["options"]] * 2)
     assert math.isnan(c[1].item())  # no answer tag -> no consistency -> no bonus
+    assert trainer.care_reference_forwards == forwards + 2  # ... but a forward all the same (same count on every rank)
     # Independent computation: one forward of the reference over prompt + completion text.
     text = completions[0][0]["content"]
     proc = trainer.processing_class
@@ -85,7 +106,9 @@ def test_care_consistency_matches_a_direct_reference_forward(care_trainer):
     letter_at = text.index("<answer>") + len("<answer>")
     ends = [len(proc.tokenizer.decode(comp_ids[: k + 1])) for k in range(len(comp_ids))]
     starts = [0] + ends[:-1]
-    pos = [k for k in range(len(comp_ids)) if starts[k] <= letter_at < ends[k] or letter_at <= starts[k] < letter_at + 1]
+    pos = [
+        k for k in range(len(comp_ids)) if starts[k] <= letter_at < ends[k] or letter_at <= starts[k] < letter_at + 1
+    ]
     assert pos
     expected = min(math.exp(sum(logps[n_prompt + k - 1].item() for k in pos) / len(pos)), 0.95)
     assert c[0].item() == pytest.approx(expected, rel=1e-4)
@@ -94,22 +117,26 @@ def test_care_consistency_matches_a_direct_reference_forward(care_trainer):
 
 def test_care_bonus_is_added_after_gathering_inside_the_trainer(care_trainer):
     trainer = care_trainer
-    row, prompts, inputs, completions = _group(trainer, [
-        "<think>first look</think><answer>{a}</answer>",
-        "<think>a quite different and longer look at it</think><answer>{a}</answer>",
-        "<think>x</think><answer>{w}</answer>",
-        "I cannot tell",
-    ])
+    row, prompts, inputs, completions = _group(
+        trainer,
+        [
+            "<think>first look</think><answer>{a}</answer>",
+            "<think>a quite different and longer look at it</think><answer>{a}</answer>",
+            "<think>x</think><answer>{w}</answer>",
+            "I cannot tell",
+        ],
+    )
     right = row["answer_letter"]
     wrong = next(k for k in json.loads(row["options"]) if k != right)
     for comp in completions:
         comp[0]["content"] = comp[0]["content"].format(a=right, w=wrong)
-    rewards = trainer._calculate_rewards(inputs, prompts, completions, [[0]] * 4)
+    ids = _sampled_ids(trainer, completions)
+    rewards = trainer._calculate_rewards(inputs, prompts, completions, ids)
     names = trainer.reward_func_names
     assert names == ["accuracy_reward", "format_reward", "care_bonus"]
     assert rewards[:, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
     assert rewards[:, 1].tolist() == [1.0, 1.0, 1.0, 0.0]
-    c = trainer._care_consistency(prompts, completions)
+    c = trainer._care_consistency(prompts, ids, [row["options"]] * 4)
     assert c[0] != c[1]
     best = 0 if c[0] > c[1] else 1
     expected = [0.0] * 4
@@ -134,7 +161,9 @@ def test_grpo_and_care_steps_save_checkpoints_that_reload(tiny_model_dir, tmp_pa
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     out = tmp_path / "care"
-    trainer = run_training("care", _recipe_args("tiny_cpu_care.yaml", tiny_model_dir, out, "--max_steps", "2", "--learning_rate", "1e-3"))
+    trainer = run_training(
+        "care", _recipe_args("tiny_cpu_care.yaml", tiny_model_dir, out, "--max_steps", "2", "--learning_rate", "1e-3")
+    )
     assert trainer.state.global_step == 2
     assert trainer.care_ema_updates == 2  # interval 1 in the tiny recipe
     history = [h for h in trainer.state.log_history if "reward" in h]
@@ -172,9 +201,29 @@ def test_policy_climbs_a_dense_reward(tiny_model_dir, medmnist_root, tmp_path):
     from medbridge.training.grpo import load_processor
     from trl import GRPOTrainer
 
-    _, cfg, _ = parse_recipe("grpo", _recipe_args("tiny_cpu_grpo.yaml", tiny_model_dir, tmp_path / "learn",
-                                                       "--max_steps", "12", "--learning_rate", "5e-2", "--save_strategy", "no",
-                                                       "--per_device_train_batch_size", "4", "--max_completion_length", "8"))
+    # TRL's clipping and decay (1, 0): at this toy learning rate the recipes' official 5 / 0.01 overshoot.
+    _, cfg, _ = parse_recipe(
+        "grpo",
+        _recipe_args(
+            "tiny_cpu_grpo.yaml",
+            tiny_model_dir,
+            tmp_path / "learn",
+            "--max_steps",
+            "12",
+            "--learning_rate",
+            "5e-2",
+            "--save_strategy",
+            "no",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_completion_length",
+            "8",
+            "--max_grad_norm",
+            "1.0",
+            "--weight_decay",
+            "0.0",
+        ),
+    )
     processor = load_processor(str(tiny_model_dir), max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels)
     half = len(processor.tokenizer) // 2
 
@@ -182,7 +231,13 @@ def test_policy_climbs_a_dense_reward(tiny_model_dir, medmnist_root, tmp_path):
         return [sum(t < half for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
     dataset = medmnist_dataset(["breastmnist"], root=medmnist_root, per_class=4, seed=0)
-    trainer = GRPOTrainer(model=str(tiny_model_dir), reward_funcs=[low_token_share], args=cfg, train_dataset=dataset, processing_class=processor)
+    trainer = GRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=[low_token_share],
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
     trainer.train()
     curve = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     print("dense reward curve:", [round(r, 3) for r in curve])
@@ -196,10 +251,29 @@ def test_policy_climbs_a_dense_reward(tiny_model_dir, medmnist_root, tmp_path):
 @pytest.mark.e2e
 def test_tiny_recipe_puts_every_checkpoint_on_the_leaderboard(tiny_model_dir, medmnist_root, tmp_path):
     out, store = tmp_path / "run", tmp_path / "leaderboard.sqlite"
-    env = dict(os.environ, MEDBRIDGE_MEDMNIST_ROOT=str(medmnist_root), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "medbridge.cli", "train", "care", "--config", str(RECIPES / "tiny_cpu_care.yaml"),
-           "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--leaderboard_store", str(store)]
+    env = dict(
+        os.environ,
+        MEDBRIDGE_MEDMNIST_ROOT=str(medmnist_root),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "medbridge.cli",
+        "train",
+        "care",
+        "--config",
+        str(RECIPES / "tiny_cpu_care.yaml"),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--leaderboard_store",
+        str(store),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(line) for line in (out / "evaluations" / "evaluations.jsonl").read_text().splitlines()]

@@ -2,9 +2,17 @@
 
 ``CheckpointEvalCallback.on_save`` stages the checkpoint's model files (hard links, so a later
 ``save_total_limit`` rotation cannot pull them away) and queues them; one background worker runs the
-real ``lmms-eval`` CLI on each in a separate process, one at a time, while training goes on, then
-appends the results to the leaderboard store with the run name and step. ``evaluate_checkpoint`` is the
-same evaluation for any checkpoint by hand (``medbridge eval-checkpoint``).
+real ``lmms-eval`` CLI on each in a separate process, one at a time, then appends the results to the
+leaderboard store with the run name and step. ``evaluate_checkpoint`` is the same evaluation for any
+checkpoint by hand (``medbridge eval-checkpoint``).
+
+When evaluations run: never on a training GPU and never while a rank waits in a collective.
+With ``ckpt_eval_device`` set (a GPU that training does not use) they run during training on that
+device; otherwise they queue up and run after training, when ``finish()`` is called on the main process
+after the final save (every collective is over by then). No trainer hook ever waits for an evaluation.
+
+The staged copy is what lmms-eval loaded, so the leaderboard rows point to it: it is kept (hard links
+cost no space while the training checkpoint exists; after a rotation they keep the evaluated weights).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext.lmms_eval_cli import lmms_eval_command
 from transformers import TrainerCallback
 
 __all__ = [
@@ -29,8 +38,11 @@ __all__ = [
     "CheckpointEvalError",
     "EvalSettings",
     "build_eval_command",
+    "checkpoint_eval_callback",
     "evaluate_checkpoint",
+    "finish_checkpoint_evaluations",
     "ingest_into_leaderboard",
+    "training_marker_fields",
     "write_training_marker",
 ]
 
@@ -63,18 +75,25 @@ class EvalSettings:
 
 
 def build_eval_command(checkpoint: str | Path, settings: EvalSettings, output_path: str | Path) -> list[str]:
-    from medbridge.demo import lmms_eval_command
-
+    """The lmms-eval command line evaluating ``checkpoint`` into ``output_path``."""
     if not settings.tasks:
         raise ValueError("no evaluation tasks given")
-    model_args = (settings.model_args.replace("{checkpoint}", str(checkpoint))
-                  .replace("{max_pixels}", str(settings.max_pixels)).replace("{min_pixels}", str(settings.min_pixels)))
+    model_args = (
+        settings.model_args.replace("{checkpoint}", str(checkpoint))
+        .replace("{max_pixels}", str(settings.max_pixels))
+        .replace("{min_pixels}", str(settings.min_pixels))
+    )
     cmd = lmms_eval_command() + [
-        "--model", settings.model,
-        "--model_args", model_args,
-        "--tasks", ",".join(settings.tasks),
-        "--batch_size", str(settings.batch_size),
-        "--output_path", str(output_path),
+        "--model",
+        settings.model,
+        "--model_args",
+        model_args,
+        "--tasks",
+        ",".join(settings.tasks),
+        "--batch_size",
+        str(settings.batch_size),
+        "--output_path",
+        str(output_path),
         "--log_samples",
     ]
     if settings.limit is not None:
@@ -101,11 +120,15 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings, output_p
     with log_path.open("w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=settings.timeout_s, check=False)
+        proc = subprocess.run(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=settings.timeout_s, check=False
+        )
     try:
         run = load_run(output_path)
     except (FileNotFoundError, ValueError) as err:
-        raise CheckpointEvalError(f"lmms-eval (exit {proc.returncode}) wrote no results for {checkpoint}: {err}; see {log_path}") from None
+        raise CheckpointEvalError(
+            f"lmms-eval (exit {proc.returncode}) wrote no results for {checkpoint}: {err}; see {log_path}"
+        ) from None
     reported = set(run.results.get("results", {})) | set(run.results.get("groups", {}))
     missing = [t for t in settings.tasks if t not in reported]
     if missing:
@@ -113,12 +136,12 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings, output_p
     return run.results_path
 
 
-def ingest_into_leaderboard(store: str | Path, results_dir: str | Path, *, model: str | None, run: str | None, step: int | None) -> int:
+def ingest_into_leaderboard(
+    store: str | Path, results_dir: str | Path, *, model: str | None, run: str | None, step: int | None
+) -> int:
     """Append an evaluated run to the leaderboard store; returns the rows added."""
-    try:
-        from medbridge.leaderboard import ingest_run
-    except ImportError:  # the package may not re-export it
-        from medbridge.leaderboard.ingest import ingest_run
+    from medbridge.leaderboard.ingest import ingest_run
+
     return ingest_run(store, results_dir, model=model, run=run, step=step)
 
 
@@ -136,7 +159,7 @@ def _stage(checkpoint: Path, staged: Path) -> Path:
         shutil.rmtree(staged)
     staged.mkdir(parents=True)
     for f in checkpoint.iterdir():
-        if not f.is_file() or f.name in _TRAINING_STATE or f.name.startswith("rng_state"):
+        if not f.is_file() or f.name in _TRAINING_STATE or f.name.startswith(("rng_state", "care_ema")):
             continue
         try:
             os.link(f, staged / f.name)
@@ -146,21 +169,30 @@ def _stage(checkpoint: Path, staged: Path) -> Path:
 
 
 class CheckpointEvalCallback(TrainerCallback):
-    """On every save: stage the checkpoint, queue its evaluation, ingest the results.
+    """On every save: stage the checkpoint and queue its evaluation; results go to the leaderboard.
 
     Records one line per checkpoint in ``<eval_root>/evaluations.jsonl`` (run, step, checkpoint,
     results file, leaderboard rows added or the error). Only the main process queues work.
-    ``wait_at_end`` makes ``on_train_end`` wait for the queue so a finished run is fully evaluated.
+    ``during_training=True`` evaluates while training goes on (only with a device of its own, see the
+    module docstring); otherwise the queue waits for :meth:`finish`, called after the final save.
     """
 
-    def __init__(self, settings: EvalSettings, *, eval_root: str | Path, run_name: str, model_name: str | None = None, leaderboard_store: str | Path | None = None, wait_at_end: bool = True, keep_staged: bool = False):
+    def __init__(
+        self,
+        settings: EvalSettings,
+        *,
+        eval_root: str | Path,
+        run_name: str,
+        model_name: str | None = None,
+        leaderboard_store: str | Path | None = None,
+        during_training: bool = False,
+    ):
         self.settings = settings
         self.eval_root = Path(eval_root)
         self.run_name = run_name
         self.model_name = model_name or run_name
         self.leaderboard_store = leaderboard_store
-        self.wait_at_end = wait_at_end
-        self.keep_staged = keep_staged
+        self.during_training = during_training
         self.records: list[dict[str, Any]] = []
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -180,15 +212,21 @@ class CheckpointEvalCallback(TrainerCallback):
         staged = _stage(checkpoint, self.eval_root / "staged" / self.run_name / f"checkpoint-{step}")
         self.submit(staged, step)
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.wait_at_end and state.is_world_process_zero:
-            self.wait()
-
     # -- queue ---------------------------------------------------------------------------------
+
+    def finish(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """After training (main process, after the final save): run what is queued and wait for it."""
+        self.during_training = True
+        self._start_worker()
+        return self.wait(timeout)
 
     def submit(self, checkpoint: Path, step: int) -> None:
         self._queue.put((checkpoint, step))
-        if self._worker is None or not self._worker.is_alive():
+        if self.during_training:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        if self._queue.unfinished_tasks and (self._worker is None or not self._worker.is_alive()):
             self._worker = threading.Thread(target=self._drain, name="medbridge-ckpt-eval", daemon=True)
             self._worker.start()
 
@@ -214,18 +252,28 @@ class CheckpointEvalCallback(TrainerCallback):
 
     def _evaluate_one(self, checkpoint: Path, step: int) -> None:
         out = self.eval_root / f"step-{step}"
-        record: dict[str, Any] = {"run": self.run_name, "step": step, "checkpoint": str(checkpoint), "tasks": self.settings.tasks, "output_path": str(out)}
+        record: dict[str, Any] = {
+            "run": self.run_name,
+            "step": step,
+            "checkpoint": str(checkpoint),
+            "tasks": self.settings.tasks,
+            "output_path": str(out),
+        }
         started = time.monotonic()
         try:
             record["results"] = str(evaluate_checkpoint(checkpoint, self.settings, out))
             if self.leaderboard_store is not None:
-                record["leaderboard_rows"] = ingest_into_leaderboard(self.leaderboard_store, out, model=self.model_name, run=self.run_name, step=step)
+                record["leaderboard_rows"] = ingest_into_leaderboard(
+                    self.leaderboard_store, out, model=self.model_name, run=self.run_name, step=step
+                )
         except Exception as err:  # noqa: BLE001 - a failed evaluation must never kill training; it is recorded
             record["error"] = f"{type(err).__name__}: {err}"
-            print(f"[medbridge] checkpoint evaluation failed at step {step}: {record['error']}", file=sys.stderr, flush=True)
+            print(
+                f"[medbridge] checkpoint evaluation failed at step {step}: {record['error']}",
+                file=sys.stderr,
+                flush=True,
+            )
         record["seconds"] = round(time.monotonic() - started, 1)
-        if not self.keep_staged and "error" not in record and checkpoint.parent.parent == self.eval_root / "staged":
-            shutil.rmtree(checkpoint, ignore_errors=True)
         with self._lock:
             self.records.append(record)
             self.eval_root.mkdir(parents=True, exist_ok=True)
@@ -242,3 +290,90 @@ class CheckpointEvalCallback(TrainerCallback):
                 fields = {}
         fields.update(run=self.run_name, step=step)
         return fields
+
+
+# ---------------------------------------------------------------------------------------------
+# What the entry points use
+# ---------------------------------------------------------------------------------------------
+
+
+def training_marker_fields(kind: str, script_args: Any, training_args: Any, model_args: Any) -> dict[str, Any]:
+    """The fields of ``medbridge_training.json`` for a run: trainer, base model, data, hyperparameters."""
+    if script_args.data_source == "disk":
+        trained_on = script_args.dataset_name
+    else:
+        trained_on = "+".join(script_args.medmnist_datasets) + f"/{script_args.medmnist_split}"
+    fields = {
+        "trainer": kind,
+        "base_model": model_args.model_name_or_path,
+        "trained_on": trained_on,
+        "run": script_args.leaderboard_run_name or Path(training_args.output_dir).name,
+        "learning_rate": training_args.learning_rate,
+        "max_pixels": getattr(training_args, "max_pixels", None),
+    }
+    for name in (
+        "loss_type",
+        "beta",
+        "num_generations",
+        "scale_rewards",
+        "temperature",
+        "reward_names",
+        "max_grad_norm",
+        "weight_decay",
+        "care_ema_decay",
+        "care_ema_interval",
+        "care_consistency_clamp",
+        "care_bonus_coef",
+        "care_margin",
+    ):
+        if hasattr(training_args, name):
+            fields[name] = getattr(training_args, name)
+    return fields
+
+
+def checkpoint_eval_callback(script_args: Any, training_args: Any) -> CheckpointEvalCallback | None:
+    """The on-save evaluation a recipe asks for (None when ckpt_eval is off).
+
+    Without ``ckpt_eval_device`` the evaluations run after training (never on a training GPU); with it
+    they run during training with ``CUDA_VISIBLE_DEVICES`` set to that device.
+    """
+    if not script_args.ckpt_eval:
+        return None
+    from medbridge.leaderboard.store import default_store_path
+
+    env = {}
+    if script_args.ckpt_eval_device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = script_args.ckpt_eval_device
+    settings = EvalSettings(
+        tasks=list(script_args.ckpt_eval_tasks),
+        model=script_args.ckpt_eval_model,
+        model_args=script_args.ckpt_eval_model_args,
+        max_pixels=training_args.max_pixels,
+        min_pixels=training_args.min_pixels,
+        limit=script_args.ckpt_eval_limit,
+        gen_kwargs=script_args.ckpt_eval_gen_kwargs,
+        batch_size=script_args.ckpt_eval_batch_size,
+        env=env,
+    )
+    run_name = script_args.leaderboard_run_name or Path(training_args.output_dir).name
+    return CheckpointEvalCallback(
+        settings,
+        eval_root=Path(training_args.output_dir) / "evaluations",
+        run_name=run_name,
+        leaderboard_store=script_args.leaderboard_store or default_store_path(),
+        during_training=script_args.ckpt_eval_device is not None,
+    )
+
+
+def finish_checkpoint_evaluations(trainer: Any) -> list[dict[str, Any]]:
+    """After training and the final save: the main process runs the queued evaluations and waits.
+
+    Other ranks return at once, so no rank sits in a collective while rank 0 evaluates.
+    """
+    if not trainer.accelerator.is_main_process:
+        return []
+    records: list[dict[str, Any]] = []
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, CheckpointEvalCallback):
+            records += cb.finish()
+    return records

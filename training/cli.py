@@ -25,8 +25,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     argv = list(args.recipe_args or [])
     if argv and argv[0] == "--":
         argv = argv[1:]
+    if "-h" in argv or "--help" in argv:
+        # Every recipe field with its default and help (TRL's parser prints them and exits).
+        from medbridge.training.configs import parse_recipe
+
+        try:
+            parse_recipe(args.trainer, ["--help"])
+        except SystemExit as exc:  # argparse exits after printing the help
+            return 0 if exc.code in (None, 0) else 2
+        return 0
     if "--config" not in argv:
-        print("error: medbridge train needs --config RECIPE.yaml", file=sys.stderr)
+        print(
+            "error: medbridge train needs --config RECIPE.yaml (see `medbridge train "
+            f"{args.trainer} --help` for every recipe field)",
+            file=sys.stderr,
+        )
         return 2
     if args.trainer == "sft":
         from medbridge.training.sft import run_sft
@@ -52,8 +65,16 @@ def _cmd_eval_checkpoint(args: argparse.Namespace) -> int:
         print(f"error: {checkpoint} is not a model checkpoint (no config.json)", file=sys.stderr)
         return 2
     tasks = [t for group in args.tasks for t in group.split(",") if t]
-    settings = EvalSettings(tasks=tasks, model=args.model, model_args=args.model_args, max_pixels=args.max_pixels,
-                            min_pixels=args.min_pixels, limit=args.limit, gen_kwargs=args.gen_kwargs, batch_size=args.batch_size)
+    settings = EvalSettings(
+        tasks=tasks,
+        model=args.model,
+        model_args=args.model_args,
+        max_pixels=args.max_pixels,
+        min_pixels=args.min_pixels,
+        limit=args.limit,
+        gen_kwargs=args.gen_kwargs,
+        batch_size=args.batch_size,
+    )
     output = Path(args.output) if args.output else checkpoint / "medbridge_eval"
     try:
         results = evaluate_checkpoint(checkpoint, settings, output)
@@ -85,15 +106,30 @@ def _load_callable(spec: str):
 def _cmd_build_medmnist(args: argparse.Namespace) -> int:
     from medbridge.training.data import medmnist_dataset
 
-    ds = medmnist_dataset(args.names, split=args.split, root=args.root, per_class=args.per_class, seed=args.seed,
-                          max_samples=args.max_samples, sft=args.sft)
+    ds = medmnist_dataset(
+        args.names,
+        split=args.split,
+        root=args.root,
+        per_class=args.per_class,
+        seed=args.seed,
+        max_samples=args.max_samples,
+        sft=args.sft,
+    )
     out = Path(args.out)
     ds.save_to_disk(str(out))
     counts: dict[str, int] = {}
     for name in ds["dataset"]:
         counts[name] = counts.get(name, 0) + 1
-    manifest = {"source": "medmnist", "names": args.names, "split": args.split, "per_class": args.per_class,
-                "seed": args.seed, "size": len(ds), "counts_per_dataset": counts, "format": "sft" if args.sft else "grpo"}
+    manifest = {
+        "source": "medmnist",
+        "names": args.names,
+        "split": args.split,
+        "per_class": args.per_class,
+        "seed": args.seed,
+        "size": len(ds),
+        "counts_per_dataset": counts,
+        "format": "sft" if args.sft else "grpo",
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{len(ds)} rows -> {out}")
     return 0
@@ -104,9 +140,21 @@ def _cmd_build_pmc_vqa(args: argparse.Namespace) -> int:
 
     classifier = _load_callable(args.classifier) if args.classifier else None
     if classifier is None:
-        print("no --classifier given: using the KEYWORD FALLBACK for modality labels (recorded in the manifest)", file=sys.stderr)
-    manifest = build_pmc_vqa_subset(args.csv, args.out, size=args.size, seed=args.seed, image_dir=args.images,
-                                    classify_modality=classifier, labeler=args.classifier, cache_path=args.cache, sft=args.sft)
+        print(
+            "no --classifier given: using the KEYWORD FALLBACK for modality labels (recorded in the manifest)",
+            file=sys.stderr,
+        )
+    manifest = build_pmc_vqa_subset(
+        args.csv,
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        image_dir=args.images,
+        classify_modality=classifier,
+        labeler=args.classifier,
+        cache_path=args.cache,
+        sft=args.sft,
+    )
     print(json.dumps(manifest["counts_per_modality"], indent=2))
     print(f"{manifest['size']} rows -> {args.out}")
     return 0
@@ -127,16 +175,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train with a recipe: GRPO, GRPO-CARE or the SFT bridge (TRL)")
     p.add_argument("trainer", choices=["grpo", "care", "sft"])
     # Everything after the trainer goes to TRL's parser: --config RECIPE.yaml, then flags that override it.
-    p.add_argument("recipe_args", nargs=argparse.REMAINDER, metavar="--config RECIPE.yaml [--flag value ...]",
-                   help="recipe (training/recipes/*.yaml) and overrides, e.g. --learning_rate 1e-6 --output_dir runs/x")
+    p.add_argument(
+        "recipe_args",
+        nargs=argparse.REMAINDER,
+        metavar="--config RECIPE.yaml [--flag value ...]",
+        help="recipe (training/recipes/*.yaml) and overrides, e.g. --learning_rate 1e-6 --output_dir runs/x",
+    )
     p.set_defaults(func=_cmd_train)
 
-    p = subparsers.add_parser("eval-checkpoint", help="evaluate a checkpoint with lmms-eval and optionally add it to the leaderboard")
+    p = subparsers.add_parser(
+        "eval-checkpoint", help="evaluate a checkpoint with lmms-eval and optionally add it to the leaderboard"
+    )
     p.add_argument("path", help="checkpoint folder (config.json, weights, processor)")
     p.add_argument("--tasks", nargs="+", required=True, help="lmms-eval tasks or groups (space or comma separated)")
     p.add_argument("--model", default="qwen2_5_vl", help="lmms-eval --model")
-    p.add_argument("--model-args", default="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},attn_implementation=sdpa",
-                   help="lmms-eval --model_args template; {checkpoint}, {max_pixels}, {min_pixels} are filled in")
+    p.add_argument(
+        "--model-args",
+        default="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},attn_implementation=sdpa",
+        help="lmms-eval --model_args template; {checkpoint}, {max_pixels}, {min_pixels} are filled in",
+    )
     p.add_argument("--max-pixels", type=int, default=802816)
     p.add_argument("--min-pixels", type=int, default=3136)
     p.add_argument("--limit", type=int)
@@ -150,7 +207,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_eval_checkpoint)
 
     dsub = _data_subparsers(subparsers)
-    q = dsub.add_parser("build-medmnist-train", help="MedMNIST train split -> MCQ training rows (the evaluation's prompts)")
+    q = dsub.add_parser(
+        "build-medmnist-train", help="MedMNIST train split -> MCQ training rows (the evaluation's prompts)"
+    )
     q.add_argument("--names", nargs="+", required=True, help="MedMNIST sets, e.g. organamnist pathmnist octmnist")
     q.add_argument("--out", required=True, help="folder for datasets.save_to_disk")
     q.add_argument("--split", default="train")
@@ -162,12 +221,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_cmd_build_medmnist)
 
     q = dsub.add_parser("build-pmc-vqa", help="PMC-VQA train CSV -> modality-balanced subset (8,000 in the paper)")
-    q.add_argument("--csv", required=True, help="PMC-VQA train CSV (Figure_path, Question, Answer, Choice A..D, Answer_label)")
+    q.add_argument(
+        "--csv", required=True, help="PMC-VQA train CSV (Figure_path, Question, Answer, Choice A..D, Answer_label)"
+    )
     q.add_argument("--images", help="image folder (default: images/ next to the CSV)")
     q.add_argument("--out", required=True, help="folder for datasets.save_to_disk + manifest.json")
     q.add_argument("--size", type=int, default=8000)
     q.add_argument("--seed", type=int, default=1234)
-    q.add_argument("--classifier", help="modality classifier package.module:function (question -> label), e.g. the judge's; default: keyword fallback")
+    q.add_argument(
+        "--classifier",
+        help="modality classifier package.module:function (question -> label), e.g. the judge's; default: keyword fallback",
+    )
     q.add_argument("--cache", help="modality label cache JSONL (default: <out>.modality_cache.jsonl); resumable")
     q.add_argument("--sft", action="store_true")
     q.set_defaults(func=_cmd_build_pmc_vqa)

@@ -31,16 +31,22 @@ class MedScriptArguments(ScriptArguments):
 
     data_source: str = field(
         default="medmnist",
-        metadata={"help": "'medmnist' (build items from the MedMNIST train split), or 'disk' (a dataset saved by "
-                  "`medbridge data build-pmc-vqa` / `datasets.save_to_disk`, given as dataset_name)."},
+        metadata={
+            "help": "'medmnist' (build items from the MedMNIST train split), or 'disk' (a dataset saved by "
+            "`medbridge data build-pmc-vqa` / `datasets.save_to_disk`, given as dataset_name)."
+        },
     )
     medmnist_datasets: list[str] = field(
         default_factory=lambda: ["organa"],
         metadata={"help": "MedMNIST sets (names or flags) whose train split becomes MCQ items."},
     )
-    medmnist_root: str | None = field(default=None, metadata={"help": "MedMNIST data root (default: $MEDBRIDGE_MEDMNIST_ROOT)."})
+    medmnist_root: str | None = field(
+        default=None, metadata={"help": "MedMNIST data root (default: $MEDBRIDGE_MEDMNIST_ROOT)."}
+    )
     medmnist_split: str = field(default="train", metadata={"help": "MedMNIST split to train on."})
-    per_class: int | None = field(default=None, metadata={"help": "Items per class (balanced); None = the whole split."})
+    per_class: int | None = field(
+        default=None, metadata={"help": "Items per class (balanced); None = the whole split."}
+    )
     sampling_seed: int = field(default=1234, metadata={"help": "Seed of the balanced sampling and shuffling."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows after shuffling."})
     leaderboard_run_name: str | None = field(
@@ -53,16 +59,29 @@ class MedScriptArguments(ScriptArguments):
     ckpt_eval_model: str = field(default="qwen2_5_vl", metadata={"help": "lmms-eval --model of the checkpoint."})
     ckpt_eval_model_args: str = field(
         default="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},attn_implementation=sdpa",
-        metadata={"help": "lmms-eval --model_args template; {checkpoint}, {max_pixels}, {min_pixels} are filled in "
-                  "from the recipe, so evaluation sees images exactly as training did."},
+        metadata={
+            "help": "lmms-eval --model_args template; {checkpoint}, {max_pixels}, {min_pixels} are filled in "
+            "from the recipe, so evaluation sees images exactly as training did."
+        },
     )
     ckpt_eval_limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (items per task)."})
-    ckpt_eval_gen_kwargs: str | None = field(default=None, metadata={"help": "lmms-eval --gen_kwargs, e.g. max_new_tokens=1024."})
+    ckpt_eval_gen_kwargs: str | None = field(
+        default=None, metadata={"help": "lmms-eval --gen_kwargs, e.g. max_new_tokens=1024."}
+    )
     ckpt_eval_batch_size: int = field(default=1, metadata={"help": "lmms-eval --batch_size."})
-    ckpt_eval_device: str | None = field(default=None, metadata={"help": "CUDA_VISIBLE_DEVICES for the evaluation process."})
+    ckpt_eval_device: str | None = field(
+        default=None,
+        metadata={
+            "help": "CUDA_VISIBLE_DEVICES of the evaluation process, a GPU training does not use: "
+            "evaluations then run during training. Unset: they run after training, never on a training GPU."
+        },
+    )
     leaderboard_store: str | None = field(
-        default=None, metadata={"help": "Leaderboard store that each evaluated checkpoint is appended to "
-                                "(default: the leaderboard's own, $MEDBRIDGE_LEADERBOARD or ./medbridge_leaderboard/leaderboard.sqlite)."}
+        default=None,
+        metadata={
+            "help": "Leaderboard store that each evaluated checkpoint is appended to "
+            "(default: the leaderboard's own, $MEDBRIDGE_LEADERBOARD or ./medbridge_leaderboard/leaderboard.sqlite)."
+        },
     )
 
 
@@ -84,6 +103,12 @@ class MedGRPOConfig(GRPOConfig, _PixelBudget):
     """
 
     loss_type: str = field(default="grpo", metadata={"help": "TRL loss formulation; 'grpo' = the paper's."})
+    max_grad_norm: float = field(
+        default=5.0, metadata={"help": "Gradient clipping; 5 as in GRPO-CARE's official scripts (TRL: 1)."}
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay; 0.01 as in GRPO-CARE's official scripts (TRL: 0)."}
+    )
     reward_names: list[str] = field(
         default_factory=lambda: ["accuracy", "format"],
         metadata={"help": "Reward functions by name (see medbridge.training.rewards.REWARDS)."},
@@ -99,8 +124,12 @@ class GRPOCareConfig(MedGRPOConfig):
     care_ema_interval: int = field(default=10, metadata={"help": "Optimizer steps between EMA updates."})
     care_consistency_clamp: float = field(default=0.95, metadata={"help": "Upper clamp of the consistency c."})
     care_bonus_coef: float = field(default=0.5, metadata={"help": "Bonus = coef * accuracy for consistent answers."})
-    care_margin: float = field(default=0.0, metadata={"help": "Consistent when c >= mean c of accurate answers - margin."})
-    care_accuracy_threshold: float = field(default=0.1, metadata={"help": "Accurate when accuracy > this and >= group mean."})
+    care_margin: float = field(
+        default=0.0, metadata={"help": "Consistent when c >= mean c of accurate answers - margin."}
+    )
+    care_accuracy_threshold: float = field(
+        default=0.1, metadata={"help": "Accurate when accuracy > this and >= group mean."}
+    )
     care_accuracy_reward: str = field(default="accuracy", metadata={"help": "Name of the reward the bonus scales."})
 
     def __post_init__(self):
@@ -110,7 +139,9 @@ class GRPOCareConfig(MedGRPOConfig):
         if self.care_ema_interval < 1:
             raise ValueError(f"care_ema_interval must be >= 1, got {self.care_ema_interval}")
         if self.care_accuracy_reward not in self.reward_names:
-            raise ValueError(f"care_accuracy_reward {self.care_accuracy_reward!r} is not among reward_names {self.reward_names}")
+            raise ValueError(
+                f"care_accuracy_reward {self.care_accuracy_reward!r} is not among reward_names {self.reward_names}"
+            )
 
 
 @dataclass
@@ -121,11 +152,13 @@ class MedSFTConfig(SFTConfig, _PixelBudget):
 TRAINER_CONFIGS = {"grpo": MedGRPOConfig, "care": GRPOCareConfig, "sft": MedSFTConfig}
 
 
-def parse_recipe(kind: str, argv: list[str] | None = None) -> tuple[MedScriptArguments, object, ModelConfig]:
+def parse_recipe(
+    kind: str, argv: list[str] | None = None, *, prog: str | None = None
+) -> tuple[MedScriptArguments, object, ModelConfig]:
     """``--config recipe.yaml [--flag value ...]`` -> (script args, trainer config, model config).
 
     Unknown keys in the YAML or on the command line raise (TrlParser / argparse)."""
     if kind not in TRAINER_CONFIGS:
         raise ValueError(f"unknown trainer {kind!r}; expected one of {sorted(TRAINER_CONFIGS)}")
-    parser = TrlParser((MedScriptArguments, TRAINER_CONFIGS[kind], ModelConfig))
+    parser = TrlParser((MedScriptArguments, TRAINER_CONFIGS[kind], ModelConfig), prog=prog or f"medbridge train {kind}")
     return tuple(parser.parse_args_and_config(args=argv))

@@ -69,7 +69,7 @@ def bridge_answer(item: dict[str, Any]) -> str:
     letter = item["answer_letter"]
     return (
         f"<think>The question asks: {item.get('question', '').strip() or 'which option fits the image'} "
-        f"Looking at the image, the finding that fits best is \"{options[letter]}\", which is option {letter}.</think>"
+        f'Looking at the image, the finding that fits best is "{options[letter]}", which is option {letter}.</think>'
         f"<answer>{letter}</answer>"
     )
 
@@ -85,7 +85,14 @@ def sft_row(item: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def medmnist_items(names: Sequence[str], *, split: str = "train", root: str | Path | None = None, per_class: int | str | None = None, seed: int = 1234) -> list[dict[str, Any]]:
+def medmnist_items(
+    names: Sequence[str],
+    *,
+    split: str = "train",
+    root: str | Path | None = None,
+    per_class: int | str | None = None,
+    seed: int = 1234,
+) -> list[dict[str, Any]]:
     """Class-balanced, seeded items of each named set (the evaluation's builder), concatenated."""
     from medbridge.tasks.medmnist.data import build_items
 
@@ -98,7 +105,16 @@ def medmnist_items(names: Sequence[str], *, split: str = "train", root: str | Pa
     return items
 
 
-def medmnist_dataset(names: Sequence[str], *, split: str = "train", root: str | Path | None = None, per_class: int | str | None = None, seed: int = 1234, max_samples: int | None = None, sft: bool = False):
+def medmnist_dataset(
+    names: Sequence[str],
+    *,
+    split: str = "train",
+    root: str | Path | None = None,
+    per_class: int | str | None = None,
+    seed: int = 1234,
+    max_samples: int | None = None,
+    sft: bool = False,
+):
     """A shuffled ``datasets.Dataset`` of GRPO (or SFT) rows from MedMNIST train items."""
     items = medmnist_items(names, split=split, root=root, per_class=per_class, seed=seed)
     random.Random(seed).shuffle(items)
@@ -120,7 +136,19 @@ def _to_dataset(rows: list[dict[str, Any]]):
 # ---------------------------------------------------------------------------------------------
 
 # Labels of the modality classifier; "none" = the question does not make the modality clear.
-MODALITY_LABELS = ("ct", "mri", "x-ray", "ultrasound", "microscopy", "endoscopy", "fundus", "dermoscopy", "pet", "other", "none")
+MODALITY_LABELS = (
+    "ct",
+    "mri",
+    "x-ray",
+    "ultrasound",
+    "microscopy",
+    "endoscopy",
+    "fundus",
+    "dermoscopy",
+    "pet",
+    "other",
+    "none",
+)
 
 PMC_VQA_COLUMNS = ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label")
 _CHOICE_PREFIX_RE = re.compile(r"^\s*[A-Da-d]\s*[:.)]\s*")
@@ -178,24 +206,28 @@ def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) 
                     options[letter] = text
             answer = (row["Answer_label"] or "").strip().upper()
             if answer not in options:
-                raise ValueError(f"{where}: Answer_label {row['Answer_label']!r} is not one of the non-empty choices {sorted(options)}")
+                raise ValueError(
+                    f"{where}: Answer_label {row['Answer_label']!r} is not one of the non-empty choices {sorted(options)}"
+                )
             question = (row["Question"] or "").strip()
             if not question:
                 raise ValueError(f"{where}: empty Question")
             figure = (row["Figure_path"] or "").strip()
             if not figure:
                 raise ValueError(f"{where}: empty Figure_path")
-            items.append({
-                "item_id": f"pmc_vqa/train/{row_no - 2}",
-                "dataset": "pmc_vqa",
-                "row": row_no,
-                "figure_path": str(image_dir / figure),
-                "question": question,
-                "options": json.dumps(options),
-                "answer_letter": answer,
-                "prompt": format_mcq_prompt(question, options),
-                "prompt_version": PROMPT_VERSION,
-            })
+            items.append(
+                {
+                    "item_id": f"pmc_vqa/train/{row_no - 2}",
+                    "dataset": "pmc_vqa",
+                    "row": row_no,
+                    "figure_path": str(image_dir / figure),
+                    "question": question,
+                    "options": json.dumps(options),
+                    "answer_letter": answer,
+                    "prompt": format_mcq_prompt(question, options),
+                    "prompt_version": PROMPT_VERSION,
+                }
+            )
     if not items:
         raise ValueError(f"{csv_path}: no rows")
     return items
@@ -205,7 +237,9 @@ def _cache_key(item: dict[str, Any]) -> str:
     return hashlib.sha1(f"{Path(item['figure_path']).name}\n{item['question']}".encode()).hexdigest()
 
 
-def label_modalities(items: list[dict[str, Any]], classify_modality: Callable[[str], str], cache_path: str | Path, *, labeler: str) -> dict[str, str]:
+def label_modalities(
+    items: list[dict[str, Any]], classify_modality: Callable[[str], str], cache_path: str | Path, *, labeler: str
+) -> dict[str, str]:
     """item_id -> modality label, asking ``classify_modality`` only for questions not yet in the cache.
 
     The cache is a JSONL file appended (and flushed) one line per answer, so a run that is killed
@@ -268,7 +302,18 @@ def balanced_subset(labels: dict[str, str], size: int, seed: int) -> list[str]:
     return picked
 
 
-def build_pmc_vqa_subset(csv_path: str | Path, out_dir: str | Path, *, size: int = 8000, seed: int = 1234, image_dir: str | Path | None = None, classify_modality: Callable[[str], str] | None = None, labeler: str | None = None, cache_path: str | Path | None = None, sft: bool = False) -> dict[str, Any]:
+def build_pmc_vqa_subset(
+    csv_path: str | Path,
+    out_dir: str | Path,
+    *,
+    size: int = 8000,
+    seed: int = 1234,
+    image_dir: str | Path | None = None,
+    classify_modality: Callable[[str], str] | None = None,
+    labeler: str | None = None,
+    cache_path: str | Path | None = None,
+    sft: bool = False,
+) -> dict[str, Any]:
     """PMC-VQA train CSV -> modality-balanced subset saved with ``save_to_disk`` + manifest.json.
 
     ``classify_modality(question) -> label`` is the judge's modality classifier; without one the
@@ -279,7 +324,9 @@ def build_pmc_vqa_subset(csv_path: str | Path, out_dir: str | Path, *, size: int
         classify_modality, labeler = keyword_modality, "keyword-fallback"
     labeler = labeler or getattr(classify_modality, "__name__", "custom")
     items = read_pmc_vqa_csv(csv_path, image_dir)
-    cache_path = Path(cache_path) if cache_path is not None else out_dir.with_name(out_dir.name + ".modality_cache.jsonl")
+    cache_path = (
+        Path(cache_path) if cache_path is not None else out_dir.with_name(out_dir.name + ".modality_cache.jsonl")
+    )
     labels = label_modalities(items, classify_modality, cache_path, labeler=labeler)
     chosen = balanced_subset(labels, size, seed)
     by_id = {i["item_id"]: i for i in items}
@@ -325,9 +372,13 @@ def load_training_dataset(script_args: Any, *, sft: bool = False):
     """The training dataset a recipe names (see MedScriptArguments.data_source)."""
     if script_args.data_source == "medmnist":
         return medmnist_dataset(
-            script_args.medmnist_datasets, split=script_args.medmnist_split, root=script_args.medmnist_root,
-            per_class=script_args.per_class, seed=script_args.sampling_seed,
-            max_samples=script_args.max_train_samples, sft=sft,
+            script_args.medmnist_datasets,
+            split=script_args.medmnist_split,
+            root=script_args.medmnist_root,
+            per_class=script_args.per_class,
+            seed=script_args.sampling_seed,
+            max_samples=script_args.max_train_samples,
+            sft=sft,
         )
     if script_args.data_source == "disk":
         import datasets

@@ -12,6 +12,7 @@ dict) columns. :func:`compute_score` exposes the same rewards in verl's form.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "accuracy_reward",
     "completion_text",
     "compute_score",
+    "compute_score_batch",
     "format_reward",
     "get_reward_funcs",
     "parse_options",
@@ -88,14 +90,39 @@ def get_reward_funcs(names: Sequence[str]) -> list[Callable[..., list[float]]]:
     return [REWARDS[n] for n in names]
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None) -> dict[str, float]:
+# Special tokens a verl reward manager may leave at the end of the decoded response (some versions decode
+# without skip_special_tokens): they are not part of the answer and must not fail the format check.
+_TRAILING_SPECIAL_RE = re.compile(r"(?:\s*(?:<\|[A-Za-z0-9_]+\|>|</s>|<eos>))+\s*$")
+
+
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs: Any
+) -> dict[str, float]:
     """verl's custom reward hook (``custom_reward_function.path=.../rewards.py``, ``name=compute_score``).
 
-    ``ground_truth`` is the answer letter; ``extra_info["options"]`` holds the options (JSON string or
-    dict). Returns ``score`` = accuracy + format (the total GRPO reward without the CARE bonus) plus its
-    parts, which verl logs as extra metrics.
+    verl's naive reward manager calls ``compute_score(data_source=..., solution_str=..., ground_truth=...,
+    extra_info=...)`` and newer reward loops add keyword arguments of their own (``**kwargs``, ignored here).
+    ``ground_truth`` is the answer letter; ``extra_info["options"]`` holds the options (JSON string or dict).
+    Returns ``score`` = accuracy + format (the total GRPO reward without the CARE bonus) plus its parts,
+    which verl logs as extra metrics. Trailing special tokens (``<|im_end|>``) are ignored.
     """
     if not extra_info or "options" not in extra_info:
         raise ValueError(f"{data_source}: extra_info must carry the item's 'options' (letter -> text)")
-    parts = score_response(solution_str, str(ground_truth).strip(), extra_info["options"])
+    response = _TRAILING_SPECIAL_RE.sub("", solution_str or "")
+    parts = score_response(response, str(ground_truth).strip(), extra_info["options"])
     return {"score": parts["accuracy"] + parts["format"], **parts}
+
+
+def compute_score_batch(
+    data_sources: Sequence[str],
+    solution_strs: Sequence[str],
+    ground_truths: Sequence[str],
+    extra_infos: Sequence[dict | None],
+    **kwargs: Any,
+) -> list[float]:
+    """verl's batch reward manager form (``reward_model.reward_manager=batch``, ``name=compute_score_batch``):
+    one float score per response (older batch managers turn anything but a number into 0)."""
+    return [
+        compute_score(d, s, g, e)["score"]
+        for d, s, g, e in zip(data_sources, solution_strs, ground_truths, extra_infos, strict=True)
+    ]

@@ -13,44 +13,69 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medbridge.training.callbacks import (
+    checkpoint_eval_callback,
+    finish_checkpoint_evaluations,
+    training_marker_fields,
+    write_training_marker,
+)
 from medbridge.training.configs import MedScriptArguments, parse_recipe
+from medbridge.training.data import load_training_dataset
+from medbridge.training.model_utils import load_processor, policy_init_kwargs
+from medbridge.training.trainers import MedSFTTrainer
 
 __all__ = ["build_sft_trainer", "main", "run_sft"]
 
 
-def build_sft_trainer(script_args: MedScriptArguments, training_args: Any, model_args: Any, callbacks: list | None = None):
-    from medbridge.training.data import load_training_dataset
-    from medbridge.training.grpo import eval_callback, load_processor, model_init_kwargs
-    from trl import SFTTrainer, get_peft_config
+def build_sft_trainer(
+    script_args: MedScriptArguments, training_args: Any, model_args: Any, callbacks: list | None = None
+):
+    """A MedSFTTrainer for a parsed SFT recipe (same data, image budget and checkpoint evaluation as GRPO)."""
+    from trl import get_peft_config
 
     if not model_args.model_name_or_path:
         raise ValueError("the recipe must set model_name_or_path")
-    processor = load_processor(model_args.model_name_or_path, max_pixels=training_args.max_pixels, min_pixels=training_args.min_pixels,
-                               trust_remote_code=getattr(training_args, "trust_remote_code", False), revision=model_args.model_revision)
-    processor.tokenizer.padding_side = "right"  # teacher forcing pads on the right
-    training_args.model_init_kwargs = {**model_init_kwargs(model_args), **(training_args.model_init_kwargs or {})}
     dataset = load_training_dataset(script_args, sft=True)
+    processor = load_processor(
+        model_args.model_name_or_path,
+        max_pixels=training_args.max_pixels,
+        min_pixels=training_args.min_pixels,
+        trust_remote_code=getattr(training_args, "trust_remote_code", False),
+        revision=model_args.model_revision,
+    )
+    processor.tokenizer.padding_side = "right"  # teacher forcing pads on the right
+    training_args.model_init_kwargs = {
+        **policy_init_kwargs(model_args, training_args),
+        **(training_args.model_init_kwargs or {}),
+    }
     callbacks = list(callbacks or [])
-    cb = eval_callback(script_args, training_args)
-    if cb is not None:
-        callbacks.append(cb)
-    return SFTTrainer(model=model_args.model_name_or_path, args=training_args, train_dataset=dataset, processing_class=processor,
-                      callbacks=callbacks, peft_config=get_peft_config(model_args))
+    evaluation = checkpoint_eval_callback(script_args, training_args)
+    if evaluation is not None:
+        callbacks.append(evaluation)
+    return MedSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=callbacks,
+        peft_config=get_peft_config(model_args),
+    )
 
 
 def run_sft(argv: list[str] | None = None, *, callbacks: list | None = None):
-    from medbridge.training.callbacks import write_training_marker
-    from medbridge.training.grpo import _marker
-
+    """Parse an SFT recipe, train (or resume), save model and processor, then run queued evaluations."""
     script_args, training_args, model_args = parse_recipe("sft", argv)
     trainer = build_sft_trainer(script_args, training_args, model_args, callbacks=callbacks)
     if trainer.accelerator.is_main_process:
-        write_training_marker(training_args.output_dir, **_marker("sft", script_args, training_args, model_args))
+        write_training_marker(
+            training_args.output_dir, **training_marker_fields("sft", script_args, training_args, model_args)
+        )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         # GRPO recipes start from this folder: it must load with AutoProcessor like a Hub checkpoint.
         trainer.processing_class.save_pretrained(Path(training_args.output_dir))
+    finish_checkpoint_evaluations(trainer)
     return trainer
 
 

@@ -1,0 +1,210 @@
+"""Model, processor and image-geometry helpers shared by the GRPO, GRPO-CARE and SFT entry points.
+
+One image geometry: the processor of the trainer, the vLLM engine that generates (colocated or served)
+and the lmms-eval run that evaluates a checkpoint all get the same ``min_pixels`` / ``max_pixels``, so a
+prompt has the same number of image tokens everywhere (:func:`image_geometry`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "image_geometry",
+    "load_processor",
+    "load_weights_from_checkpoint",
+    "model_init_kwargs",
+    "policy_init_kwargs",
+    "uses_deepspeed",
+    "vllm_image_geometry",
+    "vllm_serve_command",
+]
+
+
+def image_geometry(max_pixels: int, min_pixels: int) -> dict[str, int]:
+    """The processor keyword arguments that fix the image budget (also vLLM's ``mm_processor_kwargs``)."""
+    if min_pixels > max_pixels:
+        raise ValueError(
+            f"min_pixels {min_pixels} > max_pixels {max_pixels}: lower min_pixels or raise max_pixels in the recipe"
+        )
+    return {"max_pixels": int(max_pixels), "min_pixels": int(min_pixels)}
+
+
+def load_processor(
+    model_name_or_path: str,
+    *,
+    max_pixels: int,
+    min_pixels: int,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+):
+    """The model's processor with the recipe's image budget and left padding (as GRPO wants).
+
+    The budget goes through ``from_pretrained`` keyword arguments, exactly as vLLM applies its
+    ``mm_processor_kwargs``, so both sides resize an image to the same grid.
+    """
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(
+        model_name_or_path,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        padding_side="left",
+        truncation_side="left",
+        **image_geometry(max_pixels, min_pixels),
+    )
+
+
+def model_init_kwargs(model_args: Any) -> dict[str, Any]:
+    """TRL ModelConfig -> from_pretrained kwargs (dtype, attention implementation, revision)."""
+    kwargs: dict[str, Any] = {"revision": model_args.model_revision}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if getattr(model_args, "dtype", None) not in (None, "auto"):
+        kwargs["dtype"] = model_args.dtype
+    return kwargs
+
+
+def uses_deepspeed(training_args: Any) -> bool:
+    """Whether this run trains under DeepSpeed (a ``deepspeed`` config, or an accelerate DeepSpeed launch)."""
+    if getattr(training_args, "deepspeed", None):
+        return True
+    return str(getattr(training_args.distributed_state, "distributed_type", "")).endswith("DEEPSPEED")
+
+
+def policy_init_kwargs(model_args: Any, training_args: Any) -> dict[str, Any]:
+    """from_pretrained kwargs of the policy: the recipe's, with fp32 master weights outside DeepSpeed.
+
+    With ``bf16: true`` and no DeepSpeed, the Trainer autocasts the forward passes to bf16 but the optimizer
+    updates the parameters in their own dtype: a bf16 policy at lr 5e-7 loses most updates to rounding
+    (about 1 % of the weights changed in 100 steps). So the policy is loaded in fp32 there (16 bytes per
+    parameter with AdamW: weights 4 + gradients 4 + moments 8; a 7B model needs ZeRO to fit). DeepSpeed
+    ZeRO-2/3 keep fp32 master weights themselves, so the recipe's dtype is kept under DeepSpeed.
+    """
+    kwargs = model_init_kwargs(model_args)
+    if (training_args.bf16 or training_args.fp16) and not uses_deepspeed(training_args):
+        if kwargs.get("dtype") not in (None, "float32"):
+            logger.info(
+                "loading the policy in float32 instead of %s: fp32 master weights, bf16 autocast", kwargs["dtype"]
+            )
+        kwargs["dtype"] = "float32"
+    return kwargs
+
+
+@contextlib.contextmanager
+def vllm_image_geometry(max_pixels: int, min_pixels: int) -> Iterator[None]:
+    """While TRL builds its colocated vLLM engine, give the engine the trainer's image budget.
+
+    TRL 1.16 constructs ``vllm.LLM(...)`` without ``mm_processor_kwargs`` (trl/generation/vllm_generation.py),
+    so vLLM would resize images with the checkpoint's own defaults and a prompt could get another number of
+    image tokens than the trainer's processor gives it. The engine class is wrapped only inside this block.
+    """
+    from trl.generation import vllm_generation
+
+    original = getattr(vllm_generation, "LLM", None)
+    if original is None:  # vLLM not installed: TRL raises its own error if use_vllm is set
+        yield
+        return
+    vllm_generation.LLM = with_mm_processor_kwargs(original, image_geometry(max_pixels, min_pixels))
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
+
+
+def with_mm_processor_kwargs(engine_cls: Callable[..., Any], mm_kwargs: dict[str, Any]) -> Callable[..., Any]:
+    """``engine_cls`` whose constructor always receives ``mm_processor_kwargs`` (merged over any given)."""
+
+    @functools.wraps(engine_cls, updated=())
+    def build(*args: Any, **kwargs: Any) -> Any:
+        kwargs["mm_processor_kwargs"] = {**(kwargs.get("mm_processor_kwargs") or {}), **mm_kwargs}
+        return engine_cls(*args, **kwargs)
+
+    return build
+
+
+def vllm_serve_command(
+    model: str,
+    *,
+    max_pixels: int,
+    min_pixels: int,
+    tensor_parallel_size: int = 1,
+    port: int = 8000,
+    host: str = "0.0.0.0",
+    revision: str | None = None,
+) -> list[str]:
+    """The vLLM server command that TRL 1.16's server mode talks to, with the recipe's image budget.
+
+    ``trl vllm-serve`` is deprecated in TRL 1.16 (it only re-runs ``vllm serve``); this asks TRL's own
+    command builder for the flags its client needs (weight transfer, processed logprobs) and runs vLLM's
+    server directly (with ``VLLM_SERVER_DEV_MODE=1`` in the environment). Data parallel stays 1: TRL's
+    server documents that data parallel > 1 errors on dense models (vLLM PR #30739).
+    """
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    script_args = ScriptArguments(
+        model=model,
+        revision=revision,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=1,
+        host=host,
+        port=port,
+    )
+    command = build_command(script_args, ["--mm-processor-kwargs", json.dumps(image_geometry(max_pixels, min_pixels))])
+    return ["vllm", *command[command.index("serve") :]]
+
+
+def vllm_serve_shell(recipe: str, tensor_parallel_size: int, port: int) -> str:
+    """``VLLM_SERVER_DEV_MODE=1 vllm serve ...`` for a recipe's model and image budget (used by the SLURM script)."""
+    import yaml
+
+    config = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
+    from medbridge.training.configs import DEFAULT_MIN_PIXELS, PAPER_MAX_PIXELS
+
+    if not config.get("model_name_or_path"):
+        raise ValueError(f"{recipe}: model_name_or_path is not set")
+    command = vllm_serve_command(
+        config["model_name_or_path"],
+        max_pixels=config.get("max_pixels", PAPER_MAX_PIXELS),
+        min_pixels=config.get("min_pixels", DEFAULT_MIN_PIXELS),
+        tensor_parallel_size=tensor_parallel_size,
+        port=port,
+        revision=config.get("model_revision"),
+    )
+    return "VLLM_SERVER_DEV_MODE=1 " + shlex.join(command)
+
+
+def load_weights_from_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Load a saved checkpoint's weights into ``model`` in place, every key matched (strict).
+
+    Workaround for transformers 5.x (upstream issue huggingface/transformers#43701): ``Trainer``
+    resumes with a plain non-strict ``load_state_dict`` of ``model.safetensors``, but the file is written
+    with the checkpoint key names (``model.layers.*``) while the Qwen2.5-VL module has been renamed
+    (``model.language_model.layers.*``), so none of the keys match (57 missing, 56 unexpected on our tiny
+    model) and training silently goes on from the base weights. ``from_pretrained`` applies the key
+    conversion, so the weights are read through it and copied over; remove this once the upstream fix lands.
+    """
+    reference = next(model.parameters())
+    loaded = type(model).from_pretrained(str(checkpoint), dtype=reference.dtype, device_map="cpu")
+    state = loaded.state_dict()
+    result = model.load_state_dict(state, strict=False)
+    # Tied weights (lm_head <-> embeddings) may be absent from one side; anything else is a real mismatch.
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{checkpoint}: weights do not match the model (missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]}); was this checkpoint saved from another architecture?"
+        )
+    del loaded, state
