@@ -30,10 +30,12 @@ def offline_env(data_root: Path) -> dict[str, str]:
 def qwen_cpu_model_args(model_dir: Path) -> str:
     # lmms-eval's default min_pixels upsamples a 224 px image to 448 px; keep MedMNIST's 224 px
     # (64 visual tokens), which is also what makes the CPU demo quick.
-    return f"pretrained={model_dir},device=cpu,device_map=cpu,attn_implementation=sdpa,min_pixels=3136,max_pixels=50176"
+    return (f"pretrained={model_dir},device=cpu,device_map=cpu,attn_implementation=sdpa,"
+            "min_pixels=3136,max_pixels=50176")
 
 
-def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, batch_size: int = 16, tasks: str = "medmnist_mcq") -> int:
+def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, batch_size: int = 16,
+             tasks: str = "medmnist_mcq") -> int:
     from medbridge.harness_ext.report import format_table, groups_for, load_run, summarize, write_summary
     from medbridge.tasks.medmnist.fixtures import build_all
     from medbridge.tiny_model import build_tiny_qwen2_5_vl
@@ -67,7 +69,8 @@ def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, ba
     summary = summarize(run.records, groups=groups_for(run.records))
     print()
     print(format_table(summary))
-    summary_path = write_summary(summary, run.results_path.with_name(run.results_path.name.replace("_results.json", "_medbridge_summary.json")))
+    summary_name = run.results_path.name.replace("_results.json", "_medbridge_summary.json")
+    summary_path = write_summary(summary, run.results_path.with_name(summary_name))
     print(f"\nlmms-eval results: {run.results_path}\nmedbridge summary: {summary_path}")
     from medbridge.leaderboard import build_leaderboard, ingest_run
 

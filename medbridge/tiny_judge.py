@@ -15,7 +15,8 @@ from pathlib import Path
 
 TINY_JUDGE_VERSION = "1"
 MARKER = "medbridge_tiny_judge.json"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja", "generation_config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                    "generation_config.json")
 
 
 def build_tiny_judge(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -> Path:

@@ -10,9 +10,18 @@ What gets written into ``out_dir``:
 * ``config.json`` / ``generation_config.json`` / ``model.safetensors`` (float32),
 * a byte-level BPE tokenizer trained here on a generated corpus
   (``tokenizer.json``, ``tokenizer_config.json``, ``vocab.json``, ``merges.txt``),
-* the image/video processor configs and ``chat_template.jinja``,
+* the image/video processor configs and ``chat_template.jinja``, plus ``preprocessor_config.json`` in
+  the flat form real Qwen2.5-VL checkpoints ship (``min_pixels`` / ``max_pixels``, patch and merge
+  sizes), which older loaders and vLLM read,
 * ``medbridge_tiny_model.json``, a marker with the builder version and seed; it is
   written last, so its presence means the build finished.
+
+Configs follow the real checkpoints (Qwen/Qwen2.5-VL-7B-Instruct) except where CPU speed needs
+otherwise: ``generation_config.json`` holds the real sampling defaults (do_sample, temperature 0.1,
+top_p 0.001, top_k 1, repetition_penalty 1.05), so tests see what a real checkpoint would impose on a
+backend that does not set every decoding field; the pixel limits are the real ``min_pixels`` (3136) but
+a ``max_pixels`` of 224x224 = 50176 instead of the real 12845056, so a MedMNIST image is 64 image tokens
+and anything larger is shrunk (a real checkpoint would keep up to 3584x3584).
 
 Heavy libraries (torch, transformers, tokenizers) are imported lazily so that importing
 this module (e.g. from the CLI) stays cheap.
@@ -30,8 +39,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-TINY_MODEL_VERSION = "2"  # 2: generation_config carries the Qwen2.5-VL sampling defaults
+from medbridge.harness_ext.errors import MedbridgeError
+
+# 2: generation_config carries the Qwen2.5-VL sampling defaults; 3: preprocessor_config.json as real checkpoints
+TINY_MODEL_VERSION = "3"
 MARKER_FILENAME = "medbridge_tiny_model.json"
+
+
+class OutputFolderError(MedbridgeError, FileExistsError):
+    """``out_dir`` is a file, or a folder with other content we must not replace."""
 
 # Special tokens in the same order (and so the same relative ids) as the real Qwen2.5-VL
 # tokenizer, placed right after the trained BPE vocabulary.
@@ -64,8 +80,8 @@ VOCAB_MULTIPLE = 64
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
-MIN_PIXELS = 56 * 56  # 3136
-MAX_PIXELS = 224 * 224  # 50176: anything bigger is shrunk, keeping CPU runs fast
+MIN_PIXELS = 56 * 56  # 3136, as the real checkpoints
+MAX_PIXELS = 224 * 224  # 50176 (real: 12845056): anything bigger is shrunk, keeping CPU runs fast
 
 TEXT_CONFIG: dict[str, Any] = {
     "hidden_size": 64,
@@ -344,7 +360,8 @@ def _finalize_tokenizer_config(work_dir: Path, backend) -> None:
 
 
 def _check_tokenizer(tokenizer, backend) -> None:
-    probe = "<|im_start|>user\n<think>x</think><answer>B</answer><|vision_start|><|image_pad|><|vision_end|>Question: A or B?<|im_end|>"
+    probe = ("<|im_start|>user\n<think>x</think><answer>B</answer>"
+             "<|vision_start|><|image_pad|><|vision_end|>Question: A or B?<|im_end|>")
     if tokenizer(probe).input_ids != backend.encode(probe).ids:
         raise RuntimeError("reloaded tokenizer does not match the trained tokenizer.json")
     for token in SPECIAL_TOKENS:
@@ -482,16 +499,16 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, overwrite: bool = 
         return out_dir
     if out_dir.exists():
         if not out_dir.is_dir():
-            raise FileExistsError(f"{out_dir} exists and is not a directory")
+            raise OutputFolderError(f"{out_dir} exists and is not a directory; pass a folder path")
         if any(out_dir.iterdir()) and not (out_dir / MARKER_FILENAME).exists():
             # Never delete a directory we did not create, unless asked to and it is at
             # least a model checkpoint (guards against e.g. ``--out . --overwrite``).
             if not overwrite:
-                raise FileExistsError(
+                raise OutputFolderError(
                     f"{out_dir} is not empty and was not built by medbridge; pass overwrite to replace it"
                 )
             if not (out_dir / "config.json").exists():
-                raise FileExistsError(
+                raise OutputFolderError(
                     f"{out_dir} is a non-empty directory that is not a model checkpoint; refusing to replace it"
                 )
 
@@ -529,6 +546,7 @@ def _build_into(work: Path, seed: int) -> None:
     processor.save_pretrained(work)
     _finalize_tokenizer_config(work, backend)
     _add_legacy_config_keys(work / "config.json")
+    _write_flat_preprocessor_config(work)
     marker = {
         "builder": "medbridge.tiny_model.build_tiny_qwen2_5_vl",
         "builder_version": TINY_MODEL_VERSION,
@@ -577,6 +595,28 @@ def _add_legacy_config_keys(config_path: Path) -> None:
     config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _write_flat_preprocessor_config(work: Path) -> None:
+    """``preprocessor_config.json`` as the real checkpoints ship it (flat, with min/max_pixels).
+
+    transformers 5 saves the image processor inside ``processor_config.json``; vLLM, older
+    transformers and lmms-eval's ``min_pixels``/``max_pixels`` overrides read this file. Both files
+    state the same limits (``size`` is transformers 5's name for them)."""
+    nested = json.loads((work / "processor_config.json").read_text(encoding="utf-8"))["image_processor"]
+    flat = {
+        "min_pixels": MIN_PIXELS,
+        "max_pixels": MAX_PIXELS,
+        "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
+        "patch_size": PATCH_SIZE,
+        "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+        "merge_size": MERGE_SIZE,
+        "image_mean": nested["image_mean"],
+        "image_std": nested["image_std"],
+        "image_processor_type": nested["image_processor_type"],
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    (work / "preprocessor_config.json").write_text(json.dumps(flat, indent=2) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="medbridge build-tiny-model",
@@ -589,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         path = build_tiny_qwen2_5_vl(args.out, seed=args.seed, overwrite=args.overwrite)
-    except FileExistsError as exc:
+    except OutputFolderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(path)

@@ -8,12 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -21,6 +17,7 @@ from medbridge.tiny_model import (
     MARKER_FILENAME,
     SPECIAL_TOKENS,
     TINY_MODEL_VERSION,
+    OutputFolderError,
     build_tiny_qwen2_5_vl,
     is_complete_checkpoint,
     main,
@@ -81,12 +78,13 @@ def test_checkpoint_layout_and_marker(ckpt):
         "tokenizer_config.json",
         "chat_template.jinja",
         "processor_config.json",
+        "preprocessor_config.json",
         MARKER_FILENAME,
     ):
         assert required in names
     assert not any(n.endswith(".bin") for n in names)  # safetensors only
     marker = json.loads((ckpt / MARKER_FILENAME).read_text())
-    assert marker["builder_version"] == TINY_MODEL_VERSION == "1"
+    assert marker["builder_version"] == TINY_MODEL_VERSION == "3"
     assert marker["seed"] == 0
     total = sum(p.stat().st_size for p in ckpt.iterdir())
     assert total < 20 * 1024 * 1024
@@ -203,6 +201,53 @@ def test_generate_with_image_on_cpu(processor, model):
     assert isinstance(processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)[0], str)
 
 
+def test_generation_config_carries_qwen2_5_vl_sampling_defaults(ckpt):
+    """The real checkpoints' generation_config.json, field for field: what a backend inherits when it
+    does not set every decoding field itself."""
+    saved = json.loads((ckpt / "generation_config.json").read_text())
+    assert {k: saved.get(k) for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")} == {
+        "do_sample": True, "temperature": 0.1, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
+
+
+def test_processor_has_real_checkpoint_pixel_limits_capped_at_224(ckpt, processor):
+    flat = json.loads((ckpt / "preprocessor_config.json").read_text())
+    # Real Qwen2.5-VL: min_pixels 3136, max_pixels 12845056; ours caps at 224x224 for CPU speed.
+    assert (flat["min_pixels"], flat["max_pixels"]) == (3136, 224 * 224)
+    assert (flat["patch_size"], flat["merge_size"], flat["temporal_patch_size"]) == (14, 2, 2)
+    assert flat["image_processor_type"] == "Qwen2VLImageProcessor" and flat["processor_class"] == "Qwen2_5_VLProcessor"
+    nested = json.loads((ckpt / "processor_config.json").read_text())["image_processor"]
+    assert nested["size"] == flat["size"] == {"shortest_edge": 3136, "longest_edge": 224 * 224}
+    size = processor.image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (3136, 224 * 224)
+
+    def grid(side: int, **limits) -> tuple[int, ...]:
+        from transformers import AutoProcessor
+
+        proc = AutoProcessor.from_pretrained(ckpt, **limits) if limits else processor
+        return tuple(proc.image_processor(images=[_image()] if side == 224 else [Image.new("RGB", (side, side))],
+                                          return_tensors="pt")["image_grid_thw"][0].tolist())
+
+    assert grid(224) == (1, 16, 16)  # MedMNIST's 224 px: 64 image tokens
+    assert grid(448) == (1, 16, 16)  # larger images shrink to the cap
+    assert grid(28) == (1, 4, 4)  # smaller ones grow to min_pixels (56x56)
+    assert grid(448, min_pixels=3136, max_pixels=12845056) == (1, 32, 32)  # a caller's limits still win
+
+
+def test_inherited_top_k_collapses_sampling_unless_overridden(processor, model):
+    """The trap the real defaults set: asking only for temperature/top_p keeps the checkpoint's top_k 1,
+    so every sample is the greedy answer; overriding top_k and repetition_penalty brings diversity."""
+    _, inputs = _mcq_inputs(processor)
+
+    def distinct(**decoding) -> int:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=6, num_return_sequences=6, **decoding)
+        return len({tuple(row) for row in out[:, inputs["input_ids"].shape[1]:].tolist()})
+
+    assert distinct(do_sample=True, temperature=0.7, top_p=0.9) == 1
+    assert distinct(do_sample=True, temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.0) > 1
+
+
 def test_sampling_and_multiple_return_sequences(processor, model):
     _, inputs = _mcq_inputs(processor)
     torch.manual_seed(0)
@@ -310,7 +355,7 @@ def test_overwrite_rebuilds_and_foreign_dirs_are_protected(tmp_path, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputFolderError, match="was not built by medbridge"):
         build_tiny_qwen2_5_vl(foreign)
     with pytest.raises(FileExistsError):  # not a checkpoint: never deleted, even with overwrite
         build_tiny_qwen2_5_vl(foreign, overwrite=True)
