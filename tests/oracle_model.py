@@ -2,6 +2,9 @@
 seeded probability p, so Acc@1 and Pass@K have known expected values (p and 1-(1-p)^K).
 
 It is registered by ``run_lmms_eval.py`` in the test's own subprocess, never by the package.
+Rank-aware (harness_ext/backend/distributed.py): under torchrun / accelerate launch each process
+answers its shard, and every answer depends only on (seed, task, document, sample index), so a
+two-process run gives a one-process run's answers.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import random
 from collections import defaultdict
 
 from lmms_eval.api.model import lmms
+from medbridge.harness_ext.backend.distributed import DataParallel
 
 
-class OracleModel(lmms):
+class OracleModel(DataParallel, lmms):
     is_simple = True
 
     def __init__(self, p: float = 0.5, seed: int = 0, **kwargs) -> None:
         super().__init__()
+        self.setup_data_parallel("cpu")
         self.p = float(p)
         self.seed = int(seed)
         self._drawn = defaultdict(int)  # samples already drawn per (task, doc)

@@ -36,7 +36,21 @@ class DataParallel:
         if launcher_world_size() > 1:
             from accelerate import Accelerator
 
-            self.accelerator = Accelerator()
+            on_cpu = str(device) == "cpu" or (device == "auto" and not torch.cuda.is_available())
+            self.accelerator = Accelerator(cpu=on_cpu)
+            if self.accelerator.num_processes == 1 and on_cpu:
+                # lmms-eval's CLI builds Accelerator() before the model; on a machine without a GPU that
+                # settles accelerate's shared state as one process (accelerate forms a CPU process group
+                # only when asked with cpu=True). Rebuild it as the multi-process CPU (gloo) state.
+                from accelerate.state import AcceleratorState
+
+                AcceleratorState._reset_state(reset_partial_state=True)
+                self.accelerator = Accelerator(cpu=True)
+            if self.accelerator.num_processes != launcher_world_size():
+                raise RuntimeError(
+                    f"WORLD_SIZE={launcher_world_size()} but accelerate formed a group of "
+                    f"{self.accelerator.num_processes}; launch with torchrun or accelerate launch"
+                )
             self._rank = self.accelerator.process_index  # global: ranks on other nodes continue the count
             self._world_size = self.accelerator.num_processes
             if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
