@@ -29,9 +29,11 @@ def offline_env(data_root: Path) -> dict[str, str]:
 
 def qwen_cpu_model_args(model_dir: Path) -> str:
     # lmms-eval's default min_pixels upsamples a 224 px image to 448 px; keep MedMNIST's 224 px
-    # (64 visual tokens), which is also what makes the CPU demo quick.
+    # (64 visual tokens, the tiny model's own limits), which is also what makes the CPU demo quick.
+    from medbridge.tiny_model import MAX_PIXELS, MIN_PIXELS
+
     return (f"pretrained={model_dir},device=cpu,device_map=cpu,attn_implementation=sdpa,"
-            "min_pixels=3136,max_pixels=50176")
+            f"min_pixels={MIN_PIXELS},max_pixels={MAX_PIXELS}")
 
 
 def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, batch_size: int = 16,

@@ -26,11 +26,34 @@ def test_demo_runs_lmms_eval_on_all_twelve_datasets(tmp_path):
     for task in SAMPLED_TASKS:
         assert "pass_at_16,none" in results["results"][task], task
     assert results["n-samples"]["medmnist_mcq_chest"]["effective"] == 14  # one image per finding
-    assert "Qwen2_5_VL" in json.dumps(results.get("config", {})) or "qwen2_5_vl" in json.dumps(results.get("config", {}))
+    config = json.dumps(results.get("config", {}))
+    assert "Qwen2_5_VL" in config or "qwen2_5_vl" in config
     for line in ("medmnist_mcq_retina", "medmnist overall", "Pass@16", "lmms-eval results:"):
         assert line in proc.stdout
     index = Path(proc.stdout.split("leaderboard: ")[-1].split()[0])
     page = index.read_text()
     assert index.name == "index.html" and "Table 2: Acc@1 per MedMNIST dataset" in page and "oct Acc@1" in page
     summary = json.loads(Path(proc.stdout.split("medbridge summary: ")[1].split()[0]).read_text())
-    assert set(summary["groups"]) == {"medmnist radiology", "medmnist microscopy", "medmnist photography", "medmnist overall"}
+    assert set(summary["groups"]) == {"medmnist radiology", "medmnist microscopy", "medmnist photography",
+                                      "medmnist overall"}
+
+
+def test_demo_help_and_argument_checks(capsys):
+    from medbridge.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0 and "--max-new-tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--test-per-class", "0"])
+    assert done.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_runs_lmms_eval_through_the_shared_builder_at_224_px():
+    from medbridge.harness_ext import lmms_eval_cli
+
+    from medbridge import demo
+
+    assert demo.lmms_eval_command is lmms_eval_cli.lmms_eval_command  # one builder for demo, training, tests
+    args = dict(kv.split("=", 1) for kv in demo.qwen_cpu_model_args(Path("/m")).split(","))
+    assert (args["min_pixels"], args["max_pixels"], args["device"]) == ("3136", "50176", "cpu")
