@@ -73,7 +73,8 @@ def _cmd_data_medmnist(args: argparse.Namespace) -> int:
     from medbridge.tasks.medmnist.catalog import SETS
     from medbridge.tasks.medmnist.data import default_root
 
-    root = folder_to_write(args.root, "--root") if args.root else default_root()
+    root = folder_to_write(args.root, "--root") if args.root else \
+        folder_to_write(default_root(), "MEDBRIDGE_MEDMNIST_ROOT")
     flags = args.flags or [s.flag for s in SETS]
     for flag in flags:
         n_images = download_medmnist(flag, root)

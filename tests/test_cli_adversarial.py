@@ -120,6 +120,13 @@ def test_adversarial_setting_error_names_the_variable(capsys, monkeypatch):
     assert "MEDBRIDGE_JUDGE_TIMEOUT='soon'" in err and "Traceback" not in err
 
 
+def test_adversarial_data_root_variable_that_is_a_file_is_named(capsys, bad_inputs, monkeypatch):
+    monkeypatch.setenv("MEDBRIDGE_MEDMNIST_ROOT", str(bad_inputs["file"]))
+    code, _, err = run_cli(capsys, ["data", "medmnist", "--flags", "breast"])
+    assert code == USER_ERROR_EXIT and f"MEDBRIDGE_MEDMNIST_ROOT {bad_inputs['file']}" in err
+    assert "Traceback" not in err
+
+
 def test_adversarial_judge_serve_missing_python(capsys):
     code, _, err = run_cli(capsys, ["judge", "serve", "--model", "m", "--vllm-python", "/nope/python"])
     assert code == USER_ERROR_EXIT and "/nope/python" in err and "Traceback" not in err
