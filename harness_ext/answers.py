@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # Recorded next to every score; bump whenever a rule below changes what is extracted.
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"  # 2: disagreeing final <answer> tags give None; only the tail is read
 
 # ---------------------------------------------------------------------------------
 # Regexes (all precompiled; see module docstring for why each is linear-time).
@@ -172,6 +172,14 @@ _ATTACH_MAX = 400
 _LIST_MAX = 200
 _MAX_EXPLICIT = 256
 _MAX_OCCURRENCES = 5000
+# Only the response's tail is read: the final answer closes a reasoning trace, and bounding the
+# input bounds the time (600 KB of U+FDFA once took seconds). 8,000 characters hold the answer tag
+# and the closing sentences of any trace; the cleaned text is capped again because NFKC can expand
+# one character into eighteen.
+_TAIL_CHARS = 8000
+_CLEAN_MAX = 8000
+# Final answer tags compared for disagreement (the last ones outside the reasoning).
+_MAX_FINAL_SPANS = 8
 
 # Returned by the piece parser when it found no candidate at all (as opposed to an
 # ambiguous/invalid one, which is a final None).
@@ -270,6 +278,8 @@ def _pick_span(
 def _clean(s: str) -> str:
     """Remove formatting that wraps an answer without changing it."""
     s = unicodedata.normalize("NFKC", s)  # full-width letters, ligatures, odd spaces
+    if len(s) > _CLEAN_MAX:  # an expanded tail is noise; keep its end, where an answer would be
+        s = s[-_CLEAN_MAX:]
     s = _ZERO_WIDTH_RE.sub("", s)
     s = _CTRL_RE.sub(" ", s)
     s = _SPECIAL_TOKEN_RE.sub(" ", s)
@@ -586,12 +596,22 @@ def _extract(response: str, options: Mapping[str, str]) -> str | None:
     if prepared is None or not isinstance(response, str):
         return None
     keys, texts = prepared
+    if len(response) > _TAIL_CHARS:
+        # A head cut off mid-reasoning leaves a bare </think>, which closes reasoning that started
+        # at the beginning of the (cut) text: drafts in it stay reasoning.
+        response = response[-_TAIL_CHARS:]
     regions, spans = _structure(response)
     span, is_draft = _pick_span(spans, regions)
     if span is not None and not is_draft:
         # An answer tag outside the reasoning is final: read only inside it and never
-        # fall back to the reasoning, even when it is empty or ambiguous.
-        res = _parse_piece(response[span[1] : span[2]], keys, texts)
+        # fall back to the reasoning, even when it is empty or ambiguous. Several final
+        # tags that name different options are no single answer.
+        starts = [r[0] for r in regions]
+        finals = [s for s in spans if not _in_regions(s[0], regions, starts)][-_MAX_FINAL_SPANS:]
+        results = [_parse_piece(response[s[1] : s[2]], keys, texts) for s in finals]
+        if len({r for r in results if isinstance(r, str)}) > 1:
+            return None
+        res = results[-1]
         return None if res is _NOTHING else res
     remainder = _outside_regions(response, regions)
     if remainder.strip():

@@ -140,12 +140,14 @@ CASES = [
         CXR,
         "C",
     ),
-    ("two-final-tags-last-wins", T + "<answer>A</answer>\n<answer>D</answer>", CXR, "D"),
+    # Two final answers that name different options are no single answer (issue 11).
+    ("two-final-tags-disagree", T + "<answer>A</answer>\n<answer>D</answer>", CXR, None),
     ("draft-in-think-then-free-text", "<think>draft <answer>A</answer></think>The answer is C.", CXR, "C"),
     ("draft-in-think-only", "<think>so the answer is <answer>D</answer></think>", CXR, "D"),
     ("unclosed-answer", T + "<answer>B", BREAST, "B"),
     ("unclosed-answer-text", T + "<answer>C. Pleural eff", CXR, "C"),
-    ("unclosed-answer-after-complete", T + "<answer>A</answer><answer>C", CXR, "C"),
+    # A complete final answer and an unclosed one that disagree: no single answer (issue 11).
+    ("unclosed-answer-after-complete", T + "<answer>A</answer><answer>C", CXR, None),
     ("unclosed-think-then-answer", "<think>reasoning without closing<answer>D</answer>", CXR, "D"),
     ("unclosed-think-truncated", "<think>The answer is B because", CXR, None),
     ("orphan-close-think", "The answer is A, wait.</think>\n<answer>C</answer>", CXR, "C"),
@@ -240,7 +242,7 @@ def test_table_is_large_and_ids_unique():
 
 
 def test_version_is_string():
-    assert isinstance(EXTRACTOR_VERSION, str) and EXTRACTOR_VERSION == "1"
+    assert isinstance(EXTRACTOR_VERSION, str) and EXTRACTOR_VERSION == "2"
 
 
 @pytest.mark.parametrize("bad", [None, 3, b"<answer>A</answer>", ["A"], object()])
@@ -572,3 +574,39 @@ def test_property_strict_format(data, think, answer, ws, mutation):
     if mutation is None:
         t, a = split_think_answer(response)
         assert t == think.strip() and a == answer.strip()
+
+
+# ---------------------------------------------------------------------------------
+# Several final answers; bounded reading of huge responses
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("response, expected", [
+    (T + "<answer>A</answer> <answer>B</answer>", None),  # two final answers that disagree
+    (T + "<answer>B</answer>\n<answer>Malignant</answer>", None),  # a letter vs another option's text
+    (T + "<answer>A</answer> <answer>Malignant</answer>", "A"),  # the same option twice
+    (T + "<answer>B</answer><answer>B</answer>", "B"),
+    ("<think><answer>A</answer> no, wait</think><answer>B</answer>", "B"),  # a draft in the reasoning is no rival
+])
+def test_several_final_answers_must_agree(response, expected):
+    options = {"A": "Malignant", "B": "Normal or benign"}
+    assert extract_choice(response, options) == expected
+
+
+@pytest.mark.parametrize("name, response, expected", [
+    ("adversarial-600kb-nfkc", "\ufdfa" * 600_000, None),
+    ("adversarial-600kb-nfkc-then-answer", "\ufdfa" * 600_000 + "<answer>B</answer>", "B"),
+    ("adversarial-600kb-in-answer", "<answer>" + "\ufdfa" * 600_000 + "B</answer>", None),
+    ("adversarial-600kb-letters", "A or B " * 90_000, None),
+    ("adversarial-huge-trace-then-answer", "<think>" + "The margins look smooth. " * 40_000 + "</think><answer>B</answer>", "B"),
+    # The head (with <think>) is cut off: the bare </think> still closes the reasoning, so the draft
+    # inside it is not read as the answer.
+    ("adversarial-cut-think-draft", "<think>" + "x " * 40_000 + "<answer>A</answer></think> The answer is B.", "B"),
+])
+def test_adversarial_huge_responses_are_read_in_milliseconds(name, response, expected):
+    options = {"A": "Malignant", "B": "Normal or benign"}
+    start = time.perf_counter()
+    result = extract_choice(response, options)
+    elapsed = time.perf_counter() - start
+    assert result == expected
+    assert elapsed < 0.25, f"{name} took {elapsed:.3f}s"
