@@ -87,30 +87,6 @@ def majority_correct(choices: Sequence[str | None], answer: str) -> float:
     return 1.0 / len(leaders) if answer in leaders else 0.0
 
 
-def bootstrap_ci(
-    values: Sequence[float],
-    statistic: Callable[[np.ndarray], float] = np.mean,
-    *,
-    iters: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic`` over items (resampling items, not samples)."""
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return (math.nan, math.nan)
-    if arr.size == 1:
-        return (float(arr[0]), float(arr[0]))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arr.size, size=(iters, arr.size))
-    if statistic is np.mean:
-        stats = arr[idx].mean(axis=1)
-    else:
-        stats = np.array([statistic(arr[row]) for row in idx])
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return (float(lo), float(hi))
-
-
 # ---------------------------------------------------------------- per-item records
 # A record is what a task's process_results returns for one item:
 #   {"item_id", "dataset", "answer", "options": {letter: text}, "choices": [letter|None per sample],
@@ -232,11 +208,3 @@ def mean_metric(records: Sequence[Mapping[str, Any]], name: str) -> float:
         return math.nan
     fn = ITEM_METRICS[name]
     return float(np.mean([fn(r) for r in records]))
-
-
-def metric_with_ci(records: Sequence[Mapping[str, Any]], name: str, *, iters: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Point estimate and 95% percentile-bootstrap CI over items."""
-    fn = ITEM_METRICS[name]
-    per_item = [fn(r) for r in records]
-    lo, hi = bootstrap_ci(per_item, iters=iters, seed=seed)
-    return {"value": float(np.mean(per_item)) if per_item else math.nan, "ci_low": lo, "ci_high": hi, "n": len(per_item)}

@@ -155,7 +155,7 @@ def rescore_run(run: Run) -> dict[str, list[dict[str, Any]]]:
 
 # ------------------------------------------------------------------ summaries
 
-REQUEST_FAILED = "request_failed"  # the backend got no answer: not the model's fault, never scored
+REQUEST_FAILED = metrics.REQUEST_FAILED  # the backend got no answer: not the model's fault, never scored
 
 
 def _by_dataset(records: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -170,7 +170,7 @@ def _by_dataset(records: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[s
 
 def failed_requests(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, int]:
     """task -> number of items with at least one ``request_failed`` sample (tasks with none left out)."""
-    counts = {task: sum(REQUEST_FAILED in (r.get("outcomes") or ()) for r in recs) for task, recs in records.items()}
+    counts = {task: sum(map(metrics.has_request_failure, recs)) for task, recs in records.items()}
     return {task: n for task, n in sorted(counts.items()) if n}
 
 
@@ -193,9 +193,7 @@ def check_requests(
             "or pass --allow-partial to score only the items that were answered "
             "(the count is shown beside the numbers)."
         )
-    kept = {
-        task: [r for r in recs if REQUEST_FAILED not in (r.get("outcomes") or ())] for task, recs in records.items()
-    }
+    kept = {task: metrics.scorable(recs) for task, recs in records.items()}
     return {task: recs for task, recs in kept.items() if recs}, failed
 
 
@@ -209,7 +207,7 @@ def _bad_record(task: str, index: int, rec: Any) -> str | None:
     outcomes = rec.get("outcomes")
     if not isinstance(outcomes, list) or not all(isinstance(o, str) for o in outcomes):
         return f"item {item}: outcomes must be a list of strings"
-    known = set(metrics.OUTCOMES) | {REQUEST_FAILED}
+    known = set(metrics.OUTCOMES)
     unknown = sorted(set(outcomes) - known)
     if unknown:
         return f"item {item}: unknown outcome(s) {unknown} (known: {', '.join(sorted(known))})"
@@ -262,27 +260,16 @@ def check_sample_counts(task: str, recs: Sequence[Mapping[str, Any]]) -> int:
 
 def sampling_diversity(recs: Sequence[Mapping[str, Any]]) -> float | None:
     """Mean number of distinct responses per item of a sampled task; None when unrecorded."""
-    own = getattr(metrics, "sampling_diversity", None)
-    if own is not None:
-        try:
-            value = own(recs)
-        except (KeyError, TypeError, ValueError):
-            value = None
-        return None if value is None or not math.isfinite(value) else float(value)
-    have = [float(r["distinct"]) for r in recs if isinstance(r.get("distinct"), (int, float))]
-    return float(np.mean(have)) if have else None
+    value = metrics.sampling_diversity(recs)
+    return None if math.isnan(value) else value
 
 
 def is_collapsed(recs: Sequence[Mapping[str, Any]]) -> bool | None:
-    """True when a sampled task's samples are all the same response (Pass@K then equals Acc@1 and
-    says nothing about support); None when the records do not say how diverse they were."""
-    own = getattr(metrics, "is_collapsed", None)
-    if own is not None and any("distinct" in r for r in recs):
-        return bool(own(recs))
-    diversity = sampling_diversity(recs)
-    if diversity is None or not any(int(r["n"]) > 1 for r in recs):
+    """True when a sampled task's samples are (nearly) all one response per item (Pass@K then
+    equals Acc@1 and says nothing about support); None when the records do not say."""
+    if sampling_diversity(recs) is None:
         return None
-    return diversity <= 1.0
+    return metrics.is_collapsed(recs)
 
 
 def _item_values(recs: Sequence[Mapping[str, Any]], name: str) -> dict[str, float]:

@@ -288,7 +288,7 @@ def judge_of(
     if from_records:
         model, prompt = sorted(from_records, key=str)[0] if len(from_records) == 1 else ("mixed", "mixed")
     else:
-        model = jmeta.get("model") or meta.get("judge_model")
+        model = jmeta.get("judge_id") or jmeta.get("model") or meta.get("judge_model")
         prompt = jmeta.get("prompt_version") or meta.get("judge_prompt_version")
     if not judged and not from_records:
         return None, None
