@@ -1,12 +1,10 @@
 import json
-import zipfile
 
 import numpy as np
 import pytest
-
 from medbridge.tasks.medmnist import data
 from medbridge.tasks.medmnist.catalog import MODALITIES, SETS, get_set
-from medbridge.tasks.medmnist.fixtures import build_all, build_medmnist_fixture
+from medbridge.tasks.medmnist.fixtures import build_all
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +123,47 @@ def test_missing_key_error(tmp_path):
 def test_bad_per_class_value(root):
     with pytest.raises(ValueError, match="positive integer or 'all'"):
         data.resolve_per_class("lots")
+
+
+def _write_npz(path, images, labels):
+    arrays = {f"{s}_images": images for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": labels for s in ("train", "val", "test")})
+    np.savez(path, **arrays)
+
+
+def test_adversarial_zero_d_image_array_is_a_layout_error(tmp_path):
+    _write_npz(data.npz_path("octmnist", tmp_path), np.array(7, np.uint8), np.zeros((1, 1), np.int64))
+    with pytest.raises(data.MedMNISTFileError, match="0-d array") as err:
+        data.load_split("octmnist", "test", tmp_path)
+    assert "octmnist_224.npz" in str(err.value) and "0-d" in str(err.value)
+
+
+@pytest.mark.parametrize("bad_value", [2, -1, 255])
+def test_adversarial_chest_labels_must_be_zero_or_one(tmp_path, bad_value):
+    labels = np.zeros((2, 14), np.int64)
+    labels[0, 3] = 1
+    labels[1, 5] = bad_value  # a shifted (2), negative or overflowed (255) multi-hot label
+    _write_npz(data.npz_path("chestmnist", tmp_path), np.zeros((2, 224, 224), np.uint8), labels)
+    with pytest.raises(data.MedMNISTFileError, match=rf"must be 0/1 per finding, found \[{bad_value}\]") as err:
+        data.load_split("chestmnist", "test", tmp_path)
+    assert "chestmnist_224.npz" in str(err.value)
+
+
+def test_adversarial_empty_split_is_an_error_not_an_empty_task(tmp_path):
+    _write_npz(data.npz_path("pneumoniamnist", tmp_path), np.zeros((0, 224, 224), np.uint8), np.zeros((0, 1), np.int64))
+    with pytest.raises(data.MedMNISTFileError, match=r"'test_images' is empty \(0 images\).*pneumoniamnist_224.npz"):
+        data.build_items("pneumoniamnist", "test", root=tmp_path)
+
+
+def test_adversarial_chest_split_without_single_finding_images_is_an_error(tmp_path):
+    labels = np.zeros((3, 14), np.int64)
+    labels[1, [0, 1]] = 1  # no image has exactly one finding
+    _write_npz(data.npz_path("chestmnist", tmp_path), np.zeros((3, 224, 224), np.uint8), labels)
+    with pytest.raises(data.MedMNISTFileError, match=r"no test image of .*chestmnist_224.npz has a single answer"):
+        data.build_items("chestmnist", "test", root=tmp_path)
+
+
+def test_file_errors_are_user_errors():
+    from medbridge.harness_ext.errors import MedbridgeError
+
+    assert issubclass(data.MedMNISTFileError, MedbridgeError)

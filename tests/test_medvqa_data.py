@@ -244,3 +244,69 @@ def test_yaml_files_pointer_files_and_report_groups_agree_with_the_catalog():
     assert all(m["weight_by_size"] is False and m["aggregation"] == "mean" for m in group["aggregate_metric_list"])
     assert report_groups() == {"medvqa average": [s.task for s in SETS]}
     assert [s.title for s in SETS] == ["PMC-VQA", "MMMU (medical)", "MedXpertQA-MM", "PathVQA", "SLAKE", "VQA-RAD"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile rows: errors name the row and the field, and are skippable bad rows, never crashes
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"A": {"B": {"C": "x"}}, "B": "No"}', "option text of ['A'] is not a string (nested JSON"),
+    ('{"A": "Yes", "B": "  "}', "option text of ['B'] is empty"),
+    ('{"A": "Yes", "B": "No", "C": " yes "}', "options A and C have the same text 'yes'"),
+    ('{"A": "Pleural  effusion", "B": "pleural effusion"}', "options A and B have the same text"),
+])
+def test_adversarial_options_are_bad_rows(raw, reason):
+    with pytest.raises(data.BadRow, match=reason.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")):
+        data.parse_options(raw)
+
+
+def _with_rows(src: Path, dst: Path, changes: dict[int, dict]) -> Path:
+    """A copy of the fixture source with some rows' fields replaced (row position -> field -> value)."""
+    table = pq.read_table(src / "data" / "test-00000-of-00001.parquet")
+    rows = table.to_pylist()
+    for pos, fields in changes.items():
+        rows[pos].update(fields)
+    import pyarrow as pa
+
+    (dst / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), dst / "data" / "test-00000-of-00001.parquet")
+    return dst
+
+
+def test_adversarial_nested_options_row_is_skippable_not_a_recursion_error(tmp_path):
+    src = build_medvqa_fixture(tmp_path / "eval", {"vqarad": 3})
+    hostile = _with_rows(src, tmp_path / "hostile", {1: {"options": "[" * 50_000 + "]" * 50_000}})
+    with pytest.raises(data.MedVQADataError, match=r"1 bad row\(s\) in VQA-RAD.*vqa_rad_closed/\d+: options JSON is nested"):
+        data.build_items("vqarad", source=hostile, subset="full")
+    items, info = data.build_items("vqarad", source=hostile, subset="full", skip_bad=True)
+    assert len(items) == 2 and len(info.skipped) == 1
+
+
+def test_adversarial_image_path_resolves_only_inside_the_dataset_folder(tmp_path):
+    src = build_medvqa_fixture(tmp_path / "eval", {"vqarad": 3})
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(answer_image("A", "vqarad"))
+    inside = src / "images" / "ok.png"
+    inside.parent.mkdir()
+    inside.write_bytes(answer_image("B", "vqarad"))
+    escape = [{"bytes": None, "path": "../secret.png"}]
+    absolute = [{"bytes": None, "path": str(secret)}]
+    relative_ok = [{"bytes": None, "path": "images/ok.png"}]
+    hostile = _with_rows(src, tmp_path / "eval2", {0: {"images": escape}, 1: {"images": absolute},
+                                                   2: {"images": relative_ok}})
+    (hostile / "images").mkdir()
+    (hostile / "images" / "ok.png").write_bytes(inside.read_bytes())
+    (tmp_path / "secret.png").write_bytes(secret.read_bytes())
+    with pytest.raises(data.MedVQADataError) as err:
+        data.build_items("vqarad", source=hostile, subset="full")
+    msg = str(err.value)
+    assert msg.startswith("2 bad row(s) in VQA-RAD")
+    assert "path '../secret.png' points outside the dataset folder" in msg
+    assert f"path {str(secret)!r} points outside the dataset folder" in msg
+    items, _ = data.build_items("vqarad", source=hostile, subset="full", skip_bad=True)
+    assert len(items) == 1 and items[0]["images"][0]["bytes"] == inside.read_bytes()
+    # A hub source never reads a bare path from the local disk.
+    with pytest.raises(data.BadRow, match="not found in the dataset folder"):
+        data.checked_image({"bytes": None, "path": str(secret)}, 0, None)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from medbridge.harness_ext import settings
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt, lettered
 from medbridge.harness_ext.subsets import seed_from_env, size_from_env
 from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
@@ -30,7 +31,7 @@ SEED_ENV = "MEDBRIDGE_MEDMNIST_SEED"
 DOWNLOAD_ENV = "MEDBRIDGE_MEDMNIST_DOWNLOAD"  # "1": let medmnist download (with its MD5 check)
 
 
-class MedMNISTFileError(RuntimeError):
+class MedMNISTFileError(MedbridgeError, RuntimeError):
     """A MedMNIST file is missing, unreadable, or not in the official layout."""
 
 
@@ -87,14 +88,24 @@ def load_split(name_or_flag: str, split: str = "test", root: str | Path | None =
 
 def _check_arrays(spec: MedMNISTSet, split: str, images: np.ndarray, labels: np.ndarray, hint: str) -> None:
     want_img = (SIZE, SIZE, 3) if spec.rgb else (SIZE, SIZE)
-    problems = []
-    if images.dtype != np.uint8 or tuple(images.shape[1:]) != want_img:
-        problems.append(f"'{split}_images' is {images.dtype} {images.shape}")
     n_labels = spec.n_classes if spec.rule == "multilabel_exactly_one" else 1
-    if labels.ndim != 2 or labels.shape[1] != n_labels or labels.shape[0] != images.shape[0]:
+    images, labels = np.asarray(images), np.asarray(labels)
+    problems = []
+    if images.ndim != len(want_img) + 1:
+        # A 0-d or flat array has no images to index (and no shape[0] to compare).
+        problems.append(f"'{split}_images' is a {images.ndim}-d array {images.shape}, not N x {' x '.join(map(str, want_img))}")
+    elif images.dtype != np.uint8 or tuple(images.shape[1:]) != want_img:
+        problems.append(f"'{split}_images' is {images.dtype} {images.shape}")
+    elif images.shape[0] == 0:
+        problems.append(f"'{split}_images' is empty (0 images): the split has nothing to evaluate")
+    if labels.ndim != 2 or labels.shape[1] != n_labels or (images.ndim >= 1 and labels.shape[0] != images.shape[0]):
         problems.append(f"'{split}_labels' has shape {labels.shape}")
     elif not np.issubdtype(labels.dtype, np.integer):
         problems.append(f"'{split}_labels' is {labels.dtype}, not integer")
+    elif spec.rule == "multilabel_exactly_one" and labels.size and (labels.min() < 0 or labels.max() > 1):
+        # Multi-hot findings: anything but 0/1 is a shifted or overflowed label, not a finding.
+        bad = sorted({int(v) for v in np.unique(labels) if v not in (0, 1)})[:5]
+        problems.append(f"'{split}_labels' must be 0/1 per finding, found {bad}")
     elif spec.rule != "multilabel_exactly_one" and labels.size and (labels.min() < 0 or labels.max() >= spec.n_classes):
         problems.append(f"'{split}_labels' holds classes outside 0..{spec.n_classes - 1}")
     if problems:
@@ -176,8 +187,13 @@ def build_items(name_or_flag: str, split: str = "test", *, root: str | Path | No
     info = SubsetInfo(resolve_per_class(per_class), resolve_seed(seed))
     y = single_labels(spec, labels)
     question = question_text(spec)
+    chosen = balanced_indices(spec, labels, info.per_class, info.seed)
+    if chosen.size == 0:
+        raise MedMNISTFileError(
+            f"no {split} image of {npz_path(spec.flag, root if root is not None else default_root())} has a "
+            f"single answer ({spec.rule} rule): the task would be empty. Check the file's '{split}_labels'.")
     items = []
-    for idx in balanced_indices(spec, labels, info.per_class, info.seed):
+    for idx in chosen:
         idx = int(idx)
         order = option_order(spec, idx, info.seed)
         options = lettered([spec.classes[c] for c in order])

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from medbridge.harness_ext import settings
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
 from medbridge.harness_ext.subsets import seed_from_env, size_from_env
 from medbridge.tasks.medvqa.catalog import HUB_ID, HUB_SPLIT, MedVQASet, get_set
@@ -38,7 +39,7 @@ REQUIRED_COLUMNS = ("images", "question", "options", "answer_label", "dataset_na
 LETTERS = frozenset(string.ascii_uppercase)
 
 
-class MedVQADataError(ValueError):
+class MedVQADataError(MedbridgeError, ValueError):
     """The source is unreadable, lacks columns or a benchmark, or holds bad rows."""
 
 
@@ -146,6 +147,8 @@ def parse_options(raw: Any) -> dict[str, str]:
         options = json.loads(raw)
     except json.JSONDecodeError as err:
         raise BadRow(f"options is not valid JSON ({err.msg} at char {err.pos}): {raw[:80]!r}") from None
+    except RecursionError:  # thousands of nested brackets: hostile or broken, never an option list
+        raise BadRow(f"options JSON is nested too deeply to be an object letter -> text: {raw[:40]!r}...") from None
     if not isinstance(options, dict):
         raise BadRow(f"options JSON is a {type(options).__name__}, not an object letter -> text")
     if not options:
@@ -155,21 +158,48 @@ def parse_options(raw: Any) -> dict[str, str]:
         raise BadRow(f"option keys must be single letters A-Z, got {bad_keys}")
     bad_values = [k for k, v in options.items() if not isinstance(v, str)]
     if bad_values:
-        raise BadRow(f"option text of {bad_values} is not a string")
+        raise BadRow(f"option text of {bad_values} is not a string (nested JSON is not an option)")
+    empty = [k for k, v in options.items() if not v.strip()]
+    if empty:
+        raise BadRow(f"option text of {empty} is empty")
+    seen: dict[str, str] = {}
+    for key, text in options.items():
+        norm = " ".join(text.split()).casefold()
+        if norm in seen:
+            # Two letters with one text: a right answer could not be told from a wrong one.
+            raise BadRow(f"options {seen[norm]} and {key} have the same text {text.strip()!r}")
+        seen[norm] = key
     return options
 
 
-def checked_image(image: Any, k: int) -> dict[str, Any]:
-    """The image's bytes after a full decode (a truncated file fails here, not mid-run)."""
+def _image_file(path: str, base: Path | None, k: int) -> Path | None:
+    """The file an image's ``path`` names, only inside the dataset's own folder ``base``."""
+    if base is None:
+        return None  # a hub source stores bytes; a bare path there names nothing we may read
+    root = base.resolve()
+    candidate = (root / path).resolve()
+    if not candidate.is_relative_to(root):
+        raise BadRow(f"image {k} path {path!r} points outside the dataset folder {root}; "
+                     "image paths must be relative to it")
+    return candidate if candidate.is_file() else None
+
+
+def checked_image(image: Any, k: int, base: Path | None = None) -> dict[str, Any]:
+    """The image's bytes after a full decode (a truncated file fails here, not mid-run).
+
+    Without stored bytes, ``path`` is read relative to the local source folder ``base`` and only
+    inside it (an absolute path or ``..`` that leaves it is a bad row)."""
     from PIL import Image
 
     if not isinstance(image, dict):
         raise BadRow(f"image {k} is missing")
     data, path = image.get("bytes"), image.get("path")
-    if data is None and path and Path(path).is_file():
-        data = Path(path).read_bytes()
+    if data is None and path:
+        found = _image_file(str(path), base, k)
+        if found is not None:
+            data = found.read_bytes()
     if data is None:
-        raise BadRow(f"image {k} is missing (no bytes, path {path!r} not found)")
+        raise BadRow(f"image {k} is missing (no bytes, path {path!r} not found in the dataset folder)")
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -178,8 +208,8 @@ def checked_image(image: Any, k: int) -> dict[str, Any]:
     return {"bytes": data, "path": path or f"image_{k}"}
 
 
-def row_to_item(row: dict[str, Any], spec: MedVQASet) -> dict[str, Any]:
-    """One checked item (images as stored bytes), or BadRow."""
+def row_to_item(row: dict[str, Any], spec: MedVQASet, base: Path | None = None) -> dict[str, Any]:
+    """One checked item (images as stored bytes), or BadRow. ``base``: the local source folder."""
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         raise BadRow("question is empty")
@@ -191,7 +221,7 @@ def row_to_item(row: dict[str, Any], spec: MedVQASet) -> dict[str, Any]:
     images = row.get("images") or []
     if not images:
         raise BadRow("the row has no image")
-    images = [checked_image(im, k) for k, im in enumerate(images)]
+    images = [checked_image(im, k, base) for k, im in enumerate(images)]
     if not isinstance(row.get("dataset_index"), int):
         raise BadRow(f"dataset_index is {row.get('dataset_index')!r}, not an integer")
     return {
@@ -259,6 +289,8 @@ def build_items(
     skip = resolve_skip_bad(skip_bad)
     ds = load_source(src, split, settings.get_str(REVISION_ENV))
     rows = benchmark_rows(ds, spec, src)
+    local = Path(src).expanduser()
+    base = local if local.is_dir() else None
 
     items: list[dict[str, Any]] = []
     bad: list[tuple[str, str]] = []
@@ -267,7 +299,7 @@ def build_items(
             break
         row = ds[pos].to_pylist()[0]
         try:
-            items.append(row_to_item(row, spec))
+            items.append(row_to_item(row, spec, base))
         except BadRow as err:
             bad.append((item_id_of(row, spec), str(err)))
         except Exception as err:  # a malformed value we did not foresee: still name the item
