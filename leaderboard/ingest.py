@@ -234,12 +234,14 @@ def task_provenance(results: Mapping[str, Any], task: str, records: Sequence[Map
     cfg = ((results.get("configs") or {}).get(task) or {}) if isinstance(results.get("configs"), Mapping) else {}
     kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), Mapping) else {}
     subsets = sorted({str(r["subset"]) for r in records if r.get("subset") is not None})
+    sources = sorted({str(r["source"]) for r in records if r.get("source") is not None})
     data = {
         "path": cfg.get("dataset_path"),
         "name": cfg.get("dataset_name"),
         "revision": kwargs.get("revision"),
         "files": _scrub(kwargs.get("data_files")),
         "subset": subsets[0] if len(subsets) == 1 else (subsets or None),
+        "source": sources[0] if len(sources) == 1 else (sources or None),
     }
     return {
         "backend": str(config.get("model") or "unrecorded"),
