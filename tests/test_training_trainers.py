@@ -381,7 +381,8 @@ def test_care_resume_gives_the_same_policy_and_ema_reference(tiny_model_dir, med
         for a, b in zip(straight.care_ref_model.parameters(), resumed.care_ref_model.parameters())
     )
     print(
-        f"resume: policy moved {moved:.3g}; straight vs resumed: policy {policy_gap:.3g}, EMA {ema_gap:.3g}, ref {ref_gap:.3g}"
+        f"resume: policy moved {moved:.3g}; straight vs resumed: policy {policy_gap:.3g}, "
+        f"EMA {ema_gap:.3g}, ref {ref_gap:.3g}"
     )
     # Seen here: all three 0 (bit-identical on the CPU); the tolerance leaves room for other kernels.
     assert max(policy_gap, ema_gap, ref_gap) <= 1e-3 * moved
