@@ -72,7 +72,7 @@ class JudgeConfig:
     deadline_s: float = 7200.0  # all judging of one run (one pool); 0: no deadline
     breaker_failures: int = 5  # verdicts failed in a row (after retries) that open the breaker; 0: off
     max_tokens: int = 16
-    cache_path: str | None = None  # None: the default path; "off": no cache
+    cache_path: str | None = None  # None: the default path; "off" (or ""): no cache
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -93,7 +93,7 @@ class JudgeConfig:
 
     @property
     def cache_enabled(self) -> bool:
-        return (self.cache_path or "").strip().lower() not in ("off", "none", "0")
+        return self.cache_path is None or self.cache_path.strip().lower() not in ("", "off", "none", "0")
 
     @classmethod
     def resolve(
