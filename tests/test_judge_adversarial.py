@@ -230,6 +230,8 @@ def test_adversarial_task_metadata_url_never_gets_the_environment_key(tmp_path):
 
 
 def test_adversarial_bad_settings_name_their_source():
+    with pytest.raises(MedbridgeError, match="not an http"):
+        JudgeConfig.resolve(explicit={"base_url": "garbage", "model": "m"}, env={})
     with pytest.raises(MedbridgeError, match="MEDBRIDGE_JUDGE_CONCURRENCY"):
         JudgeConfig.resolve(env={"MEDBRIDGE_JUDGE_CONCURRENCY": "many"})
     with pytest.raises(MedbridgeError, match="task metadata judge timeout_s"):

@@ -82,6 +82,11 @@ class JudgeConfig:
                 f"judge mode {self.mode!r} needs a judge base_url and model "
                 "(set MEDBRIDGE_JUDGE_BASE_URL and MEDBRIDGE_JUDGE_MODEL)"
             )
+        if self.base_url and not self.base_url.strip().lower().startswith(("http://", "https://")):
+            raise SettingError(
+                f"judge base_url {self.base_url!r} is not an http(s) URL "
+                "(MEDBRIDGE_JUDGE_BASE_URL or --base-url, e.g. http://127.0.0.1:8000/v1)"
+            )
         if self.concurrency < 1 or self.max_attempts < 1:
             raise SettingError("judge concurrency and max_attempts must be >= 1")
         if self.timeout_s <= 0 or self.deadline_s < 0 or self.breaker_failures < 0:
