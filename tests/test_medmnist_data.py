@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from medbridge.tasks.medmnist import data
 from medbridge.tasks.medmnist.catalog import MODALITIES, SETS, get_set
-from medbridge.tasks.medmnist.fixtures import build_all
+from medbridge.tasks.medmnist.fixtures import build_all, build_medmnist_fixture
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,61 @@ def test_file_errors_are_user_errors():
     from medbridge.harness_ext.errors import MedbridgeError
 
     assert issubclass(data.MedMNISTFileError, MedbridgeError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lazy images: a memory-mapped cache next to the npz, decoded per doc
+
+
+def test_images_are_read_lazily_from_a_stamped_memory_mapped_cache(tmp_path):
+    import os
+
+    build_all(tmp_path, test_per_class=2, train_per_class=1, val_per_class=1)
+    npz = data.npz_path("dermamnist", tmp_path)
+    images, labels = data.load_split("dermamnist", "test", tmp_path)
+    assert isinstance(images, np.memmap) and images.mode == "r"
+    npy, stamp_path = data.cache_paths(npz, "test")
+    stamp = json.loads(stamp_path.read_text())
+    assert stamp["npz_size"] == npz.stat().st_size and len(stamp["npz_md5"]) == 32
+    with np.load(npz) as arrays:
+        assert np.array_equal(images, arrays["test_images"])
+
+    items = data.build_items("dermamnist", "test", root=tmp_path, with_images=False)
+    assert "image" not in items[0] and items[0]["source_file"] == str(npz)
+    for item in items[:3]:
+        assert np.array_equal(np.asarray(data.doc_image(item)), images[item["index"]])
+
+    # A replaced npz (different content, same name) makes the cache stale: it is rebuilt.
+    built = npy.stat().st_mtime_ns
+    build_medmnist_fixture(get_set("dermamnist"), tmp_path, {"train": 1, "val": 1, "test": 3}, seed=5)
+    os.utime(npz, ns=(built + 10**9, built + 10**9))
+    again, _ = data.load_split("dermamnist", "test", tmp_path)
+    assert again.shape[0] == 7 * 3 and json.loads(stamp_path.read_text())["npz_md5"] != stamp["npz_md5"]
+    # Touching the file without changing it keeps the cache (the MD5 decides).
+    before = npy.stat().st_mtime_ns
+    os.utime(npz, ns=(before + 2 * 10**9, before + 2 * 10**9))
+    data.load_split("dermamnist", "test", tmp_path)
+    assert npy.stat().st_mtime_ns == before
+
+
+def test_process_docs_carries_no_pixels(tmp_path, monkeypatch):
+    import datasets
+    from medbridge.tasks.medmnist import utils
+
+    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    monkeypatch.setenv("MEDBRIDGE_MEDMNIST_ROOT", str(tmp_path))
+    docs = utils.process_docs(datasets.Dataset.from_list([{"flag": "bloodmnist"}]))
+    assert "image" not in docs.column_names and len(docs) == 8
+    visual = utils.doc_to_visual(docs[0])
+    assert visual[0].mode == "RGB" and visual[0].size == (224, 224)
+
+
+def test_adversarial_corrupt_cache_is_rebuilt(tmp_path):
+    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    images, _ = data.load_split("octmnist", "test", tmp_path)
+    expected = np.array(images)
+    npy, _ = data.cache_paths(data.npz_path("octmnist", tmp_path), "test")
+    del images
+    npy.write_bytes(b"garbage")  # a truncated cache: its size no longer matches the stamp
+    again, _ = data.load_split("octmnist", "test", tmp_path)
+    assert np.array_equal(again, expected)

@@ -8,9 +8,16 @@ image into a question with one option per class. Evaluation (the lmms-eval tasks
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import logging
+import os
 import random
+import shutil
+import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,8 @@ from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt, lettered
 from medbridge.harness_ext.subsets import seed_from_env, size_from_env
 from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
+
+log = logging.getLogger(__name__)
 
 SIZE = 224
 DEFAULT_PER_CLASS = 50
@@ -59,31 +68,149 @@ def _expected_layout(spec: MedMNISTSet, split: str) -> str:
     return f"keys '{split}_images' (uint8, {img}) and '{split}_labels' (int, N x {n_labels})"
 
 
-def load_split(name_or_flag: str, split: str = "test", root: str | Path | None = None, download: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one official split, read by medmnist's own dataset class.
+def load_split(name_or_flag: str, split: str = "test", root: str | Path | None = None,
+               download: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one official split; the images are a read-only memory map.
 
+    The ``{split}_images`` member of the npz is decompressed once into a cache next to it (see
+    ``split_images``), so a run touches only the images it uses. A missing file is downloaded through
+    medmnist's own dataset class when ``download`` (or $MEDBRIDGE_MEDMNIST_DOWNLOAD) is on.
     Raises MedMNISTFileError naming the file, the expected layout and the command that fetches it.
     """
-    import medmnist
-
     spec = get_set(name_or_flag)
     root = Path(root) if root is not None else default_root()
     if download is None:
         download = settings.get_flag(DOWNLOAD_ENV)
     path = npz_path(spec.flag, root)
     hint = f"expected {path} with {_expected_layout(spec, split)}; fetch it with: {fetch_command(spec.flag, root)}"
-    if download:
-        root.mkdir(parents=True, exist_ok=True)
-    elif not path.is_file():
-        raise MedMNISTFileError(f"MedMNIST file not found: {hint}")
-    cls = getattr(medmnist, medmnist.INFO[spec.flag]["python_class"])
+    if not path.is_file():
+        if not download:
+            raise MedMNISTFileError(f"MedMNIST file not found: {hint}")
+        _download(spec, root, split, hint)
     try:
-        ds = cls(split=split, size=SIZE, root=str(root), download=download)
-        images, labels = ds.imgs, ds.labels
-    except Exception as err:  # medmnist raises RuntimeError/KeyError/zip errors for bad files
+        with np.load(path, allow_pickle=False) as npz:
+            labels = npz[f"{split}_labels"]
+    except Exception as err:  # zip, key and format errors of a bad file
         raise MedMNISTFileError(f"cannot read MedMNIST file ({type(err).__name__}: {err}): {hint}") from err
+    images = split_images(path, split, hint)
     _check_arrays(spec, split, images, labels, hint)
     return images, labels
+
+
+def _download(spec: MedMNISTSet, root: Path, split: str, hint: str) -> None:
+    import medmnist
+
+    root.mkdir(parents=True, exist_ok=True)
+    cls = getattr(medmnist, medmnist.INFO[spec.flag]["python_class"])
+    try:  # medmnist downloads with its MD5 check (and loads the split once)
+        cls(split=split, size=SIZE, root=str(root), download=True)
+    except Exception as err:
+        raise MedMNISTFileError(f"cannot download MedMNIST file ({type(err).__name__}: {err}): {hint}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Lazily read images: a once-decompressed, memory-mapped copy of each split's image array
+
+CACHE_VERSION = 1
+
+
+def cache_paths(npz: Path, split: str) -> tuple[Path, Path]:
+    """(the .npy copy of ``{split}_images``, its JSON stamp), next to the npz."""
+    stem = npz.name.removesuffix(".npz")
+    return npz.with_name(f"{stem}.{split}_images.npy"), npz.with_name(f"{stem}.{split}_images.stamp.json")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp_is_fresh(npz: Path, npy: Path, stamp_path: Path) -> bool:
+    """True when the cache belongs to this npz (same size and MD5; an unchanged mtime skips the hash)."""
+    if not npy.is_file() or not stamp_path.is_file():
+        return False
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        return False
+    st = npz.stat()
+    if not isinstance(stamp, dict) or stamp.get("version") != CACHE_VERSION or stamp.get("npz_size") != st.st_size:
+        return False
+    if stamp.get("npy_size") != npy.stat().st_size:  # a truncated or foreign cache file
+        return False
+    if stamp.get("npz_mtime_ns") == st.st_mtime_ns:
+        return True
+    if stamp.get("npz_md5") != _md5(npz):
+        return False
+    stamp["npz_mtime_ns"] = st.st_mtime_ns  # touched but unchanged: remember, so the next check is cheap
+    _write_atomic(stamp_path, json.dumps(stamp).encode())
+    return True
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _build_cache(npz: Path, split: str, npy: Path, stamp_path: Path) -> None:
+    """Stream the ``{split}_images.npy`` member out of the zip (a member of an npz is a complete .npy
+    file), never holding the array in memory."""
+    member = f"{split}_images.npy"
+    tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(npz) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 22)
+        os.replace(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    st = npz.stat()
+    stamp = {"version": CACHE_VERSION, "npz": npz.name, "member": member, "npz_size": st.st_size,
+             "npz_mtime_ns": st.st_mtime_ns, "npz_md5": _md5(npz), "npy_size": npy.stat().st_size}
+    _write_atomic(stamp_path, json.dumps(stamp).encode())
+
+
+def split_images(npz: Path, split: str, hint: str = "") -> np.ndarray:
+    """The split's image array as a read-only memory map of its cache (built or rebuilt when stale).
+
+    Where the folder is not writable, the array is read into memory instead (with a warning)."""
+    npy, stamp_path = cache_paths(npz, split)
+    try:
+        if not _stamp_is_fresh(npz, npy, stamp_path):
+            _build_cache(npz, split, npy, stamp_path)
+    except PermissionError as err:
+        log.warning("cannot write the image cache next to %s (%s); reading %s_images into memory", npz, err, split)
+        try:
+            with np.load(npz, allow_pickle=False) as arrays:
+                return arrays[f"{split}_images"]
+        except Exception as read_err:
+            raise MedMNISTFileError(f"cannot read MedMNIST file ({type(read_err).__name__}: {read_err}): {hint}") from None
+    except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise MedMNISTFileError(f"cannot read '{split}_images' of MedMNIST file ({type(err).__name__}: {err}): "
+                                f"{hint}") from err
+    try:
+        with open(npy, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(fh)
+        if int(np.prod(shape)) == 0:  # a zero-size array cannot be memory-mapped
+            return np.load(npy, allow_pickle=False)
+        return np.load(npy, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:  # object arrays, broken headers
+        raise MedMNISTFileError(f"'{split}_images' of MedMNIST file is not a plain array ({err}): {hint}") from err
+
+
+@functools.lru_cache(maxsize=16)
+def _open_split(npz: str, split: str) -> np.ndarray:
+    return split_images(Path(npz), split)
+
+
+def doc_image(doc: Mapping[str, Any]):
+    """The PIL image of one item, decoded from its split's memory-mapped cache when asked for."""
+    return to_pil(_open_split(doc["source_file"], doc["split"])[int(doc["index"])])
 
 
 def _check_arrays(spec: MedMNISTSet, split: str, images: np.ndarray, labels: np.ndarray, hint: str) -> None:
@@ -214,6 +341,7 @@ def build_items(name_or_flag: str, split: str = "test", *, root: str | Path | No
             "prompt": format_mcq_prompt(question, options),
             "prompt_version": PROMPT_VERSION,
             "subset": info.tag,
+            "source_file": str(npz_path(spec.flag, root if root is not None else default_root())),
         }
         if with_images:
             item["image"] = to_pil(images[idx])

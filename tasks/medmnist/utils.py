@@ -25,20 +25,21 @@ from medbridge.harness_ext.scoring import (  # noqa: F401
     process_greedy,
     process_sampled,
 )
-from medbridge.tasks.medmnist.data import build_items
+from medbridge.tasks.medmnist.data import build_items, doc_image
 
 
 def process_docs(dataset):
-    """The task's data file names only the MedMNIST flag; the items come from the real npz."""
+    """The task's data file names only the MedMNIST flag; the items come from the real npz.
+
+    Docs carry the item's index and metadata, not pixels: ``doc_to_visual`` decodes each image from
+    the split's memory-mapped cache when lmms-eval asks for it."""
     import datasets
 
     flags = sorted(set(dataset["flag"]))
     if len(flags) != 1:
         raise ValueError(f"a medmnist_mcq data file must name exactly one flag, got {flags}")
-    items = build_items(flags[0], "test")
-    return datasets.Dataset.from_list(items).cast_column("image", datasets.Image())
+    return datasets.Dataset.from_list(build_items(flags[0], "test", with_images=False))
 
 
 def doc_to_visual(doc, lmms_eval_specific_kwargs=None):
-    return [doc["image"].convert("RGB")]
-
+    return [doc_image(doc).convert("RGB")]
