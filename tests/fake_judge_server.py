@@ -3,7 +3,8 @@
 It is a *deterministic judge*: it decodes the data blocks of our MCQ prompt and answers
 ``VERDICT: <letter>`` with what ``extract_choice`` reads from the quoted model response (or
 ``VERDICT: NONE``); a modality prompt gets ``MODALITY: <the first vocabulary word in the
-question>`` (or NONE; "PET" gets the out-of-vocabulary ``MODALITY: pet``). Faults are injected
+question>`` (or NONE; "PET" gets the out-of-vocabulary ``MODALITY: pet``); a free-text prompt
+gets ``VERDICT: CORRECT`` when the reference answer appears in the response. Faults are injected
 by flags: the first N attempts of every distinct prompt fail with a status code (429, 500, 503,
 400), optionally with a ``Retry-After`` header; replies can be odd shapes (garbage text, empty,
 a number, a list, a dict, null, a lone surrogate, no choices, a body that is not JSON); each
@@ -85,7 +86,15 @@ def _text_of(content) -> str:
     return "\n".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
 
 
+def _free_text_for(prompt: str) -> str:
+    reference = read_data_block(prompt, "reference_answer").strip().lower()
+    response = read_data_block(prompt, "model_response").lower()
+    return "VERDICT: CORRECT" if reference and reference in response else "VERDICT: INCORRECT"
+
+
 def _verdict_for(prompt: str) -> str:
+    if "\n<reference_answer>\n" in prompt:
+        return _free_text_for(prompt)
     if "\n<options>\n" not in "\n" + prompt:
         return _modality_for(prompt)
     options = read_data_block(prompt, "options")
