@@ -7,9 +7,9 @@ import sys
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from medbridge.judges import server as S
+    from medbridge.judges import server as vllm_server
 
-    opts = S.ServeOptions(
+    opts = vllm_server.ServeOptions(
         model=args.model,
         served_name=args.served_name,
         host=args.host,
@@ -20,12 +20,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         enforce_eager=args.enforce_eager,
         extra_args=list(args.vllm_args or []),
     )
-    print("starting:", " ".join(S.serve_command(opts, args.vllm_python)), file=sys.stderr)
-    proc = S.start_server(opts, log_path=args.log, python=args.vllm_python)
+    print("starting:", " ".join(vllm_server.serve_command(opts, args.vllm_python)), file=sys.stderr)
+    proc = vllm_server.start_server(opts, log_path=args.log, python=args.vllm_python)
     try:
-        seconds = S.wait_healthy(opts.base_url, timeout_s=args.timeout, proc=proc)
+        seconds = vllm_server.wait_healthy(opts.base_url, timeout_s=args.timeout, proc=proc)
     except (RuntimeError, TimeoutError) as err:
-        S.stop_server(proc)
+        vllm_server.stop_server(proc)
         where = f" (see {args.log})" if args.log else ""
         print(f"judge server failed to start: {err}{where}", file=sys.stderr)
         return 1
@@ -39,16 +39,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        S.stop_server(proc)
+        vllm_server.stop_server(proc)
         return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from medbridge.harness_ext.judge import MCQ_CHOICE, JudgeConfig, JudgePool
-    from medbridge.harness_ext.judge.client import choice_inputs
-    from medbridge.judges import server as S
+    from medbridge.harness_ext.judge import MCQ_CHOICE, JudgeConfig, JudgePool, choice_inputs
+    from medbridge.judges import server as vllm_server
 
     config = JudgeConfig.resolve(
         explicit={"base_url": args.base_url, "model": args.model, "api_key": args.api_key, "mode": "rules"}
@@ -56,7 +55,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if not config.base_url:
         print("no judge endpoint configured: pass --base-url or set MEDBRIDGE_JUDGE_BASE_URL", file=sys.stderr)
         return 2
-    ok, message = S.check_endpoint(config.base_url, config.model, config.api_key)
+    ok, message = vllm_server.check_endpoint(config.base_url, config.model, config.api_key)
     print(message)
     if ok and args.probe:
         if not config.model:

@@ -16,8 +16,7 @@ import urllib.request
 import pytest
 from medbridge.harness_ext import judge
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache, prompts
-from medbridge.harness_ext.judge.client import choice_inputs
+from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache, choice_inputs, prompts
 from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION, REDTEAM
 

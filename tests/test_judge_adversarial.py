@@ -16,8 +16,7 @@ import time
 import pytest
 from medbridge.harness_ext import judge, scoring
 from medbridge.harness_ext.errors import MedbridgeError
-from medbridge.harness_ext.judge import MCQ_CHOICE, MODALITIES, JudgeConfig, VerdictCache
-from medbridge.harness_ext.judge.client import choice_inputs
+from medbridge.harness_ext.judge import MCQ_CHOICE, MODALITIES, JudgeConfig, VerdictCache, choice_inputs
 from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION
 

@@ -15,8 +15,7 @@ import time
 
 import pytest
 from medbridge.harness_ext import judge
-from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache
-from medbridge.harness_ext.judge.client import choice_inputs
+from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache, choice_inputs
 from medbridge.judges import server
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION
 from medbridge.tests.vllm_server import vllm_judge  # noqa: F401  (session fixture)

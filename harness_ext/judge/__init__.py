@@ -26,7 +26,7 @@ from medbridge.harness_ext.judge.cascade import (
     stats_aggregation,
 )
 from medbridge.harness_ext.judge.classify import classify_modalities, modality_verdicts
-from medbridge.harness_ext.judge.client import JudgeClient, JudgePool, Verdict, get_pool
+from medbridge.harness_ext.judge.client import JudgeClient, JudgePool, Verdict, choice_inputs, get_pool
 from medbridge.harness_ext.judge.config import MODES, JudgeConfig, active_config
 from medbridge.harness_ext.judge.prompts import FREE_TEXT, MCQ_CHOICE, MODALITIES, MODALITY, PromptTemplate
 from medbridge.harness_ext.judge.verifiers import (
@@ -54,6 +54,7 @@ __all__ = [
     "Verdict",
     "VerdictCache",
     "active_config",
+    "choice_inputs",
     "classify_modalities",
     "cohen_kappa",
     "default_cache_path",
