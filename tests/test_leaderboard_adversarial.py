@@ -257,3 +257,37 @@ def test_a_new_table_is_one_function_and_one_entry_in_both_outputs(tmp_path, mon
     assert '<table class="sortable" id="extra">' in index.read_text() and "Extra table &lt;b&gt;" in index.read_text()
     md = (tmp_path / "site" / "leaderboard.md").read_text()
     assert "## Extra table &lt;b&gt;" in md and "| all | 0 |" in md
+
+
+def test_recorded_decoding_is_a_pin_and_partial_groups_are_not_stored(tmp_path):
+    store = tmp_path / "lb.sqlite"
+    for name, top_k in (("top-k-off", 0), ("top-k-one", 1)):
+        tasks = {
+            "medmnist_mcq_breast_passk": records("breast", 6, p=0.5, k=16),
+            "medmnist_mcq_breast": records("breast", 6, p=0.5),
+        }
+        for r in tasks["medmnist_mcq_breast_passk"]:
+            r["decoding"] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": top_k}
+        _ingest(store, write_run(tmp_path / name, tasks), model=name)
+    with open_store(store) as conn:
+        view = View(fetch_rows(conn))
+        assert (
+            conn.execute("SELECT COUNT(*) FROM results WHERE task LIKE 'medmnist %'").fetchone()[0] == 0
+        )  # 1 of 12: no group row
+    t = table2(view, [])
+    assert "breast Acc@1" in t.columns  # greedy records carry no decoding difference: one column
+    assert "breast gap [A]" in t.columns and "breast gap [B]" in t.columns
+    assert any("provenance.decoding" in n and "'top_k': 1" in n for n in t.notes)
+
+
+def test_the_verdict_and_the_leaderboard_import_neither_training_nor_the_demo():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, medbridge.leaderboard.verdict, medbridge.leaderboard.build, medbridge.leaderboard.ingest; "
+        "print(sorted(m for m in sys.modules if m.startswith(('medbridge.training', 'medbridge.demo'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
