@@ -1,0 +1,175 @@
+"""A served model: lmms-eval's ``openai`` backend against a real vLLM server (the CPU vLLM venv of
+``judges/install_vllm_cpu.sh --vision``) serving the tiny Qwen2.5-VL, on a MedMNIST greedy + Pass@K pair.
+
+The tiny model carries Qwen2.5-VL's sampling defaults in generation_config.json (top_k 1, top_p 0.001,
+temperature 0.1, repetition_penalty 1.05). lmms-eval's ``openai`` backend sends only temperature, top_p
+(and n, seed, penalties when a task states them): it never sends top_k or repetition_penalty, so a
+server left at ``--generation-config auto`` fills those in from the checkpoint and Pass@K collapses.
+The served path therefore starts the server with ``--generation-config vllm`` (served_vlm_args below,
+as the README's "Served models" section says) and this test checks that the samples are diverse, that
+images arrive at the resolution of an in-process run, and that a stopped server gives
+``request_failed`` outcomes, never a scored answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from medbridge.harness_ext.decoding import GREEDY, PASSK
+from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.harness_ext.served import check_openai_decoding, served_effective_settings, served_vlm_args
+from medbridge.judges import server as S
+
+from .conftest import run_lmms_eval
+from .vllm_server import vllm_python_or_skip
+
+SERVED_NAME = "medbridge-tiny-vlm"
+TASKS = ["medmnist_mcq_blood", "medmnist_mcq_blood_passk"]
+LIMIT = 3
+K = 16
+# MedMNIST's native 224 px, in-process and served alike (the README's parity rule).
+PIXELS = {"min_pixels": 3136, "max_pixels": 50176}
+
+def test_server_flags_keep_the_checkpoints_sampling_defaults_out():
+    args = served_vlm_args(min_pixels=3136, max_pixels=50176)
+    assert args[args.index("--generation-config") + 1] == "vllm"
+    assert json.loads(args[args.index("--mm-processor-kwargs") + 1]) == {"min_pixels": 3136, "max_pixels": 50176}
+    assert json.loads(args[args.index("--limit-mm-per-prompt") + 1]) == {"image": 8}
+
+
+def test_paper_settings_can_be_served_and_are_recorded_exactly():
+    for decoding in (GREEDY, PASSK):
+        check_openai_decoding("medmnist_mcq_blood", decoding)
+    passk = served_effective_settings(PASSK)
+    assert passk["temperature"] == 0.7 and passk["top_p"] == 0.9
+    assert passk["top_k"] == 0 and passk["repetition_penalty"] == 1.0
+    assert passk["server_generation_config"] == "vllm"
+
+
+def test_settings_the_openai_backend_cannot_send_are_refused_by_name():
+    with pytest.raises(MedbridgeError, match=r"top_k=20.*medbridge_vlm"):
+        check_openai_decoding("t", dataclasses.replace(PASSK, top_k=20))
+    with pytest.raises(MedbridgeError, match="repetition_penalty=1.05"):
+        check_openai_decoding("t", dataclasses.replace(GREEDY, repetition_penalty=1.05))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _openai_run(base_url: str, data_root: Path, out: Path, *, max_retries: int = 3) -> None:
+    proc = run_lmms_eval(
+        ["--model", "openai",
+         "--model_args", f"model_version={SERVED_NAME},base_url={base_url},api_key=EMPTY,num_concurrent=4,"
+                         f"max_retries={max_retries},retry_backoff_s=0.2",
+         "--tasks", ",".join(TASKS), "--limit", str(LIMIT), "--gen_kwargs", "max_new_tokens=8",
+         "--output_path", str(out), "--log_samples"],
+        data_root, timeout=900,
+    )  # fmt: skip
+    # lmms-eval's openai backend exits 0 even when every request failed: the records tell.
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+def _records(out: Path) -> dict[str, list[dict]]:
+    from medbridge.harness_ext.report import load_run, record_of, responses_of
+
+    run = load_run(out)
+    return {t: [{**record_of(s), "responses": responses_of(s)} for s in run.samples[t]] for t in TASKS}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir):
+    from medbridge.tasks.medmnist.fixtures import build_all
+
+    vllm_python_or_skip()
+    root = tmp_path_factory.mktemp("served")
+    build_all(root / "data", test_per_class=1, train_per_class=1, val_per_class=1)
+    opts = S.ServeOptions(model=str(tiny_model_dir), served_name=SERVED_NAME, port=_free_port(), max_model_len=4096,
+                          dtype="float32", enforce_eager=True, extra_args=served_vlm_args(**PIXELS))
+    log = root / "vllm.log"
+    proc = S.start_server(opts, log_path=log)
+    try:
+        try:
+            started = S.wait_healthy(opts.base_url, timeout_s=420, proc=proc)
+        except (RuntimeError, TimeoutError):
+            pytest.fail(f"vLLM did not serve the tiny VLM; log tail:\n{log.read_text()[-4000:]}")
+        print(f"\nvLLM served the tiny VLM after {started:.0f} s")
+        t0 = time.monotonic()
+        _openai_run(opts.base_url, root / "data", root / "served")
+        print(f"lmms-eval openai run: {time.monotonic() - t0:.0f} s")
+        prompt_tokens = S.metric_total(opts.base_url, "vllm:prompt_tokens_total")
+        requests = S.metric_total(opts.base_url, "vllm:request_success_total")
+    finally:
+        S.stop_server(proc)
+    yield {"root": root, "records": _records(root / "served"), "base_url": opts.base_url,
+           "prompt_tokens": prompt_tokens, "requests": requests, "model_dir": tiny_model_dir}
+
+
+@pytest.mark.e2e
+@pytest.mark.vllm_venv
+def test_served_greedy_and_passk_answers_are_scored(served):
+    records = served["records"]
+    assert served["requests"] == LIMIT * (1 + K)
+    for task, k in ((TASKS[0], 1), (TASKS[1], K)):
+        assert len(records[task]) == LIMIT
+        for rec in records[task]:
+            assert len(rec["responses"]) == k
+            assert "request_failed" not in rec["outcomes"], rec
+
+
+@pytest.mark.e2e
+@pytest.mark.vllm_venv
+def test_served_passk_samples_are_diverse_despite_the_checkpoints_top_k_1(served):
+    for rec in served["records"][TASKS[1]]:
+        # Inherited top_k 1 (generation_config auto) would make all 16 one answer.
+        assert len(set(rec["responses"])) > 1, rec["responses"]
+
+
+@pytest.mark.e2e
+@pytest.mark.vllm_venv
+def test_images_arrive_at_the_in_process_resolution(served):
+    """The server's prompt tokens equal those of medbridge_vlm (transformers, in-process) on the same
+    items with the same min/max_pixels: same chat template, same image, same number of visual tokens."""
+    root = served["root"]
+    stats = root / "inproc" / "stats.json"
+    args = {"pretrained": served["model_dir"], "engine": "transformers", "device": "cpu", "dtype": "float32",
+            "attn_implementation": "sdpa", **PIXELS, "stats_path": stats}
+    proc = run_lmms_eval(
+        ["--model", "medbridge_vlm", "--model_args", ",".join(f"{k}={v}" for k, v in args.items()),
+         "--tasks", TASKS[0], "--limit", str(LIMIT), "--gen_kwargs", "max_new_tokens=1",
+         "--output_path", str(root / "inproc" / "results")],
+        root / "data", timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    engine = json.loads(stats.read_text())["engine"]
+    assert engine["jobs"] == LIMIT
+    # A 224 px image is 64 visual tokens at these settings: without the images the prompts would be shorter.
+    assert engine["prompt_tokens"] > LIMIT * 64
+    # Each item is requested 1 + K times (greedy + 16 samples), each with the same prompt.
+    assert served["prompt_tokens"] == engine["prompt_tokens"] * (1 + K), (served["prompt_tokens"], engine)
+
+
+@pytest.mark.e2e
+@pytest.mark.vllm_venv
+def test_stopped_server_gives_request_failed_outcomes(served):
+    out = served["root"] / "dead"
+    _openai_run(served["base_url"], served["root"] / "data", out, max_retries=1)  # the server is stopped now
+    for task, recs in _records(out).items():
+        assert len(recs) == LIMIT
+        for rec in recs:
+            assert set(rec["outcomes"]) == {"request_failed"}, (task, rec)
+            assert all(r.startswith("[LMMS_EVAL_REQUEST_FAILED") for r in rec["responses"])
+    # The report refuses such a run instead of scoring 0.
+    report = subprocess.run([str(Path(sys.executable).parent / "medbridge"), "report", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 2, report.stdout + report.stderr  # a user-fixable error (MedbridgeError)
+    assert "failed requests" in report.stdout + report.stderr
