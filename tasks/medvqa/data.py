@@ -16,6 +16,7 @@ import json
 import os
 import string
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,9 @@ def row_to_item(row: dict[str, Any], spec: MedVQASet, base: Path | None = None) 
     images = row.get("images") or []
     if not images:
         raise BadRow("the row has no image")
-    images = [checked_image(im, k, base) for k, im in enumerate(images)]
+    # Decoded once here so a broken image is a bad row, not a mid-run crash; the item keeps no pixels
+    # (doc_images reads them from the Arrow source per doc).
+    n_images = len([checked_image(im, k, base) for k, im in enumerate(images)])
     if not isinstance(row.get("dataset_index"), int):
         raise BadRow(f"dataset_index is {row.get('dataset_index')!r}, not an integer")
     return {
@@ -237,8 +240,7 @@ def row_to_item(row: dict[str, Any], spec: MedVQASet, base: Path | None = None) 
         "answer_text": options[label],
         "prompt": format_mcq_prompt(question, options),
         "prompt_version": PROMPT_VERSION,
-        "n_images": len(images),
-        "images": images,
+        "n_images": n_images,
     }
 
 
@@ -287,7 +289,8 @@ def build_items(
     n_wanted = resolve_subset(subset)
     seed = resolve_seed(seed)
     skip = resolve_skip_bad(skip_bad)
-    ds = load_source(src, split, settings.get_str(REVISION_ENV))
+    revision = settings.get_str(REVISION_ENV)
+    ds = load_source(src, split, revision)
     rows = benchmark_rows(ds, spec, src)
     local = Path(src).expanduser()
     base = local if local.is_dir() else None
@@ -299,7 +302,7 @@ def build_items(
             break
         row = ds[pos].to_pylist()[0]
         try:
-            items.append(row_to_item(row, spec, base))
+            items.append({**row_to_item(row, spec, base), "source_row": pos})
         except BadRow as err:
             bad.append((item_id_of(row, spec), str(err)))
         except Exception as err:  # a malformed value we did not foresee: still name the item
@@ -325,13 +328,36 @@ def build_items(
 
     items.sort(key=lambda it: (it["dataset_index"], it["item_id"]))
     for it in items:
-        it.update(subset=info.tag, source=src, split=split, n_source_rows=len(rows), n_skipped_in_source=len(bad))
+        it.update(subset=info.tag, source=src, split=split, revision=revision, n_source_rows=len(rows),
+                  n_skipped_in_source=len(bad))
     return items, info
 
 
 def to_dataset(items: list[dict[str, Any]]):
-    """A ``datasets.Dataset`` of the items whose ``images`` column decodes to PIL images."""
+    """A ``datasets.Dataset`` of the items (metadata only; ``doc_images`` reads the pixels per doc)."""
     import datasets
 
-    ds = datasets.Dataset.from_list(items)
-    return ds.cast_column("images", datasets.List(datasets.Image()))
+    return datasets.Dataset.from_list(items)
+
+
+def doc_images(doc: Mapping[str, Any]) -> list:
+    """The PIL images of one item, read from its row of the (cached) Arrow source when asked for."""
+    from PIL import Image
+
+    source = str(doc["source"])
+    ds = load_source(source, doc["split"], doc.get("revision"))
+    row = ds[int(doc["source_row"])].to_pylist()[0]
+    local = Path(source).expanduser()
+    base = local if local.is_dir() else None
+    images = []
+    for k, image in enumerate(row.get("images") or []):
+        data = image.get("bytes")
+        if data is None:
+            found = _image_file(str(image.get("path")), base, k)
+            if found is None:
+                raise MedVQADataError(f"item {doc['item_id']}: image {k} disappeared from {source!r} since the run started")
+            data = found.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            images.append(im.copy())
+    return images

@@ -25,7 +25,7 @@ from medbridge.harness_ext.scoring import (  # noqa: F401
     process_greedy,
     process_sampled,
 )
-from medbridge.tasks.medvqa.data import build_items, to_dataset
+from medbridge.tasks.medvqa.data import build_items, doc_images, to_dataset
 
 
 def process_docs(dataset):
@@ -40,5 +40,6 @@ def process_docs(dataset):
 
 def doc_to_visual(doc, lmms_eval_specific_kwargs=None):
     # Every image of the item, in the source's order (MMMU and MedXpertQA items can have several).
-    return [image.convert("RGB") for image in doc["images"]]
+    # Decoded from the Arrow source per doc: docs carry the row, not the pixels.
+    return [image.convert("RGB") for image in doc_images(doc)]
 
