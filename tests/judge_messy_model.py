@@ -1,6 +1,8 @@
 """A test-only lmms-eval model whose answers come in the styles that decide the cascade: clean
 ``<answer>`` tags the rules settle, hedges and truncated reasoning they cannot settle, and
-adversarial text aimed at the judge. Deterministic per item (seeded), like the oracle model.
+adversarial text aimed at the judge. Deterministic per item (seeded), like the oracle model, and
+rank-aware the same way (harness_ext/backend/distributed.py): under torchrun / accelerate launch
+each process answers its shard, and a two-process run gives a one-process run's answers.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import json
 import random
 
 from lmms_eval.api.model import lmms
+from medbridge.harness_ext.backend.distributed import DataParallel
 
 STYLES = (
     "<think>Option {letter} fits.</think><answer>{letter}</answer>",
@@ -18,11 +21,12 @@ STYLES = (
 )
 
 
-class MessyModel(lmms):
+class MessyModel(DataParallel, lmms):
     is_simple = True
 
     def __init__(self, seed: int = 0, **kwargs) -> None:
         super().__init__()
+        self.setup_data_parallel("cpu")
         self.seed = int(seed)
 
     def generate_until(self, requests) -> list[str]:
