@@ -291,3 +291,42 @@ def test_the_verdict_and_the_leaderboard_import_neither_training_nor_the_demo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.e2e
+def test_ingest_of_a_real_two_process_run_beside_a_one_process_run(tmp_path):
+    """torchrun with two processes (rank 0 writes the results and every rank's samples) and a
+    one-process run of the same oracle, in one output tree: one ingest finds both, same numbers."""
+    from medbridge.tasks.medmnist.fixtures import build_all
+
+    from .test_backend_dp import ORACLE_LAUNCHER, launch
+
+    data = tmp_path / "data"
+    build_all(data, test_per_class=1, train_per_class=1, val_per_class=1)
+    root = tmp_path / "sweep"
+    base = [
+        "--model",
+        "oracle",
+        "--model_args",
+        "p=0.5,seed=3",
+        "--tasks",
+        "medmnist_mcq_blood,medmnist_mcq_blood_passk",
+        "--log_samples",
+    ]
+    for launcher, folder in (("torchrun", root / "two_procs"), ("single", root / "one_proc")):
+        proc = launch(launcher, ORACLE_LAUNCHER, base + ["--output_path", str(folder)], data)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    store = tmp_path / "lb.sqlite"
+    args = parser.parse_args(["leaderboard", "ingest", str(root), "--store", str(store)])
+    assert args.func(args) == 0
+    with open_store(store) as conn:
+        rows = fetch_rows(conn, "task = 'medmnist_mcq_blood' AND metric IN ('acc1', 'pass_at_16')")
+        assert count(conn, "runs") == 2
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(Path(r["source"]).relative_to(root).parts[0], {})[r["metric"]] = (r["value"], r["n"])
+    assert by_source["two_procs"] == by_source["one_proc"] and by_source["two_procs"]["acc1"][1] == 8  # 8 blood classes
