@@ -26,6 +26,7 @@ setup(
     packages=packages,
     package_dir=FOLDERS,
     # Task YAMLs and their data pointer files, recipes, launch configs and prompt templates.
-    # One level of plain data folders too (tasks/medmnist/sets/, recipes/, accelerate/, ...).
-    package_data={"": [f"{d}*.{ext}" for d in ("", "*/") for ext in ("yaml", "yml", "jsonl", "json", "sh", "txt", "jinja")]},
+    # One level of plain data folders too (tasks/medmnist/data_pointers/, recipes/, accelerate/, ...).
+    package_data={"": [f"{folder}*.{ext}" for folder in ("", "*/")
+                       for ext in ("yaml", "yml", "jsonl", "json", "sh", "txt", "jinja")]},
 )
