@@ -353,12 +353,20 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "model_dir": str(model_dir),
         "max_new_tokens": args.max_new_tokens,
+        # The same settings must mean the same work: lmms-eval's qwen2_5_vl lets the checkpoint's
+        # generation_config (e.g. repetition_penalty) into its decoding, which changes how long answers are.
+        "baseline_output_tokens": _output_tokens(base, tasks, engine.tokenizer),
+        "ours_output_tokens": _output_tokens(ours, tasks, engine.tokenizer),
     }
     figures["baseline_prefills_per_item"] = base_log.prefill_rows / items
     figures["prefills_per_item"] = our_log.prefill_rows / items
     figures["baseline_prefill_ratio"] = base_log.prefill_tokens / prompt_tokens
     figures["prefill_ratio"] = our_log.prefill_tokens / prompt_tokens
     figures["wall_ratio"] = figures["ours_generate_seconds"] / figures["baseline_generate_seconds"]
+    # Seconds per generated token, ours over the baseline's: the wall ratio with the work equalised.
+    figures["wall_ratio_per_token"] = figures["wall_ratio"] * (
+        figures["baseline_output_tokens"] / max(1, figures["ours_output_tokens"])
+    )
     figures["overhead"] = harness_overhead
     figures["items_per_s_batch1"] = items / figures["ours_generate_seconds"]
     figures[f"items_per_s_batch{args.batch_size}"] = items / figures["ours_batched_generate_seconds"]
@@ -378,12 +386,27 @@ def main(argv: list[str] | None = None) -> int:
     if not batched_same:
         print(f"WARNING: batch_size {args.batch_size} gave other samples than batch_size 1", file=sys.stderr)
     print(
+        f"wall_ratio_per_token={figures['wall_ratio_per_token']:.4f} (baseline_output_tokens="
+        f"{figures['baseline_output_tokens']} ours_output_tokens={figures['ours_output_tokens']})"
+    )
+    print(
         f"prefills_per_item={figures['prefills_per_item']:.4f} prefill_ratio={figures['prefill_ratio']:.4f} "
         f"wall_ratio={figures['wall_ratio']:.4f} overhead={figures['overhead']:.4f} "
         f"items_per_s_batch1={figures['items_per_s_batch1']:.4f} "
         f"items_per_s_batch{args.batch_size}={figures[f'items_per_s_batch{args.batch_size}']:.4f}"
     )
     return 0
+
+
+def _output_tokens(run: dict[str, Any], tasks: list[str], tokenizer: Any) -> int:
+    """Tokens of every logged response of a run (re-tokenised; the same tokenizer for both backends)."""
+    texts = [
+        t
+        for task in tasks
+        for s in run["samples"][task]
+        for t in _flat(s["resps"] if "resps" in s else s["filtered_resps"])
+    ]
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
 def _flat(x: Any) -> list:

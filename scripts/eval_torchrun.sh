@@ -40,7 +40,7 @@ if [ -z "${NPROC_PER_NODE:-}" ]; then
     fi
 fi
 
-model_args="pretrained=${MODEL},engine=${ENGINE},device=${DEVICE},seed=${SEED},batch_size=${BATCH_SIZE}"
+model_args="pretrained=${MODEL},engine=${ENGINE},device=${DEVICE},seed=${SEED}"
 model_args+=",cache_dir=${OUT}/sample_cache${MODEL_ARGS:+,${MODEL_ARGS}}"
 limit_args=()
 [ -n "${LIMIT:-}" ] && limit_args=(--limit "$LIMIT")
@@ -50,7 +50,8 @@ echo "node ${NODE_RANK}/${NNODES}: ${NPROC_PER_NODE} processes, rendezvous ${MAS
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of flags
 "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    -m lmms_eval --model medbridge_vlm --model_args "$model_args" --tasks "$TASKS" "${limit_args[@]}" \
+    -m lmms_eval --model medbridge_vlm --model_args "$model_args" --batch_size "$BATCH_SIZE" --tasks "$TASKS" \
+    "${limit_args[@]}" \
     --output_path "$OUT/results" --log_samples ${EXTRA_ARGS:-}
 
 # lmms-eval exits 0 even when a task failed: the results file is the proof of a finished run.

@@ -59,9 +59,11 @@ def launch(
             sys.executable,
             "-m",
             "accelerate.commands.launch",
+            # accelerate's --cpu starts one process; --multi_gpu starts N through torchrun, and on a machine
+            # without a GPU the model forms a CPU (gloo) group (harness_ext/backend/distributed.py).
+            "--multi_gpu",
             "--num_processes",
             "2",
-            "--cpu",
             "--main_process_port",
             port,
             "-m",
