@@ -14,6 +14,13 @@ from medbridge.harness_ext.errors import MedbridgeError
 STORE_HELP = "leaderboard store (SQLite; default: $MEDBRIDGE_LEADERBOARD or ./medbridge_leaderboard/leaderboard.sqlite)"
 
 
+def _user_error(err: BaseException) -> MedbridgeError:
+    """A command's expected failure (unknown name, unreadable store, bad argument) as the one user
+    error type: the medbridge command prints it as one paragraph and exits 2."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return MedbridgeError(text)
+
+
 def _store(args: argparse.Namespace) -> Path:
     from medbridge.leaderboard.store import default_store_path
 
@@ -45,7 +52,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         added += n
         print(f"{path}: {n} rows added" if n else f"{path}: already in the store, nothing added")
     print(f"store {store}: {added} rows added from {len(paths) - failed} run(s); {failed} skipped")
-    return 1 if failed and failed == len(paths) else 0
+    if failed and failed == len(paths):
+        raise MedbridgeError(f"none of the {failed} run(s) could be ingested (reasons above)")
+    return 0
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -59,9 +68,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         transfer = [(args.base, args.rl, args.trained_on)]
     try:
         index = build_leaderboard(_store(args), args.out, transfer=transfer)
-    except (FileNotFoundError, KeyError, ValueError, MedbridgeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except MedbridgeError:
+        raise
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise _user_error(err) from None
     print(f"leaderboard: {index}\nmarkdown:    {index.with_name('leaderboard.md')}")
     return 0
 
@@ -71,9 +81,10 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
 
     try:
         source, verdicts = recipe(args.target, tau=args.tau, store=_store(args))
-    except (FileNotFoundError, KeyError, ValueError, MedbridgeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except MedbridgeError:
+        raise
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise _user_error(err) from None
     print(format_verdicts(source, verdicts, args.tau))
     return 0
 
@@ -93,9 +104,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
         )
+    except MedbridgeError:
+        raise
     except (FileNotFoundError, KeyError, ValueError, MedMNISTFileError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise _user_error(err) from None
     print(format_results(results))
     if not args.no_ingest:
         n = ingest_probe(_store(args), args.model, results, model=args.model_name, layer=args.layer)

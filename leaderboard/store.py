@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.settings import get_path
 
 STORE_ENV = "MEDBRIDGE_LEADERBOARD"
@@ -89,6 +90,10 @@ CREATE VIEW rows AS
 ADDED_COLUMNS = (("runs", "partial", "TEXT"), ("results", "provenance", "TEXT"))
 
 PIN_FIELDS = ("subset_hash", "prompt_version", "judge_model", "judge_prompt_version", "gen_settings", "provenance")
+
+
+class StoreError(MedbridgeError, ValueError):
+    """A store that is missing or is not a medbridge leaderboard store; the message names the file."""
 
 
 def default_store_path() -> Path:
@@ -164,9 +169,7 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     path = Path(path)
     if not path.exists():
         if not create:
-            raise FileNotFoundError(
-                f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)"
-            )
+            raise StoreError(f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)")
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path))
     conn.row_factory = sqlite3.Row
@@ -180,7 +183,9 @@ def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
         conn.commit()
     except sqlite3.DatabaseError as err:
         conn.close()
-        raise ValueError(f"{path}: not a medbridge leaderboard store ({err})") from None
+        raise StoreError(
+            f"{path}: not a medbridge leaderboard store ({err}); give --store a .sqlite file the leaderboard wrote"
+        ) from None
     return conn
 
 

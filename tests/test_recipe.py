@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.report import load_run, summarize
 from medbridge.leaderboard import cli as lb_cli
 from medbridge.leaderboard.ingest import ingest_run
@@ -78,5 +79,5 @@ def test_cli_reads_a_model_from_the_store(run_dir, tmp_path, capsys):
     assert "medbridge recipe for my-model" in out
     assert out.count(SHARPEN) + out.count(BRIDGE) == 12
     args = parser.parse_args(["recipe", "no-such-model", "--store", str(store)])
-    assert args.func(args) == 1
-    assert "no model or run named 'no-such-model'" in capsys.readouterr().err
+    with pytest.raises(MedbridgeError, match="no model or run named 'no-such-model'"):
+        args.func(args)
