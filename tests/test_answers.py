@@ -8,7 +8,6 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from medbridge.harness_ext import answers
 from medbridge.harness_ext.answers import (
     EXTRACTOR_VERSION,
@@ -379,22 +378,116 @@ def test_adversarial_inputs_are_fast(name):
 KEYS = "ABCDEFGHIJKLMNOP"
 # Fragments that exercise the parser: tags, markers, letters, separators, markup.
 FRAGMENTS = [
-    "<think>", "</think>", "<answer>", "</answer>", "< Answer >", "</ANSWER>",
-    "answer", "Answer:", " is ", "final answer", "option", "choice", " or ", " and ",
-    ", ", "/", "both", "(", ")", "[", "]", "{", "}", "\\boxed{", "\\text{", "$", "*",
-    "**", "`", "_", "#", ".", ":", "-", "\n", " ", "\t", "I think", "a ", "A", "B", "C",
-    "D", "E", "I", "P", "Z", "a", "b", "i", "grade 1", "mild", "Normal", "tissue",
-    "\u200b", "\x00", "\uff22", "<|im_end|>", "<b>", "e.g.", "E. coli", "\ufdfa",
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "< Answer >",
+    "</ANSWER>",
+    "answer",
+    "Answer:",
+    " is ",
+    "final answer",
+    "option",
+    "choice",
+    " or ",
+    " and ",
+    ", ",
+    "/",
+    "both",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "\\boxed{",
+    "\\text{",
+    "$",
+    "*",
+    "**",
+    "`",
+    "_",
+    "#",
+    ".",
+    ":",
+    "-",
+    "\n",
+    " ",
+    "\t",
+    "I think",
+    "a ",
+    "A",
+    "B",
+    "C",
+    "D",
+    "E",
+    "I",
+    "P",
+    "Z",
+    "a",
+    "b",
+    "i",
+    "grade 1",
+    "mild",
+    "Normal",
+    "tissue",
+    "\u200b",
+    "\x00",
+    "\uff22",
+    "<|im_end|>",
+    "<b>",
+    "e.g.",
+    "E. coli",
+    "\ufdfa",
 ]
 NOISE_FRAGMENTS = [f for f in FRAGMENTS if not answers._TAG_RE.search(f)] + [
-    "The lesion is", " likely ", "not ", "I'd go with", "margins", "benign", "<", ">",
+    "The lesion is",
+    " likely ",
+    "not ",
+    "I'd go with",
+    "margins",
+    "benign",
+    "<",
+    ">",
 ]
 WORDS = [
-    "normal", "benign", "malignant", "tissue", "lesion", "breast", "grade", "mild",
-    "severe", "nodule", "mass", "effusion", "pleural", "cardiomegaly", "pneumonia",
-    "edema", "left", "right", "lung", "liver", "kidney", "adipose", "stroma",
-    "mucosa", "debris", "lymphocytes", "tumor", "epithelium", "muscle", "retinopathy",
-    "proliferative", "moderate", "atelectasis", "hernia", "nevus", "melanoma",
+    "normal",
+    "benign",
+    "malignant",
+    "tissue",
+    "lesion",
+    "breast",
+    "grade",
+    "mild",
+    "severe",
+    "nodule",
+    "mass",
+    "effusion",
+    "pleural",
+    "cardiomegaly",
+    "pneumonia",
+    "edema",
+    "left",
+    "right",
+    "lung",
+    "liver",
+    "kidney",
+    "adipose",
+    "stroma",
+    "mucosa",
+    "debris",
+    "lymphocytes",
+    "tumor",
+    "epithelium",
+    "muscle",
+    "retinopathy",
+    "proliferative",
+    "moderate",
+    "atelectasis",
+    "hernia",
+    "nevus",
+    "melanoma",
 ]
 
 noise_text = st.one_of(
@@ -511,9 +604,7 @@ def test_property_tagged_option_text_is_read(data, options, think):
 @settings(max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), options=option_dicts(), think=noise_text)
 def test_property_two_letters_is_none(data, options, think):
-    first, second = data.draw(
-        st.lists(st.sampled_from(sorted(options)), min_size=2, max_size=2, unique=True)
-    )
+    first, second = data.draw(st.lists(st.sampled_from(sorted(options)), min_size=2, max_size=2, unique=True))
     sep = data.draw(st.sampled_from([" or ", ", ", " and ", " / ", "/", " & "]))
     a = data.draw(st.sampled_from(["{}", "({})"])).format(data.draw(st.sampled_from([first, first.lower()])))
     b = data.draw(st.sampled_from(["{}", "({})"])).format(data.draw(st.sampled_from([second, second.lower()])))
@@ -522,9 +613,7 @@ def test_property_two_letters_is_none(data, options, think):
     assert extract_choice(response, options) is None
 
 
-tag_free_text = st.text(
-    alphabet=st.characters(blacklist_characters="<>"), max_size=40
-)
+tag_free_text = st.text(alphabet=st.characters(blacklist_characters="<>"), max_size=40)
 
 
 @settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -535,8 +624,18 @@ tag_free_text = st.text(
     ws=st.lists(st.sampled_from(["", " ", "\n", "\t", "\r\n"]), min_size=3, max_size=3),
     mutation=st.sampled_from(
         [
-            None, "prefix", "between", "suffix", "empty-answer", "drop-think-close",
-            "drop-answer-close", "extra-think", "extra-answer", "swap", "upper", "nested",
+            None,
+            "prefix",
+            "between",
+            "suffix",
+            "empty-answer",
+            "drop-think-close",
+            "drop-answer-close",
+            "extra-think",
+            "extra-answer",
+            "swap",
+            "upper",
+            "nested",
             "spaced-tag",
         ]
     ),
@@ -581,28 +680,38 @@ def test_property_strict_format(data, think, answer, ws, mutation):
 # ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("response, expected", [
-    (T + "<answer>A</answer> <answer>B</answer>", None),  # two final answers that disagree
-    (T + "<answer>B</answer>\n<answer>Malignant</answer>", None),  # a letter vs another option's text
-    (T + "<answer>A</answer> <answer>Malignant</answer>", "A"),  # the same option twice
-    (T + "<answer>B</answer><answer>B</answer>", "B"),
-    ("<think><answer>A</answer> no, wait</think><answer>B</answer>", "B"),  # a draft in the reasoning is no rival
-])
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        (T + "<answer>A</answer> <answer>B</answer>", None),  # two final answers that disagree
+        (T + "<answer>B</answer>\n<answer>Malignant</answer>", None),  # a letter vs another option's text
+        (T + "<answer>A</answer> <answer>Malignant</answer>", "A"),  # the same option twice
+        (T + "<answer>B</answer><answer>B</answer>", "B"),
+        ("<think><answer>A</answer> no, wait</think><answer>B</answer>", "B"),  # a draft in the reasoning is no rival
+    ],
+)
 def test_several_final_answers_must_agree(response, expected):
     options = {"A": "Malignant", "B": "Normal or benign"}
     assert extract_choice(response, options) == expected
 
 
-@pytest.mark.parametrize("name, response, expected", [
-    ("adversarial-600kb-nfkc", "\ufdfa" * 600_000, None),
-    ("adversarial-600kb-nfkc-then-answer", "\ufdfa" * 600_000 + "<answer>B</answer>", "B"),
-    ("adversarial-600kb-in-answer", "<answer>" + "\ufdfa" * 600_000 + "B</answer>", None),
-    ("adversarial-600kb-letters", "A or B " * 90_000, None),
-    ("adversarial-huge-trace-then-answer", "<think>" + "The margins look smooth. " * 40_000 + "</think><answer>B</answer>", "B"),
-    # The head (with <think>) is cut off: the bare </think> still closes the reasoning, so the draft
-    # inside it is not read as the answer.
-    ("adversarial-cut-think-draft", "<think>" + "x " * 40_000 + "<answer>A</answer></think> The answer is B.", "B"),
-])
+@pytest.mark.parametrize(
+    "name, response, expected",
+    [
+        ("adversarial-600kb-nfkc", "\ufdfa" * 600_000, None),
+        ("adversarial-600kb-nfkc-then-answer", "\ufdfa" * 600_000 + "<answer>B</answer>", "B"),
+        ("adversarial-600kb-in-answer", "<answer>" + "\ufdfa" * 600_000 + "B</answer>", None),
+        ("adversarial-600kb-letters", "A or B " * 90_000, None),
+        (
+            "adversarial-huge-trace-then-answer",
+            "<think>" + "The margins look smooth. " * 40_000 + "</think><answer>B</answer>",
+            "B",
+        ),
+        # The head (with <think>) is cut off: the bare </think> still closes the reasoning, so the draft
+        # inside it is not read as the answer.
+        ("adversarial-cut-think-draft", "<think>" + "x " * 40_000 + "<answer>A</answer></think> The answer is B.", "B"),
+    ],
+)
 def test_adversarial_huge_responses_are_read_in_milliseconds(name, response, expected):
     options = {"A": "Malignant", "B": "Normal or benign"}
     start = time.perf_counter()

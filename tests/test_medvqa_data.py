@@ -31,7 +31,9 @@ def source(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bad_source(tmp_path_factory):
-    return build_medvqa_fixture(tmp_path_factory.mktemp("medvqa_bad") / "eval", 3, bad=[("vqarad", k) for k in BAD_KINDS])
+    return build_medvqa_fixture(
+        tmp_path_factory.mktemp("medvqa_bad") / "eval", 3, bad=[("vqarad", k) for k in BAD_KINDS]
+    )
 
 
 def ids(items):
@@ -56,8 +58,14 @@ def test_fixture_parquet_has_the_hub_layout(source):
         assert options[r["answer_label"]] == r["answer"]
     # Awkward cases the loader must handle.
     assert any(len(r["images"]) == 2 for r in rows if r["dataset_name"] == "MMMU-medical")
-    assert any(sorted(json.loads(r["options"])) == list("ABCDEFGHIJ") for r in rows if r["dataset_name"] == "MedXpertQA-MM")
-    assert all(sorted(json.loads(r["options"]).values()) == ["No", "Yes"] for r in rows if r["dataset_name"] == "vqa_rad_closed")
+    assert any(
+        sorted(json.loads(r["options"])) == list("ABCDEFGHIJ") for r in rows if r["dataset_name"] == "MedXpertQA-MM"
+    )
+    assert all(
+        sorted(json.loads(r["options"]).values()) == ["No", "Yes"]
+        for r in rows
+        if r["dataset_name"] == "vqa_rad_closed"
+    )
 
 
 def test_fixture_pixels_encode_the_answer():
@@ -152,8 +160,13 @@ def test_bad_rows_fail_naming_benchmark_and_item(bad_source):
     assert msg.startswith("5 bad row(s) in VQA-RAD (task medvqa_vqarad)")
     kept = data.build_items("vqarad", source=bad_source, subset="full", skip_bad=True)[0]
     first_bad = max(it["dataset_index"] for it in kept) + 1  # the fixture appends bad rows after the good ones
-    reasons = ["image 0 cannot be decoded", "the row has no image", "options is not valid JSON",
-               "answer_label 'C' is not among the options ['A', 'B']", "options is empty"]
+    reasons = [
+        "image 0 cannot be decoded",
+        "the row has no image",
+        "options is not valid JSON",
+        "answer_label 'C' is not among the options ['A', 'B']",
+        "options is empty",
+    ]
     for k, reason in enumerate(reasons):
         assert f"vqa_rad_closed/{first_bad + k}: {reason}" in msg
     assert "MEDBRIDGE_MEDVQA_SKIP_BAD=1" in msg
@@ -182,14 +195,17 @@ def test_missing_benchmark_or_column_is_a_clear_error(tmp_path):
 
     (tmp_path / "nolabel" / "data").mkdir(parents=True)
     datasets.Dataset.from_list([{"question": "q", "options": "{}", "dataset_name": "pmc_vqa"}]).to_parquet(
-        str(tmp_path / "nolabel" / "data" / "test-00000-of-00001.parquet"))
+        str(tmp_path / "nolabel" / "data" / "test-00000-of-00001.parquet")
+    )
     with pytest.raises(data.MedVQADataError, match=r"lacks column\(s\) \['images', 'answer_label', 'dataset_index'\]"):
         data.build_items("pmc", source=tmp_path / "nolabel")
     # Item ids are <dataset_name>/<dataset_index>: a repeated index would make them ambiguous.
     table = pq.read_table(only_pmc / "data" / "test-00000-of-00001.parquet")
     import pyarrow as pa
 
-    table = table.set_column(table.schema.get_field_index("dataset_index"), "dataset_index", pa.array([7, 7], pa.int64()))
+    table = table.set_column(
+        table.schema.get_field_index("dataset_index"), "dataset_index", pa.array([7, 7], pa.int64())
+    )
     (tmp_path / "dupes" / "data").mkdir(parents=True)
     pq.write_table(table, tmp_path / "dupes" / "data" / "test-00000-of-00001.parquet")
     with pytest.raises(data.MedVQADataError, match=r"PMC-VQA rows .* repeat dataset_index \['7'\]"):
@@ -203,7 +219,9 @@ def test_lmms_eval_hooks_on_the_pointer_file(source, monkeypatch):
 
     monkeypatch.setenv(data.SOURCE_ENV, str(source))
     monkeypatch.setenv(data.SUBSET_ENV, "2")
-    pointer = datasets.load_dataset("json", data_files={"test": str(TASK_DIR / "data_pointers" / "mmmu.jsonl")}, split="test")
+    pointer = datasets.load_dataset(
+        "json", data_files={"test": str(TASK_DIR / "data_pointers" / "mmmu.jsonl")}, split="test"
+    )
     docs = utils.process_docs(pointer)
     assert len(docs) == 2
     n_images = []
@@ -237,7 +255,11 @@ def test_yaml_files_pointer_files_and_report_groups_agree_with_the_catalog():
         assert pointer == [{"dataset_name": spec.dataset_name}]
         for task, template in ((spec.task, "_template.yaml"), (spec.task_passk, "_template_passk.yaml")):
             cfg = yaml.safe_load((TASK_DIR / f"{task}.yaml").read_text())
-            assert cfg == {"task": task, "include": template, "dataset_kwargs": {"data_files": {"test": f"data_pointers/{spec.name}.jsonl"}}}
+            assert cfg == {
+                "task": task,
+                "include": template,
+                "dataset_kwargs": {"data_files": {"test": f"data_pointers/{spec.name}.jsonl"}},
+            }
     group = yaml.safe_load((TASK_DIR / "_group_all.yaml").read_text())
     assert group["group"] == "medvqa"
     assert group["task"] == [t for s in SETS for t in (s.task, s.task_passk)]
@@ -250,13 +272,16 @@ def test_yaml_files_pointer_files_and_report_groups_agree_with_the_catalog():
 # Hostile rows: errors name the row and the field, and are skippable bad rows, never crashes
 
 
-@pytest.mark.parametrize("raw, reason", [
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    ('{"A": {"B": {"C": "x"}}, "B": "No"}', "option text of ['A'] is not a string (nested JSON"),
-    ('{"A": "Yes", "B": "  "}', "option text of ['B'] is empty"),
-    ('{"A": "Yes", "B": "No", "C": " yes "}', "options A and C have the same text 'yes'"),
-    ('{"A": "Pleural  effusion", "B": "pleural effusion"}', "options A and B have the same text"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"A": {"B": {"C": "x"}}, "B": "No"}', "option text of ['A'] is not a string (nested JSON"),
+        ('{"A": "Yes", "B": "  "}', "option text of ['B'] is empty"),
+        ('{"A": "Yes", "B": "No", "C": " yes "}', "options A and C have the same text 'yes'"),
+        ('{"A": "Pleural  effusion", "B": "pleural effusion"}', "options A and B have the same text"),
+    ],
+)
 def test_adversarial_options_are_bad_rows(raw, reason):
     with pytest.raises(data.BadRow, match=reason.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")):
         data.parse_options(raw)
@@ -278,7 +303,9 @@ def _with_rows(src: Path, dst: Path, changes: dict[int, dict]) -> Path:
 def test_adversarial_nested_options_row_is_skippable_not_a_recursion_error(tmp_path):
     src = build_medvqa_fixture(tmp_path / "eval", {"vqarad": 3})
     hostile = _with_rows(src, tmp_path / "hostile", {1: {"options": "[" * 50_000 + "]" * 50_000}})
-    with pytest.raises(data.MedVQADataError, match=r"1 bad row\(s\) in VQA-RAD.*vqa_rad_closed/\d+: options JSON is nested"):
+    with pytest.raises(
+        data.MedVQADataError, match=r"1 bad row\(s\) in VQA-RAD.*vqa_rad_closed/\d+: options JSON is nested"
+    ):
         data.build_items("vqarad", source=hostile, subset="full")
     items, info = data.build_items("vqarad", source=hostile, subset="full", skip_bad=True)
     assert len(items) == 2 and len(info.skipped) == 1
@@ -294,8 +321,9 @@ def test_adversarial_image_path_resolves_only_inside_the_dataset_folder(tmp_path
     escape = [{"bytes": None, "path": "../secret.png"}]
     absolute = [{"bytes": None, "path": str(secret)}]
     relative_ok = [{"bytes": None, "path": "images/ok.png"}]
-    hostile = _with_rows(src, tmp_path / "eval2", {0: {"images": escape}, 1: {"images": absolute},
-                                                   2: {"images": relative_ok}})
+    hostile = _with_rows(
+        src, tmp_path / "eval2", {0: {"images": escape}, 1: {"images": absolute}, 2: {"images": relative_ok}}
+    )
     (hostile / "images").mkdir()
     (hostile / "images" / "ok.png").write_bytes(inside.read_bytes())
     (tmp_path / "secret.png").write_bytes(secret.read_bytes())

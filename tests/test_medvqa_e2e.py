@@ -10,7 +10,6 @@ import re
 
 import numpy as np
 import pytest
-
 from medbridge.harness_ext import metrics
 from medbridge.harness_ext.report import load_run, summarize
 from medbridge.tasks.medvqa import data
@@ -44,9 +43,21 @@ def group_checks(res) -> None:
 def oracle_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("medvqa_oracle")
     source = build_medvqa_fixture(root / "eval", SIZES, bad=BAD)
-    proc = run_lmms_eval(["--model", "oracle", "--model_args", "p=0.4,seed=5", "--tasks", "medvqa",
-                          "--output_path", str(root / "out"), "--log_samples"], root,
-                         env_extra=medvqa_env(source, MEDBRIDGE_MEDVQA_SKIP_BAD="1"))
+    proc = run_lmms_eval(
+        [
+            "--model",
+            "oracle",
+            "--model_args",
+            "p=0.4,seed=5",
+            "--tasks",
+            "medvqa",
+            "--output_path",
+            str(root / "out"),
+            "--log_samples",
+        ],
+        root,
+        env_extra=medvqa_env(source, MEDBRIDGE_MEDVQA_SKIP_BAD="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return load_run(root / "out"), source, proc
 
@@ -94,8 +105,11 @@ def test_logged_item_ids_are_the_seeded_subset(oracle_run):
 @pytest.mark.e2e
 def test_bad_rows_stop_the_run_by_default(tmp_path):
     source = build_medvqa_fixture(tmp_path / "eval", {"vqarad": 3}, bad=BAD)
-    strict = run_lmms_eval(["--model", "oracle", "--tasks", "medvqa_vqarad", "--output_path", str(tmp_path / "out"),
-                            "--log_samples"], tmp_path, env_extra=medvqa_env(source))
+    strict = run_lmms_eval(
+        ["--model", "oracle", "--tasks", "medvqa_vqarad", "--output_path", str(tmp_path / "out"), "--log_samples"],
+        tmp_path,
+        env_extra=medvqa_env(source),
+    )
     out = strict.stdout + strict.stderr
     assert "2 bad row(s) in VQA-RAD (task medvqa_vqarad)" in out
     assert "vqa_rad_closed/3: options is not valid JSON" in out and "vqa_rad_closed/4: the row has no image" in out
@@ -105,11 +119,30 @@ def test_bad_rows_stop_the_run_by_default(tmp_path):
 @pytest.mark.e2e
 def test_tiny_qwen_runs_the_group_and_reports_the_average(tmp_path, tiny_model_dir):
     source = build_medvqa_fixture(tmp_path / "eval", 2)
-    model_args = f"pretrained={tiny_model_dir},device=cpu,device_map=cpu,attn_implementation=sdpa,min_pixels=3136,max_pixels=50176"
-    proc = run_lmms_eval(["--model", "qwen2_5_vl", "--model_args", model_args, "--tasks", "medvqa",
-                          "--gen_kwargs", "max_new_tokens=8", "--batch_size", "16",
-                          "--output_path", str(tmp_path / "out"), "--log_samples"],
-                         tmp_path, module="lmms_eval", env_extra=medvqa_env(source))
+    model_args = (
+        f"pretrained={tiny_model_dir},device=cpu,device_map=cpu,attn_implementation=sdpa,"
+        "min_pixels=3136,max_pixels=50176"
+    )
+    proc = run_lmms_eval(
+        [
+            "--model",
+            "qwen2_5_vl",
+            "--model_args",
+            model_args,
+            "--tasks",
+            "medvqa",
+            "--gen_kwargs",
+            "max_new_tokens=8",
+            "--batch_size",
+            "16",
+            "--output_path",
+            str(tmp_path / "out"),
+            "--log_samples",
+        ],
+        tmp_path,
+        module="lmms_eval",
+        env_extra=medvqa_env(source),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = load_run(tmp_path / "out")
     res = run.results["results"]

@@ -7,7 +7,13 @@ import pytest
 
 from .conftest import GREEDY_TASKS, SAMPLED_TASKS
 
-GROUPS = ["medmnist_mcq", "medmnist_mcq_radiology", "medmnist_mcq_microscopy", "medmnist_mcq_photography", "medmnist_mcq_greedy"]
+GROUPS = [
+    "medmnist_mcq",
+    "medmnist_mcq_radiology",
+    "medmnist_mcq_microscopy",
+    "medmnist_mcq_photography",
+    "medmnist_mcq_greedy",
+]
 
 
 def _listed(output: str) -> set[str]:
@@ -19,8 +25,14 @@ def test_lmms_eval_lists_our_tasks_from_a_fresh_process(tmp_path):
     from medbridge.demo import lmms_eval_command
 
     # The venv's own console script, as a user who activated it would run it.
-    proc = subprocess.run(lmms_eval_command() + ["--tasks", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={k: v for k, v in __import__("os").environ.items() if k != "LMMS_EVAL_PLUGINS"})
+    proc = subprocess.run(
+        lmms_eval_command() + ["--tasks", "list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in __import__("os").environ.items() if k != "LMMS_EVAL_PLUGINS"},
+    )
     listed = _listed(proc.stdout + proc.stderr)
     missing = set(GREEDY_TASKS + SAMPLED_TASKS + GROUPS) - listed
     assert not missing, proc.stderr[-3000:]
@@ -57,13 +69,32 @@ def test_non_editable_install_registers_the_installed_copy(tmp_path):
 
     repo = Path(__file__).resolve().parent.parent
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(repo)],
-                   check=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--target",
+            str(target),
+            str(repo),
+        ],
+        check=True,
+        timeout=600,
+    )
     # Importing lmms_eval.models loads the entry points, as the evaluator does.
-    code = ("import lmms_eval.models, sys; from lmms_eval.tasks import TaskManager; p = sys.modules['medbridge.harness_ext.plugin']; "
-            "tm = TaskManager('ERROR'); print(p.TASKS_DIR); print(tm.task_index['medmnist_mcq_oct']['yaml_path'])")
+    code = (
+        "import lmms_eval.models, sys; from lmms_eval.tasks import TaskManager; "
+        "p = sys.modules['medbridge.harness_ext.plugin']; "
+        "tm = TaskManager('ERROR'); print(p.TASKS_DIR); print(tm.task_index['medmnist_mcq_oct']['yaml_path'])"
+    )
     env = {**__import__("os").environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     tasks_dir, yaml_path = out.stdout.strip().splitlines()[-2:]
     assert tasks_dir.startswith(str(target)) and yaml_path.startswith(str(target))

@@ -32,21 +32,43 @@ def family() -> Family:
     tasks = []
     for spec in SETS:
         pointer = f"{spec.flag}.jsonl"
-        tasks += [TaskFile(spec.task, False, pointer, {"flag": spec.flag}),
-                  TaskFile(spec.task_passk, True, pointer, {"flag": spec.flag})]
+        tasks += [
+            TaskFile(spec.task, False, pointer, {"flag": spec.flag}),
+            TaskFile(spec.task_passk, True, pointer, {"flag": spec.flag}),
+        ]
     groups = [
-        GroupFile(f"_group_{m}.yaml", f"medmnist_mcq_{m}", [t for s in sets_of_modality(m) for t in (s.task, s.task_passk)],
-                  alias=MODALITY_TITLES[m])
+        GroupFile(
+            f"_group_{m}.yaml",
+            f"medmnist_mcq_{m}",
+            [t for s in sets_of_modality(m) for t in (s.task, s.task_passk)],
+            alias=MODALITY_TITLES[m],
+        )
         for m in MODALITIES
     ]
     groups += [
-        GroupFile("_group_all.yaml", "medmnist_mcq", [f"medmnist_mcq_{m}" for m in MODALITIES],
-                  comment="Greedy Acc@1 and sampled Pass@K on all twelve datasets, grouped by modality."),
-        GroupFile("_group_greedy.yaml", "medmnist_mcq_greedy", [s.task for s in SETS],
-                  comment="Acc@1 only (greedy), all twelve datasets.", sampled=False),
+        GroupFile(
+            "_group_all.yaml",
+            "medmnist_mcq",
+            [f"medmnist_mcq_{m}" for m in MODALITIES],
+            comment="Greedy Acc@1 and sampled Pass@K on all twelve datasets, grouped by modality.",
+        ),
+        GroupFile(
+            "_group_greedy.yaml",
+            "medmnist_mcq_greedy",
+            [s.task for s in SETS],
+            comment="Acc@1 only (greedy), all twelve datasets.",
+            sampled=False,
+        ),
     ]
-    return Family(folder="medmnist", generator="tasks/medmnist/_generate_configs.py", greedy=GREEDY_DECODING,
-                  sampled=SAMPLED_DECODING, template_comment=TEMPLATE_COMMENT, tasks=tasks, groups=groups)
+    return Family(
+        folder="medmnist",
+        generator="tasks/medmnist/_generate_configs.py",
+        greedy=GREEDY_DECODING,
+        sampled=SAMPLED_DECODING,
+        template_comment=TEMPLATE_COMMENT,
+        tasks=tasks,
+        groups=groups,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

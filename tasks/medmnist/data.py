@@ -68,8 +68,9 @@ def _expected_layout(spec: MedMNISTSet, split: str) -> str:
     return f"keys '{split}_images' (uint8, {img}) and '{split}_labels' (int, N x {n_labels})"
 
 
-def load_split(name_or_flag: str, split: str = "test", root: str | Path | None = None,
-               download: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+    name_or_flag: str, split: str = "test", root: str | Path | None = None, download: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one official split; the images are a read-only memory map.
 
     The ``{split}_images`` member of the npz is decompressed once into a cache next to it (see
@@ -168,8 +169,15 @@ def _build_cache(npz: Path, split: str, npy: Path, stamp_path: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     st = npz.stat()
-    stamp = {"version": CACHE_VERSION, "npz": npz.name, "member": member, "npz_size": st.st_size,
-             "npz_mtime_ns": st.st_mtime_ns, "npz_md5": _md5(npz), "npy_size": npy.stat().st_size}
+    stamp = {
+        "version": CACHE_VERSION,
+        "npz": npz.name,
+        "member": member,
+        "npz_size": st.st_size,
+        "npz_mtime_ns": st.st_mtime_ns,
+        "npz_md5": _md5(npz),
+        "npy_size": npy.stat().st_size,
+    }
     _write_atomic(stamp_path, json.dumps(stamp).encode())
 
 
@@ -187,14 +195,19 @@ def split_images(npz: Path, split: str, hint: str = "") -> np.ndarray:
             with np.load(npz, allow_pickle=False) as arrays:
                 return arrays[f"{split}_images"]
         except Exception as read_err:
-            raise MedMNISTFileError(f"cannot read MedMNIST file ({type(read_err).__name__}: {read_err}): {hint}") from None
+            raise MedMNISTFileError(
+                f"cannot read MedMNIST file ({type(read_err).__name__}: {read_err}): {hint}"
+            ) from None
     except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise MedMNISTFileError(f"cannot read '{split}_images' of MedMNIST file ({type(err).__name__}: {err}): "
-                                f"{hint}") from err
+        raise MedMNISTFileError(
+            f"cannot read '{split}_images' of MedMNIST file ({type(err).__name__}: {err}): {hint}"
+        ) from err
     try:
         with open(npy, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, _ = read_header(fh)
         if int(np.prod(shape)) == 0:  # a zero-size array cannot be memory-mapped
             return np.load(npy, allow_pickle=False)
@@ -220,7 +233,9 @@ def _check_arrays(spec: MedMNISTSet, split: str, images: np.ndarray, labels: np.
     problems = []
     if images.ndim != len(want_img) + 1:
         # A 0-d or flat array has no images to index (and no shape[0] to compare).
-        problems.append(f"'{split}_images' is a {images.ndim}-d array {images.shape}, not N x {' x '.join(map(str, want_img))}")
+        problems.append(
+            f"'{split}_images' is a {images.ndim}-d array {images.shape}, not N x {' x '.join(map(str, want_img))}"
+        )
     elif images.dtype != np.uint8 or tuple(images.shape[1:]) != want_img:
         problems.append(f"'{split}_images' is {images.dtype} {images.shape}")
     elif images.shape[0] == 0:
@@ -254,7 +269,9 @@ def single_labels(spec: MedMNISTSet, labels: np.ndarray) -> np.ndarray:
 
 def resolve_per_class(per_class: int | str | None) -> int | None:
     """None means the full split; otherwise a positive number of items per class."""
-    return size_from_env(per_class, env=PER_CLASS_ENV, default=DEFAULT_PER_CLASS, what="items per class", full_word="all")
+    return size_from_env(
+        per_class, env=PER_CLASS_ENV, default=DEFAULT_PER_CLASS, what="items per class", full_word="all"
+    )
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -303,7 +320,15 @@ class SubsetInfo:
         return f"{'full' if self.per_class is None else f'balanced{self.per_class}'}-seed{self.seed}"
 
 
-def build_items(name_or_flag: str, split: str = "test", *, root: str | Path | None = None, per_class: int | str | None = None, seed: int | None = None, with_images: bool = True) -> list[dict[str, Any]]:
+def build_items(
+    name_or_flag: str,
+    split: str = "test",
+    *,
+    root: str | Path | None = None,
+    per_class: int | str | None = None,
+    seed: int | None = None,
+    with_images: bool = True,
+) -> list[dict[str, Any]]:
     """The multiple-choice items of one dataset split, in index order.
 
     Each item records where it came from (flag, split, index), the class, the shuffled option
@@ -318,7 +343,8 @@ def build_items(name_or_flag: str, split: str = "test", *, root: str | Path | No
     if chosen.size == 0:
         raise MedMNISTFileError(
             f"no {split} image of {npz_path(spec.flag, root if root is not None else default_root())} has a "
-            f"single answer ({spec.rule} rule): the task would be empty. Check the file's '{split}_labels'.")
+            f"single answer ({spec.rule} rule): the task would be empty. Check the file's '{split}_labels'."
+        )
     items = []
     for idx in chosen:
         idx = int(idx)

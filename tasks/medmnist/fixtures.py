@@ -63,6 +63,8 @@ def build_medmnist_fixture(spec: MedMNISTSet, root: Path, per_class: dict[str, i
     return path
 
 
-def build_all(root: str | Path, test_per_class: int = 2, train_per_class: int = 4, val_per_class: int = 2, seed: int = 0) -> list[Path]:
+def build_all(
+    root: str | Path, test_per_class: int = 2, train_per_class: int = 4, val_per_class: int = 2, seed: int = 0
+) -> list[Path]:
     counts = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
     return [build_medmnist_fixture(spec, Path(root), counts, seed) for spec in SETS]

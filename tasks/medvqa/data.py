@@ -98,7 +98,9 @@ def load_source(source: str, split: str = HUB_SPLIT, revision: str | None = None
         ) from err
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
-        raise MedVQADataError(f"medical VQA source {source!r} (split {split!r}) lacks column(s) {missing}; it has {ds.column_names}")
+        raise MedVQADataError(
+            f"medical VQA source {source!r} (split {split!r}) lacks column(s) {missing}; it has {ds.column_names}"
+        )
     # Rows are read as raw Arrow values (images stay stored bytes; the row check decodes them),
     # which needs no cast pass over a multi-GB image table.
     return ds.with_format("arrow")
@@ -119,7 +121,9 @@ def benchmark_rows(ds, spec: MedVQASet, source: str) -> list[int]:
     dupes = sorted({str(index[i]) for i in rows if seen.setdefault(index[i], i) != i})
     if dupes:
         # Item ids are <dataset_name>/<dataset_index>; they must name one row each.
-        raise MedVQADataError(f"{spec.title} rows in {source!r} repeat dataset_index {dupes[:10]}: item ids would be ambiguous")
+        raise MedVQADataError(
+            f"{spec.title} rows in {source!r} repeat dataset_index {dupes[:10]}: item ids would be ambiguous"
+        )
     return sorted(rows, key=lambda i: (index[i] if isinstance(index[i], int) else -1, i))
 
 
@@ -180,8 +184,9 @@ def _image_file(path: str, base: Path | None, k: int) -> Path | None:
     root = base.resolve()
     candidate = (root / path).resolve()
     if not candidate.is_relative_to(root):
-        raise BadRow(f"image {k} path {path!r} points outside the dataset folder {root}; "
-                     "image paths must be relative to it")
+        raise BadRow(
+            f"image {k} path {path!r} points outside the dataset folder {root}; image paths must be relative to it"
+        )
     return candidate if candidate.is_file() else None
 
 
@@ -306,11 +311,15 @@ def build_items(
         except BadRow as err:
             bad.append((item_id_of(row, spec), str(err)))
         except Exception as err:  # a malformed value we did not foresee: still name the item
-            raise MedVQADataError(f"{spec.title} item {item_id_of(row, spec)} from {src!r}: {type(err).__name__}: {err}") from err
+            raise MedVQADataError(
+                f"{spec.title} item {item_id_of(row, spec)} from {src!r}: {type(err).__name__}: {err}"
+            ) from err
 
     info = BuildInfo(spec.name, src, split, n_wanted, seed, len(rows), len(items), tuple(bad))
     if bad and not skip:
-        listed = "; ".join(f"{i}: {why}" for i, why in bad[:20]) + (f"; ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
+        listed = "; ".join(f"{i}: {why}" for i, why in bad[:20]) + (
+            f"; ... ({len(bad) - 20} more)" if len(bad) > 20 else ""
+        )
         raise MedVQADataError(
             f"{len(bad)} bad row(s) in {spec.title} (task {spec.task}) from {src!r}: {listed}. "
             f"Fix the source, or set {SKIP_BAD_ENV}=1 to skip them (the count is logged and recorded in every item)."
@@ -328,8 +337,14 @@ def build_items(
 
     items.sort(key=lambda it: (it["dataset_index"], it["item_id"]))
     for it in items:
-        it.update(subset=info.tag, source=src, split=split, revision=revision, n_source_rows=len(rows),
-                  n_skipped_in_source=len(bad))
+        it.update(
+            subset=info.tag,
+            source=src,
+            split=split,
+            revision=revision,
+            n_source_rows=len(rows),
+            n_skipped_in_source=len(bad),
+        )
     return items, info
 
 
@@ -355,7 +370,9 @@ def doc_images(doc: Mapping[str, Any]) -> list:
         if data is None:
             found = _image_file(str(image.get("path")), base, k)
             if found is None:
-                raise MedVQADataError(f"item {doc['item_id']}: image {k} disappeared from {source!r} since the run started")
+                raise MedVQADataError(
+                    f"item {doc['item_id']}: image {k} disappeared from {source!r} since the run started"
+                )
             data = found.read_bytes()
         with Image.open(io.BytesIO(data)) as im:
             im.load()

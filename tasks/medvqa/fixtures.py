@@ -28,12 +28,28 @@ IMAGE_SIZE = 64
 
 _TEXTS = {
     "pmc": ("What imaging modality is shown?", ["CT", "MRI", "Ultrasound", "X-ray"]),
-    "mmmu": ("Which structure is marked by the arrow?", ["Aorta", "Pulmonary trunk", "Left atrium", "Esophagus", "Trachea"]),
-    "medxpertqa": ("What is the most likely diagnosis?", ["Sarcoidosis", "Tuberculosis", "Lymphoma", "Histoplasmosis", "Silicosis"]),
+    "mmmu": (
+        "Which structure is marked by the arrow?",
+        ["Aorta", "Pulmonary trunk", "Left atrium", "Esophagus", "Trachea"],
+    ),
+    "medxpertqa": (
+        "What is the most likely diagnosis?",
+        ["Sarcoidosis", "Tuberculosis", "Lymphoma", "Histoplasmosis", "Silicosis"],
+    ),
     "slake": ("Which organ is abnormal?", ["Liver", "Lung", "Heart"]),
 }
-_LONG_OPTIONS = ["Pneumothorax", "Pleural effusion", "Atelectasis", "Pneumonia", "Pulmonary edema",
-                 "Lung abscess", "Bronchiectasis", "Emphysema", "Pulmonary embolism", "Lung cancer"]
+_LONG_OPTIONS = [
+    "Pneumothorax",
+    "Pleural effusion",
+    "Atelectasis",
+    "Pneumonia",
+    "Pulmonary edema",
+    "Lung abscess",
+    "Bronchiectasis",
+    "Emphysema",
+    "Pulmonary embolism",
+    "Lung cancer",
+]
 _YES_NO = ["Yes", "No"]
 
 
@@ -70,14 +86,26 @@ def _item(spec: MedVQASet, i: int, rng: np.random.Generator) -> dict[str, Any]:
     label = list(options)[int(rng.integers(len(options)))]
     images = [{"bytes": answer_image(label, name, v), "path": f"{name}_{i}_{v}.png"} for v in range(n_images)]
     misc = {"fixture": True, "n_options": len(options)}
-    return {"images": images, "question": question, "options": json.dumps(options), "answer_label": label,
-            "answer": options[label], "misc": json.dumps(misc)}
+    return {
+        "images": images,
+        "question": question,
+        "options": json.dumps(options),
+        "answer_label": label,
+        "answer": options[label],
+        "misc": json.dumps(misc),
+    }
 
 
 def _bad_item(spec: MedVQASet, kind: str) -> dict[str, Any]:
     options = {"A": "Yes", "B": "No"}
-    row = {"images": [{"bytes": answer_image("A", spec.name), "path": "bad.png"}], "question": f"Broken row ({kind})?",
-           "options": json.dumps(options), "answer_label": "A", "answer": "Yes", "misc": json.dumps({"bad": kind})}
+    row = {
+        "images": [{"bytes": answer_image("A", spec.name), "path": "bad.png"}],
+        "question": f"Broken row ({kind})?",
+        "options": json.dumps(options),
+        "answer_label": "A",
+        "answer": "Yes",
+        "misc": json.dumps({"bad": kind}),
+    }
     if kind == "undecodable_image":
         row["images"] = [{"bytes": b"\x89PNG\r\n\x1a\n not really a png", "path": "broken.png"}]
     elif kind == "missing_image":
@@ -119,18 +147,20 @@ def build_medvqa_fixture(
         rows += new
     for index, row in enumerate(rows):
         row["dataset_index"] = index
-    features = datasets.Features({
-        "images": datasets.List(datasets.Image()),
-        "question": datasets.Value("string"),
-        "options": datasets.Value("string"),
-        "answer_label": datasets.Value("string"),
-        "answer": datasets.Value("string"),
-        "dataset_name": datasets.Value("string"),
-        "dataset_index": datasets.Value("int64"),
-        "reasoning": datasets.Value("string"),
-        "hash": datasets.Value("string"),
-        "misc": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "images": datasets.List(datasets.Image()),
+            "question": datasets.Value("string"),
+            "options": datasets.Value("string"),
+            "answer_label": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "dataset_name": datasets.Value("string"),
+            "dataset_index": datasets.Value("int64"),
+            "reasoning": datasets.Value("string"),
+            "hash": datasets.Value("string"),
+            "misc": datasets.Value("string"),
+        }
+    )
     path = out / "data" / "test-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
