@@ -413,16 +413,21 @@ def _write_pmc_csv(folder: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def test_keyword_fallback_labels():
-    from medbridge.training.data import MODALITY_LABELS, keyword_modality
+def test_keyword_fallback_labels_are_in_the_one_vocabulary():
+    from medbridge.harness_ext.judge.prompts import MODALITIES
+    from medbridge.training.data import keyword_modalities, keyword_modality, modality_vocabulary
 
+    assert modality_vocabulary() == tuple(MODALITIES) and "none" in MODALITIES
     assert keyword_modality("What does the axial CT scan show?") == "ct"
     assert keyword_modality("Which sequence of MRI is used?") == "mri"
     assert keyword_modality("What is seen in the H&E stained section?") == "microscopy"
-    assert keyword_modality("What is the PET-CT finding?") == "pet"
+    assert keyword_modality("What does the OCT scan of the macula show?") == "oct"
     assert keyword_modality("What is shown in the chest radiograph?") == "x-ray"
+    assert keyword_modality("What does the dermoscopy image of the skin lesion show?") == "dermatology"
+    assert keyword_modality("What is the PET finding?") == "none"  # not one of the paper's categories
     assert keyword_modality("What is the main finding?") == "none"
-    assert {"none"} < set(MODALITY_LABELS)
+    questions = ["CT of the chest", "fundus OCT", "an endoscopy view", "ultrasound of the liver", "stained biopsy"]
+    assert set(keyword_modalities(questions)) <= set(MODALITIES)
 
 
 def test_pmc_vqa_builder_balances_modalities_and_writes_a_manifest(tmp_path):
@@ -431,19 +436,33 @@ def test_pmc_vqa_builder_balances_modalities_and_writes_a_manifest(tmp_path):
 
     questions = [(f"What does this CT image {i} show?", "B") for i in range(6)]
     questions += [(f"Which MRI sequence is image {i}?", "A") for i in range(2)]
-    questions += [(f"What is the finding {i}?", "C") for i in range(4)]
+    questions += [(f"What is the finding {i}?", "C") for i in range(3)]
+    questions += [("Which PET tracer is used?", "D")]
     csv_path = _write_pmc_csv(tmp_path / "pmc", questions)
     calls = []
 
-    def judge(question: str) -> str:  # stands in for the judge's modality prompt
-        calls.append(question)
-        return "CT" if "CT" in question else ("mri" if "MRI" in question else "none")
+    def judge(batch, images):  # stands in for the judge: a batch of questions in, one label (or None) each out
+        calls.append((list(batch), images))
+        return ["CT" if "CT" in q else "mri" if "MRI" in q else "pet" if "PET" in q else "none" for q in batch]
 
     out = tmp_path / "subset"
-    manifest = build_pmc_vqa_subset(csv_path, out, size=7, seed=3, classify_modality=judge, labeler="test-judge")
+    manifest = build_pmc_vqa_subset(csv_path, out, classify=judge, labeler="test-judge", size=7, seed=3)
     assert manifest["counts_per_modality"] == {"ct": 3, "mri": 2, "none": 2}  # round-robin over sorted labels
+    assert manifest["available_per_modality"] == {"ct": 6, "mri": 2, "none": 4}
+    # "CT" is the vocabulary's "ct"; "pet" is outside the vocabulary: none, and counted.
+    assert manifest["label_validation"] == {"unknown_to_none": {"pet": 1}, "unlabeled_to_none": 0}
     assert sum(manifest["counts_per_modality"].values()) == manifest["size"] == 7
     assert manifest["seed"] == 3 and manifest["labeler"] == "test-judge" and manifest["source"].endswith("train.csv")
+    assert manifest["modality_labels"] == [
+        "mri",
+        "ct",
+        "ultrasound",
+        "x-ray",
+        "microscopy",
+        "dermatology",
+        "oct",
+        "none",
+    ]
     assert json.loads((out / "manifest.json").read_text()) == manifest
     ds = datasets.load_from_disk(str(out))
     assert len(ds) == 7 and sorted(set(ds["modality"])) == ["ct", "mri", "none"]
@@ -451,26 +470,76 @@ def test_pmc_vqa_builder_balances_modalities_and_writes_a_manifest(tmp_path):
     assert json.loads(row["options"]) == {"A": "first", "B": "second", "C": "third", "D": "fourth"}
     assert "Options:\nA. first\nB. second" in row["prompt"][0]["content"]
     assert row["image"].size[1] == 30  # embedded image bytes
-    assert len(calls) == 12
+    assert len(calls) == 1 and len(calls[0][0]) == 12 and calls[0][1] is None  # one batch, questions only
 
     # Resumable: a second build asks the classifier nothing (cache), and the same seed gives the same rows.
     calls.clear()
     again = build_pmc_vqa_subset(
         csv_path,
         tmp_path / "subset2",
+        classify=judge,
+        labeler="test-judge",
         size=7,
         seed=3,
-        classify_modality=judge,
-        labeler="test-judge",
         cache_path=Path(manifest["modality_cache"]),
     )
     assert calls == [] and again["counts_per_modality"] == manifest["counts_per_modality"]
     assert datasets.load_from_disk(str(tmp_path / "subset2"))["item_id"] == ds["item_id"]
 
-    # Without a judge the keyword fallback labels, and the manifest says so.
-    fb = build_pmc_vqa_subset(csv_path, tmp_path / "subset3", size=100, seed=3)
-    assert fb["labeler"] == "keyword-fallback" and fb["size"] == 12
-    assert fb["counts_per_modality"] == {"ct": 6, "mri": 2, "none": 4}
+
+def test_pmc_vqa_unlabeled_questions_are_counted_and_asked_again(tmp_path):
+    from medbridge.training.data import build_pmc_vqa_subset
+
+    csv_path = _write_pmc_csv(tmp_path / "pmc", [(f"What does this CT image {i} show?", "B") for i in range(4)])
+    asked = []
+
+    def flaky(batch, images):  # the judge failed on the first two questions
+        asked.append(len(batch))
+        assert images is not None and all(Path(p).is_file() for p in images)  # --with-images sends the figures
+        return [None if len(asked) == 1 and i < 2 else "ct" for i in range(len(batch))]
+
+    cache = tmp_path / "labels.jsonl"
+    first = build_pmc_vqa_subset(
+        csv_path, tmp_path / "a", classify=flaky, labeler="j", cache_path=cache, with_images=True
+    )
+    assert first["label_validation"] == {"unknown_to_none": {}, "unlabeled_to_none": 2}
+    assert first["available_per_modality"] == {"ct": 2, "none": 2}
+    second = build_pmc_vqa_subset(
+        csv_path, tmp_path / "b", classify=flaky, labeler="j", cache_path=cache, with_images=True
+    )
+    assert asked == [4, 2]  # only the unlabeled ones were asked again
+    assert second["available_per_modality"] == {"ct": 4} and second["label_validation"]["unlabeled_to_none"] == 0
+
+
+def test_build_pmc_vqa_command_uses_the_judge_unless_the_fallback_is_asked_for(tmp_path, monkeypatch):
+    from medbridge.training import cli, data
+
+    seen = []
+    monkeypatch.setattr(data, "judge_modalities", lambda qs, images=None: seen.append(len(qs)) or ["ct"] * len(qs))
+    assert cli._modality_classifier("judge")[1] == "judge"
+    csv_path = _write_pmc_csv(tmp_path / "pmc", [("What does this CT image show?", "B"), ("What is it?", "A")])
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", "build-pmc-vqa", "--csv", str(csv_path), "--out", str(tmp_path / "o")])
+    assert args.classifier == "judge" and args.func(args) == 0 and seen == [2]
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["labeler"] == "judge" and manifest["counts_per_modality"] == {"ct": 2}
+    args = parser.parse_args(
+        ["data", "build-pmc-vqa", "--csv", str(csv_path), "--out", str(tmp_path / "k"), "--classifier", "keyword"]
+    )
+    assert args.func(args) == 0 and seen == [2]
+    manifest = json.loads((tmp_path / "k" / "manifest.json").read_text())
+    assert manifest["labeler"] == "keyword-fallback" and manifest["counts_per_modality"] == {"ct": 1, "none": 1}
+
+
+def test_judge_modalities_without_a_judge_names_the_settings(monkeypatch):
+    from medbridge.harness_ext.errors import MedbridgeError
+    from medbridge.training.data import judge_modalities
+
+    monkeypatch.delenv("MEDBRIDGE_JUDGE_BASE_URL", raising=False)
+    monkeypatch.delenv("MEDBRIDGE_JUDGE_MODEL", raising=False)
+    with pytest.raises(MedbridgeError, match="MEDBRIDGE_JUDGE_BASE_URL"):
+        judge_modalities(["What does this CT show?"])
 
 
 def test_pmc_vqa_bad_rows_name_the_file_and_row(tmp_path):

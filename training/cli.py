@@ -135,27 +135,48 @@ def _cmd_build_medmnist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _modality_classifier(spec: str):
+    """``judge`` (the paper's: the LLM judge), ``keyword`` (the fallback, only when asked for), or
+    ``package.module:function`` taking (questions, image paths or None) and returning one label each."""
+    from medbridge.training import data
+
+    if spec == "judge":
+        return data.judge_modalities, "judge"
+    if spec == "keyword":
+        return data.keyword_modalities, "keyword-fallback"
+    return _load_callable(spec), spec
+
+
 def _cmd_build_pmc_vqa(args: argparse.Namespace) -> int:
     from medbridge.training.data import build_pmc_vqa_subset
 
-    classifier = _load_callable(args.classifier) if args.classifier else None
-    if classifier is None:
-        print(
-            "no --classifier given: using the KEYWORD FALLBACK for modality labels (recorded in the manifest)",
-            file=sys.stderr,
-        )
+    classify, labeler = _modality_classifier(args.classifier)
+    if labeler == "keyword-fallback":
+        print("modality labels from the KEYWORD FALLBACK (recorded in the manifest), not the judge", file=sys.stderr)
     manifest = build_pmc_vqa_subset(
         args.csv,
         args.out,
+        classify=classify,
+        labeler=labeler,
         size=args.size,
         seed=args.seed,
         image_dir=args.images,
-        classify_modality=classifier,
-        labeler=args.classifier,
         cache_path=args.cache,
+        with_images=args.with_images,
         sft=args.sft,
     )
-    print(json.dumps(manifest["counts_per_modality"], indent=2))
+    print(
+        json.dumps(
+            {"counts_per_modality": manifest["counts_per_modality"], "label_validation": manifest["label_validation"]},
+            indent=2,
+        )
+    )
+    if manifest["label_validation"]["unlabeled_to_none"]:
+        print(
+            f"warning: {manifest['label_validation']['unlabeled_to_none']} question(s) got no usable label from the "
+            "classifier and count as 'none'; run the same command again to ask for them again",
+            file=sys.stderr,
+        )
     print(f"{manifest['size']} rows -> {args.out}")
     return 0
 
@@ -230,8 +251,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=1234)
     q.add_argument(
         "--classifier",
-        help="modality classifier package.module:function (question -> label), e.g. the judge's; default: keyword fallback",
+        default="judge",
+        help="modality classifier: 'judge' (the paper's; needs MEDBRIDGE_JUDGE_BASE_URL/MODEL), 'keyword' (coarse "
+        "fallback), or package.module:function(questions, images) -> labels",
     )
+    q.add_argument("--with-images", action="store_true", help="send each figure to the classifier with its question")
     q.add_argument("--cache", help="modality label cache JSONL (default: <out>.modality_cache.jsonl); resumable")
     q.add_argument("--sft", action="store_true")
     q.set_defaults(func=_cmd_build_pmc_vqa)

@@ -4,9 +4,11 @@
   training prompt is byte-for-byte the evaluation prompt (same question, option order rule, layout).
 * PMC-VQA: the train CSV (Figure_path, Question, Answer, Choice A..D, Answer_label) becomes MCQ items
   with the shared prompt layout; each question gets an imaging-modality label from a classifier (the
-  LLM judge's modality prompt, or the keyword FALLBACK below), labels are cached in a JSONL file so
-  an interrupted run resumes, and a modality-balanced subset is saved with ``save_to_disk`` next to a
-  ``manifest.json`` (source, seed, counts per modality).
+  LLM judge's modality prompt, as in the paper; the keyword FALLBACK below only when asked for), labels
+  are validated against the project's one vocabulary (``harness_ext.judge.prompts.MODALITIES``: the
+  paper's categories plus "none"), cached in a JSONL file so an interrupted run resumes, and a
+  modality-balanced subset is saved with ``save_to_disk`` next to a ``manifest.json`` (source, seed,
+  label counts, what validation changed).
 
 GRPO rows: ``prompt`` (one user turn; TRL inserts the image), ``image``, ``answer_letter``, ``options``
 (JSON), ``item_id``, ``dataset``. SFT rows add ``completion`` (one assistant turn in <think>/<answer> form).
@@ -27,13 +29,16 @@ from typing import Any
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
 
 __all__ = [
-    "MODALITY_LABELS",
     "balanced_subset",
     "bridge_answer",
     "build_pmc_vqa_subset",
     "grpo_row",
+    "judge_modalities",
+    "keyword_modalities",
     "keyword_modality",
     "label_modalities",
+    "modality_vocabulary",
+    "validate_label",
     "load_training_dataset",
     "medmnist_dataset",
     "medmnist_items",
@@ -135,52 +140,55 @@ def _to_dataset(rows: list[dict[str, Any]]):
 # PMC-VQA
 # ---------------------------------------------------------------------------------------------
 
-# Labels of the modality classifier; "none" = the question does not make the modality clear.
-MODALITY_LABELS = (
-    "ct",
-    "mri",
-    "x-ray",
-    "ultrasound",
-    "microscopy",
-    "endoscopy",
-    "fundus",
-    "dermoscopy",
-    "pet",
-    "other",
-    "none",
-)
-
 PMC_VQA_COLUMNS = ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label")
 _CHOICE_PREFIX_RE = re.compile(r"^\s*[A-Da-d]\s*[:.)]\s*")
 
-# FALLBACK ONLY: used when no judge is configured. Keyword rules are a coarse stand-in for the
-# judge's modality prompt (first matching rule wins; order puts specific words before generic ones).
+# A modality classifier labels a batch of questions (and, when asked, their image files) at once:
+# one label per question, or None where it could not label one (the judge's failed/invalid replies).
+ModalityClassifier = Callable[[Sequence[str], Sequence[str] | None], Sequence[str | None]]
+
+# KEYWORD FALLBACK, used only when asked for (`--classifier keyword`): coarse rules on the question text
+# standing in for the judge's modality prompt. First matching rule wins; labels are the paper's (MODALITIES).
 _KEYWORD_RULES: tuple[tuple[str, re.Pattern], ...] = tuple(
     (label, re.compile(pattern, re.IGNORECASE))
     for label, pattern in (
-        ("pet", r"\bpet(?:[-/ ]ct)?\b|positron emission"),
+        ("oct", r"\boct\b|optical coherence"),
         ("ct", r"\bct\b|computed tomograph|\bcta\b|\bhrct\b"),
         ("mri", r"\bmri?\b|magnetic resonance|\bt1\b|\bt2\b|\bflair\b|diffusion[- ]weighted"),
         ("ultrasound", r"ultrasound|ultrasonograph|sonograph|\bdoppler\b|echocardiogra"),
-        ("x-ray", r"x-?ray|radiograph|\bcxr\b|mammogra|angiogra|fluoroscop"),
+        ("x-ray", r"x-?ray|radiograph|\bcxr\b|mammogra|fluoroscop"),
         ("microscopy", r"histolog|histopatholog|microscop|\bstain|h&e|immunohisto|cytolog|biopsy|magnification"),
-        ("endoscopy", r"endoscop|colonoscop|gastroscop|laparoscop|bronchoscop"),
-        ("fundus", r"fundus|retina|\boct\b|optical coherence"),
-        ("dermoscopy", r"dermoscop|skin lesion|dermatolog"),
+        ("dermatology", r"dermoscop|dermatolog|skin lesion|\brash\b|\bmelanoma\b"),
     )
 )
 
 
-def keyword_modality(question: str) -> str:
-    """FALLBACK modality classifier (no judge configured): keyword rules on the question text.
+def modality_vocabulary() -> tuple[str, ...]:
+    """The project's one modality vocabulary (the paper's categories plus "none"), kept by the judge."""
+    from medbridge.harness_ext.judge.prompts import MODALITIES
 
-    Returns one of MODALITY_LABELS; "none" when no rule matches. Coarser than the judge, and
-    recorded as ``labeler: keyword-fallback`` in the manifest so the subset says how it was made.
-    """
+    return tuple(MODALITIES)
+
+
+def keyword_modality(question: str) -> str:
+    """KEYWORD FALLBACK for one question: the first matching rule's label, "none" when no rule matches."""
     for label, pattern in _KEYWORD_RULES:
         if pattern.search(question or ""):
             return label
     return "none"
+
+
+def keyword_modalities(questions: Sequence[str], images: Sequence[str] | None = None) -> list[str]:
+    """KEYWORD FALLBACK classifier (batch form of :func:`keyword_modality`; images are not looked at)."""
+    return [keyword_modality(q) for q in questions]
+
+
+def judge_modalities(questions: Sequence[str], images: Sequence[str] | None = None) -> list[str | None]:
+    """The paper's classifier: the LLM judge's modality prompt (MEDBRIDGE_JUDGE_* settings), cached and
+    asked concurrently by the judge client; None where the judge gave no usable label."""
+    from medbridge.harness_ext.judge import classify_modalities
+
+    return list(classify_modalities(list(questions), images=list(images) if images is not None else None))
 
 
 def _strip_choice(text: str) -> str:
@@ -207,7 +215,8 @@ def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) 
             answer = (row["Answer_label"] or "").strip().upper()
             if answer not in options:
                 raise ValueError(
-                    f"{where}: Answer_label {row['Answer_label']!r} is not one of the non-empty choices {sorted(options)}"
+                    f"{where}: Answer_label {row['Answer_label']!r} is not one of the non-empty choices "
+                    f"{sorted(options)}"
                 )
             question = (row["Question"] or "").strip()
             if not question:
@@ -237,39 +246,77 @@ def _cache_key(item: dict[str, Any]) -> str:
     return hashlib.sha1(f"{Path(item['figure_path']).name}\n{item['question']}".encode()).hexdigest()
 
 
-def label_modalities(
-    items: list[dict[str, Any]], classify_modality: Callable[[str], str], cache_path: str | Path, *, labeler: str
-) -> dict[str, str]:
-    """item_id -> modality label, asking ``classify_modality`` only for questions not yet in the cache.
+def validate_label(label: Any, vocabulary: Sequence[str]) -> tuple[str, str]:
+    """(label in the vocabulary, what happened): "ok", "unknown" (outside the vocabulary -> none), or
+    "unlabeled" (the classifier gave none -> none)."""
+    if label is None:
+        return "none", "unlabeled"
+    text = str(label).strip().lower()
+    return (text, "ok") if text in vocabulary else ("none", "unknown")
 
-    The cache is a JSONL file appended (and flushed) one line per answer, so a run that is killed
-    resumes where it stopped. Entries made by another labeler are ignored, never mixed in.
+
+def label_modalities(
+    items: list[dict[str, Any]],
+    classify: ModalityClassifier,
+    cache_path: str | Path,
+    *,
+    labeler: str,
+    with_images: bool = False,
+    batch_size: int = 256,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """item_id -> validated modality label, and counts of what validation changed.
+
+    Questions not yet in the cache are classified in batches; every usable answer is appended (and
+    flushed) to a JSONL cache, so a killed run resumes where it stopped. Entries made by another labeler
+    are ignored, never mixed in. Labels outside the vocabulary become "none" and are counted by raw
+    label; questions the classifier could not label become "none", are counted, and are not cached
+    (asked again next run).
     """
+    vocabulary = modality_vocabulary()
     cache_path = Path(cache_path)
     known: dict[str, str] = {}
     if cache_path.exists():
-        for line_no, line in enumerate(cache_path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for line in cache_path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
-                # A line cut short by a crash: it gets asked again.
-                continue
-            if entry.get("labeler") == labeler:
+                continue  # blank, or a line cut short by a crash: that question is asked again
+            if isinstance(entry, dict) and entry.get("labeler") == labeler:
                 known[entry["key"]] = entry["modality"]
+    todo = [item for item in items if _cache_key(item) not in known]
+    unlabeled: set[str] = set()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    labels: dict[str, str] = {}
     with cache_path.open("a", encoding="utf-8") as fh:
-        for item in items:
-            key = _cache_key(item)
-            if key not in known:
-                label = (classify_modality(item["question"]) or "none").strip().lower()
-                known[key] = label
-                fh.write(json.dumps({"key": key, "modality": label, "labeler": labeler}) + "\n")
-                fh.flush()
-            labels[item["item_id"]] = known[key]
-    return labels
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = [item["figure_path"] for item in batch] if with_images else None
+            answers = list(classify([item["question"] for item in batch], images))
+            if len(answers) != len(batch):
+                raise ValueError(
+                    f"modality classifier {labeler!r} returned {len(answers)} labels for {len(batch)} questions"
+                )
+            for item, raw in zip(batch, answers):
+                key = _cache_key(item)
+                if raw is None:
+                    unlabeled.add(key)
+                    continue
+                fh.write(json.dumps({"key": key, "modality": str(raw), "labeler": labeler}) + "\n")
+                known[key] = str(raw)
+            fh.flush()
+    labels: dict[str, str] = {}
+    counts = {"unknown": Counter(), "unlabeled": 0}
+    for item in items:
+        key = _cache_key(item)
+        label, outcome = validate_label(None if key in unlabeled else known.get(key), vocabulary)
+        if outcome == "unknown":
+            counts["unknown"][str(known[key])] += 1
+        elif outcome == "unlabeled":
+            counts["unlabeled"] += 1
+        labels[item["item_id"]] = label
+    return labels, {
+        "unknown_to_none": dict(sorted(counts["unknown"].items())),
+        "unlabeled_to_none": counts["unlabeled"],
+    }
 
 
 def balanced_subset(labels: dict[str, str], size: int, seed: int) -> list[str]:
@@ -306,28 +353,28 @@ def build_pmc_vqa_subset(
     csv_path: str | Path,
     out_dir: str | Path,
     *,
+    classify: ModalityClassifier,
+    labeler: str,
     size: int = 8000,
     seed: int = 1234,
     image_dir: str | Path | None = None,
-    classify_modality: Callable[[str], str] | None = None,
-    labeler: str | None = None,
     cache_path: str | Path | None = None,
+    with_images: bool = False,
     sft: bool = False,
 ) -> dict[str, Any]:
     """PMC-VQA train CSV -> modality-balanced subset saved with ``save_to_disk`` + manifest.json.
 
-    ``classify_modality(question) -> label`` is the judge's modality classifier; without one the
-    keyword FALLBACK is used and the manifest says so. Returns the manifest.
+    The paper's build: ``classify`` (the judge, :func:`judge_modalities`) labels every question with one of
+    the project's modality categories or "none", and ``size`` rows are drawn evenly over the labels.
+    :func:`keyword_modalities` is the fallback a user must ask for. Returns the manifest (label counts
+    of the subset and of the whole CSV, and what label validation changed).
     """
     out_dir = Path(out_dir)
-    if classify_modality is None:
-        classify_modality, labeler = keyword_modality, "keyword-fallback"
-    labeler = labeler or getattr(classify_modality, "__name__", "custom")
     items = read_pmc_vqa_csv(csv_path, image_dir)
     cache_path = (
         Path(cache_path) if cache_path is not None else out_dir.with_name(out_dir.name + ".modality_cache.jsonl")
     )
-    labels = label_modalities(items, classify_modality, cache_path, labeler=labeler)
+    labels, validation = label_modalities(items, classify, cache_path, labeler=labeler, with_images=with_images)
     chosen = balanced_subset(labels, size, seed)
     by_id = {i["item_id"]: i for i in items}
     rows = []
@@ -351,9 +398,11 @@ def build_pmc_vqa_subset(
         "size_requested": size,
         "size": len(rows),
         "labeler": labeler,
-        "modality_labels": list(MODALITY_LABELS),
+        "labeled_with_images": with_images,
+        "modality_labels": list(modality_vocabulary()),
         "counts_per_modality": dict(sorted(Counter(labels[i] for i in chosen).items())),
         "available_per_modality": dict(sorted(Counter(labels.values()).items())),
+        "label_validation": validation,
         "rows_read": len(items),
         "format": "sft" if sft else "grpo",
         "prompt_version": PROMPT_VERSION,
