@@ -778,3 +778,8 @@ def test_colocated_vllm_engine_and_server_get_the_recipes_image_budget():
     assert "--weight-transfer-config" in cmd and "--logprobs-mode" in cmd  # what TRL's client needs
     shell = model_utils.vllm_serve_shell(str(RECIPES / "final_octomed7b_pmcvqa8k_care.yaml"), 1, 8000)
     assert shell.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve OctoMed/OctoMed-7B ") and '"max_pixels": 802816' in shell
+    # The multi-node script starts exactly that command, not the deprecated `trl vllm-serve` with data parallel 8.
+    slurm = (RECIPES.parent / "slurm" / "train_multinode.slurm").read_text()
+    code = "\n".join(line for line in slurm.splitlines() if not line.lstrip().startswith("#"))
+    assert "medbridge.training.model_utils vllm-serve" in code
+    assert "trl vllm-serve" not in code and "data_parallel" not in code and "data-parallel" not in code

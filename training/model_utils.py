@@ -208,3 +208,37 @@ def load_weights_from_checkpoint(model: torch.nn.Module, checkpoint: str | Path)
             f"{result.unexpected_keys[:5]}); was this checkpoint saved from another architecture?"
         )
     del loaded, state
+
+
+def serve_main(argv: list[str]) -> int:
+    """``python -m medbridge.training.model_utils vllm-serve RECIPE [TP] [PORT]``: print the server command
+    for a recipe and replace this process with it (run it on the server node, where vLLM is installed)."""
+    import os
+    import sys
+
+    if len(argv) < 2 or argv[0] != "vllm-serve":
+        print(
+            "usage: python -m medbridge.training.model_utils vllm-serve RECIPE.yaml [TENSOR_PARALLEL] [PORT]",
+            file=sys.stderr,
+        )
+        return 2
+    tensor_parallel = int(argv[2]) if len(argv) > 2 else 1
+    port = int(argv[3]) if len(argv) > 3 else 8000
+    shell = vllm_serve_shell(argv[1], tensor_parallel, port)
+    print(shell, flush=True)
+    command = shlex.split(shell.removeprefix("VLLM_SERVER_DEV_MODE=1 "))
+    try:
+        os.execvpe(command[0], command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"})
+    except FileNotFoundError:
+        print(
+            f"error: `{command[0]}` is not installed on this node; install vLLM here (pip install vllm)",
+            file=sys.stderr,
+        )
+        return 2
+    return 0  # not reached: the server replaced this process
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(serve_main(sys.argv[1:]))
