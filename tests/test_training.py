@@ -2,6 +2,7 @@
 recipe parsing, CLI wiring. The trainers themselves run in test_training_trainers.py."""
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -264,9 +265,14 @@ def test_bf16_ema_reference_moves_as_the_exact_ema_does():
                 r.mul_(decay).add_(p, alpha=1 - decay)
     naive_moved = sum((r.double() - s).abs().sum().item() for r, s in zip(naive.parameters(), start))
 
+    ref_offloaded = copy.deepcopy(ref)
     ema = care.EMAReference(ref)
+    offloaded = care.EMAReference(ref_offloaded, offload=True)  # the average in CPU memory: same numbers
     for _ in range(steps):
         ema.update(policy, decay)
+        offloaded.update(policy, decay)
+    for a, b in zip(ref.parameters(), ref_offloaded.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     exact = [decay**steps * s + (1 - decay**steps) * t for s, t in zip(start, target)]
     for shadow, want in zip(ema.shadow, exact):
         torch.testing.assert_close(shadow.double(), want, rtol=1e-5, atol=1e-6)

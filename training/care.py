@@ -196,14 +196,18 @@ class EMAReference:
     policy drifts up to several percent, so the bf16 reference never changes (the official code has that
     defect). Under ZeRO-3 both models are partitioned the same way, so each process averages its own shards
     (no gather). Memory: 4 bytes per reference parameter held by this process (a 7B model: 28 GB unsharded,
-    28/N GB per GPU under ZeRO-3) in addition to the bf16 reference itself.
+    28/N GB per GPU under ZeRO-3) in addition to the bf16 reference itself; ``care_ema_offload`` keeps it
+    in CPU memory instead.
     """
 
-    def __init__(self, reference: torch.nn.Module):
+    def __init__(self, reference: torch.nn.Module, offload: bool = False):
         self.reference = reference
         self.names = [name for name, _ in reference.named_parameters()]
+        # offload: the fp32 average lives in CPU memory (no GPU memory; a host round trip per update).
         self.shadow = [
-            _local(p) if _local(p).dtype == torch.float32 else _local(p).detach().float().clone()
+            _local(p)
+            if _local(p).dtype == torch.float32 and not offload
+            else _local(p).detach().to("cpu" if offload else _local(p).device, torch.float32, copy=True)
             for p in reference.parameters()
         ]
         self.updates = 0
@@ -342,7 +346,7 @@ class GRPOCareTrainer(MedGRPOTrainer):
         else:
             reference = self.accelerator.prepare_model(reference, evaluation_mode=True)
         self.care_ref_model = reference
-        self.care_ema = EMAReference(self.accelerator.unwrap_model(reference))
+        self.care_ema = EMAReference(self.accelerator.unwrap_model(reference), offload=args.care_ema_offload)
         # Reference forwards this process ran: one per local completion, whatever the completions hold,
         # so every rank enters the same number of (ZeRO-3: collective) forwards.
         self.care_reference_forwards = 0

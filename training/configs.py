@@ -122,6 +122,13 @@ class GRPOCareConfig(MedGRPOConfig):
     beta: float = field(default=0.0, metadata={"help": "KL weight; GRPO-CARE trains without a KL term."})
     care_ema_decay: float = field(default=0.995, metadata={"help": "ref <- decay * ref + (1 - decay) * policy."})
     care_ema_interval: int = field(default=10, metadata={"help": "Optimizer steps between EMA updates."})
+    care_ema_offload: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the fp32 EMA average in CPU memory (saves 4 bytes per parameter of GPU memory; "
+            "a host round trip every care_ema_interval steps)."
+        },
+    )
     care_consistency_clamp: float = field(default=0.95, metadata={"help": "Upper clamp of the consistency c."})
     care_bonus_coef: float = field(default=0.5, metadata={"help": "Bonus = coef * accuracy for consistent answers."})
     care_margin: float = field(
