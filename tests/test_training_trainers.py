@@ -198,7 +198,7 @@ def test_policy_climbs_a_dense_reward(tiny_model_dir, medmnist_root, tmp_path):
     """A random model earns no accuracy, so learning is checked on a reward it can climb: the share
     of completion tokens from the lower half of the vocabulary. Means over several steps, with a margin."""
     from medbridge.training.data import medmnist_dataset
-    from medbridge.training.grpo import load_processor
+    from medbridge.training.model_utils import load_processor
     from trl import GRPOTrainer
 
     # TRL's clipping and decay (1, 0): at this toy learning rate the recipes' official 5 / 0.01 overshoot.
