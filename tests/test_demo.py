@@ -36,6 +36,11 @@ def test_demo_runs_lmms_eval_on_all_twelve_datasets(tmp_path):
     summary = json.loads(Path(proc.stdout.split("medbridge summary: ")[1].split()[0]).read_text())
     assert set(summary["groups"]) == {"medmnist radiology", "medmnist microscopy", "medmnist photography",
                                       "medmnist overall"}
+    # The tiny model carries Qwen2.5-VL's sampling defaults (top_k 1 among them): the Pass@K tasks
+    # must still sample 16 different responses, not 16 copies of the greedy one.
+    for name, row in summary["datasets"].items():
+        assert row["collapsed"] is False and row["distinct"] > 8, (name, row["distinct"])
+    assert "COLLAPSED" not in proc.stdout
 
 
 def test_demo_help_and_argument_checks(capsys):
