@@ -12,14 +12,26 @@ from medbridge.harness_ext.decoding import GREEDY, PASSK, Decoding
 from medbridge.harness_ext.errors import MedbridgeError
 
 # What every Qwen2.5-VL checkpoint ships (and the tiny test model carries).
-QWEN_GENERATION_CONFIG = {"do_sample": True, "temperature": 0.1, "top_p": 0.001, "top_k": 1,
-                          "repetition_penalty": 1.05, "bos_token_id": 1, "eos_token_id": [2, 3]}
+QWEN_GENERATION_CONFIG = {
+    "do_sample": True,
+    "temperature": 0.1,
+    "top_p": 0.001,
+    "top_k": 1,
+    "repetition_penalty": 1.05,
+    "bos_token_id": 1,
+    "eos_token_id": [2, 3],
+}
 
 
 def test_paper_settings():
     assert (GREEDY.do_sample, GREEDY.temperature, GREEDY.top_k, GREEDY.repetition_penalty) == (False, 0.0, None, 1.0)
     assert (PASSK.do_sample, PASSK.temperature, PASSK.top_p, PASSK.top_k, PASSK.repetition_penalty) == (
-        True, 0.7, 0.9, None, 1.0)
+        True,
+        0.7,
+        0.9,
+        None,
+        1.0,
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         PASSK.temperature = 1.0  # type: ignore[misc]
 
@@ -42,17 +54,20 @@ def test_task_decoding_fills_unstated_settings_with_off():
         assert decoding.task_decoding({"do_sample": "true", "temperature": "0.7", "top_k": off}).top_k is None
 
 
-@pytest.mark.parametrize("bad, words", [
-    ({"do_sample": True, "temperature": 0}, "temperature > 0"),
-    ({"do_sample": True}, "without a temperature"),
-    ({"do_sample": False, "temperature": 0.7}, "do_sample=false with temperature=0.7"),
-    ({"temperature": 0.7, "top_p": 0}, "top_p"),
-    ({"temperature": 0.7, "top_p": 1.5}, "top_p"),
-    ({"temperature": "warm"}, "temperature='warm'"),
-    ({"temperature": 0.7, "top_k": 2.5}, "top_k=2.5"),
-    ({"max_new_tokens": 0}, "max_new_tokens"),
-    ({"do_sample": "maybe", "temperature": 0.7}, "do_sample='maybe'"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"do_sample": True, "temperature": 0}, "temperature > 0"),
+        ({"do_sample": True}, "without a temperature"),
+        ({"do_sample": False, "temperature": 0.7}, "do_sample=false with temperature=0.7"),
+        ({"temperature": 0.7, "top_p": 0}, "top_p"),
+        ({"temperature": 0.7, "top_p": 1.5}, "top_p"),
+        ({"temperature": "warm"}, "temperature='warm'"),
+        ({"temperature": 0.7, "top_k": 2.5}, "top_k=2.5"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"do_sample": "maybe", "temperature": 0.7}, "do_sample='maybe'"),
+    ],
+)
 def test_task_decoding_rejects_contradictions(bad, words):
     with pytest.raises(MedbridgeError, match=words.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         decoding.task_decoding(bad)
@@ -60,11 +75,15 @@ def test_task_decoding_rejects_contradictions(bad, words):
 
 def test_inherited_overrides_name_every_leaking_setting():
     found = decoding.inherited_overrides(PASSK, QWEN_GENERATION_CONFIG)
-    assert found == [f"{setting} from generation_config.json"
-                     for setting in ("repetition_penalty=1.05", "temperature=0.1", "top_p=0.001", "top_k=1")]
+    assert found == [
+        f"{setting} from generation_config.json"
+        for setting in ("repetition_penalty=1.05", "temperature=0.1", "top_p=0.001", "top_k=1")
+    ]
     # Greedy: only what changes a greedy decode (sampling fields do not apply).
     assert decoding.inherited_overrides(GREEDY, QWEN_GENERATION_CONFIG) == [
-        "do_sample=true from generation_config.json", "repetition_penalty=1.05 from generation_config.json"]
+        "do_sample=true from generation_config.json",
+        "repetition_penalty=1.05 from generation_config.json",
+    ]
     assert decoding.inherited_overrides(PASSK, None) == []
     assert decoding.inherited_overrides(PASSK, {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "do_sample": True}) == []
     assert decoding.inherited_overrides(GREEDY, {"num_beams": 4}) == ["num_beams=4 from generation_config.json"]
@@ -73,8 +92,16 @@ def test_inherited_overrides_name_every_leaking_setting():
 def test_effective_settings_override_the_checkpoint():
     config = {**QWEN_GENERATION_CONFIG, "min_p": 0.05, "num_beams": 1}
     sampled = decoding.effective_settings(PASSK, config)
-    assert sampled == {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0,
-                       "max_new_tokens": PASSK.max_new_tokens, "num_beams": 1, "min_p": None}
+    assert sampled == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+        "repetition_penalty": 1.0,
+        "max_new_tokens": PASSK.max_new_tokens,
+        "num_beams": 1,
+        "min_p": None,
+    }
     greedy = decoding.effective_settings(GREEDY, QWEN_GENERATION_CONFIG)
     assert greedy["do_sample"] is False and greedy["repetition_penalty"] == 1.0
     assert (greedy["temperature"], greedy["top_p"], greedy["top_k"]) == (1.0, 1.0, 0)

@@ -50,8 +50,12 @@ class _FakeBackend:
         for request in requests:
             gen = next(a for a in request.args if isinstance(a, dict))
             sample = gen.get("temperature", 0) > 0
-            self.model.generate(do_sample=sample, temperature=gen["temperature"] if sample else None,
-                                top_p=gen.get("top_p") if sample else None, max_new_tokens=gen["max_new_tokens"])
+            self.model.generate(
+                do_sample=sample,
+                temperature=gen["temperature"] if sample else None,
+                top_p=gen.get("top_p") if sample else None,
+                max_new_tokens=gen["max_new_tokens"],
+            )
             out.append(f"{request.task_name}:{len(out)}")
         return out
 
@@ -63,8 +67,12 @@ def test_wrapped_backend_generates_with_the_task_settings(chat):
     backend = cls()
     sampled = decoding.generation_kwargs(decoding.PASSK)
     greedy = decoding.generation_kwargs(decoding.GREEDY)
-    requests = [_Request(PASSK_TASK, sampled, chat), _Request(GREEDY_TASK, greedy, chat),
-                _Request(PASSK_TASK, sampled, chat), _Request("someone_elses_task", greedy, chat)]
+    requests = [
+        _Request(PASSK_TASK, sampled, chat),
+        _Request(GREEDY_TASK, greedy, chat),
+        _Request(PASSK_TASK, sampled, chat),
+        _Request("someone_elses_task", greedy, chat),
+    ]
     decoding.clear_effective()
     out = backend.generate_until(requests)
     # Responses come back in request order although requests ran grouped by decoding.
@@ -101,14 +109,34 @@ def retina_root(tmp_path_factory):
 @pytest.mark.e2e
 @pytest.mark.parametrize("path", ["chat", "simple"])
 def test_tiny_qwen_samples_diverse_answers_through_lmms_eval_qwen2_5_vl(path, retina_root, tiny_model_dir):
-    model_args = (f"pretrained={tiny_model_dir},device=cpu,device_map=cpu,attn_implementation=sdpa,"
-                  "min_pixels=3136,max_pixels=50176")
+    model_args = (
+        f"pretrained={tiny_model_dir},device=cpu,device_map=cpu,attn_implementation=sdpa,"
+        "min_pixels=3136,max_pixels=50176"
+    )
     out = retina_root / f"out_{path}"
-    proc = run_lmms_eval(["--model", "qwen2_5_vl", *(["--force_simple"] if path == "simple" else []),
-                          "--model_args", model_args, "--tasks", f"{PASSK_TASK},{GREEDY_TASK}",
-                          "--gen_kwargs", "max_new_tokens=8", "--batch_size", "16", "--limit", "2",
-                          "--output_path", str(out), "--log_samples"],
-                         retina_root / "data", module="lmms_eval", env_extra={"MEDBRIDGE_MEDMNIST_PER_CLASS": "1"})
+    proc = run_lmms_eval(
+        [
+            "--model",
+            "qwen2_5_vl",
+            *(["--force_simple"] if path == "simple" else []),
+            "--model_args",
+            model_args,
+            "--tasks",
+            f"{PASSK_TASK},{GREEDY_TASK}",
+            "--gen_kwargs",
+            "max_new_tokens=8",
+            "--batch_size",
+            "16",
+            "--limit",
+            "2",
+            "--output_path",
+            str(out),
+            "--log_samples",
+        ],
+        retina_root / "data",
+        module="lmms_eval",
+        env_extra={"MEDBRIDGE_MEDMNIST_PER_CLASS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = load_run(out)
     sampled = run.records[PASSK_TASK]
@@ -116,8 +144,15 @@ def test_tiny_qwen_samples_diverse_answers_through_lmms_eval_qwen2_5_vl(path, re
     assert metrics.sampling_diversity(sampled) > 1 and not metrics.is_collapsed(sampled)
     assert run.results["results"][PASSK_TASK]["distinct_per_item,none"] == metrics.sampling_diversity(sampled)
     for record in sampled:
-        assert record["decoding"] == {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0,
-                                      "repetition_penalty": 1.0, "max_new_tokens": 8, "num_beams": 1}
+        assert record["decoding"] == {
+            "do_sample": True,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "top_k": 0,
+            "repetition_penalty": 1.0,
+            "max_new_tokens": 8,
+            "num_beams": 1,
+        }
         assert record["subset"] == "balanced1-seed1234"
     for record in run.records[GREEDY_TASK]:
         assert record["decoding"]["do_sample"] is False and record["decoding"]["repetition_penalty"] == 1.0

@@ -7,7 +7,6 @@ near p; and every number lmms-eval reports must be the one we mean.
 
 import numpy as np
 import pytest
-
 from medbridge.harness_ext import metrics
 from medbridge.harness_ext.report import groups_for, load_run, rescore_run, summarize
 from medbridge.tasks.medmnist.catalog import SETS
@@ -22,8 +21,20 @@ P = 0.3
 def oracle_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("oracle")
     build_all(root / "data", test_per_class=4, train_per_class=1, val_per_class=1)
-    proc = run_lmms_eval(["--model", "oracle", "--model_args", f"p={P},seed=3", "--tasks", "medmnist_mcq",
-                          "--output_path", str(root / "out"), "--log_samples"], root / "data")
+    proc = run_lmms_eval(
+        [
+            "--model",
+            "oracle",
+            "--model_args",
+            f"p={P},seed=3",
+            "--tasks",
+            "medmnist_mcq",
+            "--output_path",
+            str(root / "out"),
+            "--log_samples",
+        ],
+        root / "data",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return load_run(root / "out"), proc
 
@@ -64,7 +75,10 @@ def test_reported_numbers_are_the_intended_ones(oracle_run):
                 c = sum(x.endswith(f"<answer>{s['target']}</answer>") for x in flat)
                 per_item.append(metrics.pass_at_k(len(flat), c, k))
             assert res[f"{base}_passk"][f"pass_at_{k:02d},none"] == pytest.approx(np.mean(per_item)), (base, k)
-    for group, members in (("medmnist_mcq_radiology", [s for s in SETS if s.modality == "radiology"]), ("medmnist_mcq", SETS)):
+    for group, members in (
+        ("medmnist_mcq_radiology", [s for s in SETS if s.modality == "radiology"]),
+        ("medmnist_mcq", SETS),
+    ):
         want = np.mean([res[f"medmnist_mcq_{s.name}"]["acc1,none"] for s in members])
         assert res[group]["acc1,none"] == pytest.approx(want)
         want16 = np.mean([res[f"medmnist_mcq_{s.name}_passk"]["pass_at_16,none"] for s in members])
@@ -92,7 +106,12 @@ def test_sample_log_records_option_order_and_outcomes(oracle_run):
     sample = run.samples["medmnist_mcq_oct_passk"][0]
     rec = sample["pass_at_16"]
     assert sorted(rec["options"]) == ["A", "B", "C", "D"] and rec["answer"] == sample["target"]
-    assert rec["options"][rec["answer"]] in ("Choroidal neovascularization", "Diabetic macular edema", "Drusen", "Normal retina")
+    assert rec["options"][rec["answer"]] in (
+        "Choroidal neovascularization",
+        "Diabetic macular edema",
+        "Drusen",
+        "Normal retina",
+    )
     orders = {tuple(s["pass_at_16"]["options"].values()) for s in run.samples["medmnist_mcq_organa_passk"]}
     assert len(orders) > 1  # shuffled per item
     assert len(rec["outcomes"]) == 16 and set(rec["outcomes"]) <= {"correct", "incorrect"}
@@ -120,4 +139,6 @@ def test_report_and_rescore_commands(oracle_run, capsys):
     assert "re-scored records:" in out
     rescored = run.results_path.with_name(run.results_path.name.replace("_results.json", "_medbridge_rescored.json"))
     summary = __import__("json").loads(rescored.read_text())
-    assert summary["datasets"]["medmnist_mcq_oct"]["acc1"] == pytest.approx(run.results["results"]["medmnist_mcq_oct"]["acc1,none"])
+    assert summary["datasets"]["medmnist_mcq_oct"]["acc1"] == pytest.approx(
+        run.results["results"]["medmnist_mcq_oct"]["acc1,none"]
+    )

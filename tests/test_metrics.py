@@ -77,8 +77,14 @@ def test_metric_names_are_not_substrings_of_each_other():
 
 # ---------------------------------------------------------------- failed requests and collapsed sampling
 
-DOC = {"item_id": "octmnist/test/1", "dataset": "oct", "answer_letter": "B", "task": "medmnist_mcq_oct",
-       "options": '{"A": "Drusen", "B": "Normal retina"}', "subset": "balanced50-seed1234"}
+DOC = {
+    "item_id": "octmnist/test/1",
+    "dataset": "oct",
+    "answer_letter": "B",
+    "task": "medmnist_mcq_oct",
+    "options": '{"A": "Drusen", "B": "Normal retina"}',
+    "subset": "balanced50-seed1234",
+}
 FAIL = "[LMMS_EVAL_REQUEST_FAILED after 5 retries] Connection refused"
 
 

@@ -56,8 +56,12 @@ def test_every_catalog_entry_has_both_tasks_with_explicit_decoding(gen, catalog)
     assert keys <= set(greedy) and keys <= set(sampled)
     assert decoding.task_decoding(greedy) == catalog.GREEDY_DECODING
     assert decoding.task_decoding(sampled) == catalog.SAMPLED_DECODING
-    assert (catalog.SAMPLED_DECODING.temperature, catalog.SAMPLED_DECODING.top_p,
-            catalog.SAMPLED_DECODING.top_k, catalog.SAMPLED_DECODING.repetition_penalty) == (0.7, 0.9, None, 1.0)
+    assert (
+        catalog.SAMPLED_DECODING.temperature,
+        catalog.SAMPLED_DECODING.top_p,
+        catalog.SAMPLED_DECODING.top_k,
+        catalog.SAMPLED_DECODING.repetition_penalty,
+    ) == (0.7, 0.9, None, 1.0)
     assert not catalog.GREEDY_DECODING.do_sample
     for spec in catalog.SETS:
         for task, sampled_task in ((spec.task, False), (spec.task_passk, True)):
