@@ -167,6 +167,10 @@ OTHERS_NOT_YET_2 = [
     (["leaderboard", "build", "--store", "{file}"], "leaderboard/ (exit 1 for a bad store)"),
     (["recipe", "{missing}"], "leaderboard/ (exit 1 for a missing store)"),
     (["train", "grpo", "--config", "{unknown_key}"], "training/ (an unknown recipe key)"),
+    (["train", "sft", "--config", "{file}"], "training/ (a YAML file that is not a mapping)"),
+    (["data", "build-medmnist-train", "--names", "nosuch", "--out", "{missing}"], "training/ (unknown dataset name)"),
+    (["data", "build-pmc-vqa", "--csv", "{file}", "--out", "{missing}"], "training/ (a CSV without the columns)"),
+    (["judge", "check", "--base-url", "http://[::1", "--model", "m"], "judges/ (a malformed IPv6 URL)"),
 ]
 
 
