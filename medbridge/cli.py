@@ -119,27 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline demo: fixtures + tiny model through the real lmms-eval CLI")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=24)
-    p.add_argument("--test-per-class", type=at_least(1), default=1)
-    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--out", default="demo_out",
+                   help="folder for fixtures, model, results, leaderboard (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=24, help="tokens per response (default: %(default)s)")
+    p.add_argument("--test-per-class", type=at_least(1), default=1,
+                   help="fixture test images per class (default: %(default)s)")
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="lmms-eval --batch_size (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("tasks-path", help="print the folder of medbridge's lmms-eval task YAMLs (for --include_path)")
     p.set_defaults(func=_cmd_tasks_path)
 
     p = sub.add_parser("build-fixtures", help="write small MedMNIST-format npz files")
-    p.add_argument("--root", required=True)
-    p.add_argument("--test-per-class", type=at_least(1), default=2)
-    p.add_argument("--train-per-class", type=at_least(1), default=4)
-    p.add_argument("--val-per-class", type=at_least(1), default=2)
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--root", required=True, help="folder for the {flag}_224.npz files")
+    p.add_argument("--test-per-class", type=at_least(1), default=2, help="images per class (default: %(default)s)")
+    p.add_argument("--train-per-class", type=at_least(1), default=4, help="images per class (default: %(default)s)")
+    p.add_argument("--val-per-class", type=at_least(1), default=2, help="images per class (default: %(default)s)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="pixel-noise seed (default: %(default)s)")
     p.set_defaults(func=_cmd_build_fixtures)
 
     p = sub.add_parser("build-tiny-model", help="write a tiny random-weight Qwen2.5-VL checkpoint")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=at_least(0), default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--seed", type=at_least(0), default=0, help="weight-initialisation seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even when a matching checkpoint is there")
     p.set_defaults(func=_cmd_build_tiny_model)
 
     p = sub.add_parser("data", help="fetch datasets")
