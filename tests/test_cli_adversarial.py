@@ -127,6 +127,16 @@ def test_adversarial_data_root_variable_that_is_a_file_is_named(capsys, bad_inpu
     assert "Traceback" not in err
 
 
+def test_adversarial_bad_flag_variable_is_named_by_a_data_command(capsys, tmp_path, monkeypatch):
+    from medbridge.tasks.medmnist.fixtures import build_all
+
+    build_all(tmp_path / "fx", test_per_class=1, train_per_class=1, val_per_class=1)
+    monkeypatch.setenv("MEDBRIDGE_MEDMNIST_DOWNLOAD", "maybe")
+    code, _, err = run_cli(capsys, ["data", "build-medmnist-train", "--names", "breast", "--out", tmp_path / "out",
+                                    "--root", tmp_path / "fx"])
+    assert code == USER_ERROR_EXIT and "MEDBRIDGE_MEDMNIST_DOWNLOAD='maybe'" in err and "Traceback" not in err
+
+
 def test_adversarial_judge_serve_missing_python(capsys):
     code, _, err = run_cli(capsys, ["judge", "serve", "--model", "m", "--vllm-python", "/nope/python"])
     assert code == USER_ERROR_EXIT and "/nope/python" in err and "Traceback" not in err
