@@ -298,6 +298,8 @@ class JudgeClient:
         return Verdict(status, value, raw)
 
     async def _create(self, messages: list[dict[str, Any]], max_tokens: int) -> Any:
+        from openai.types.chat import ChatCompletion
+
         # The semaphore is held only while a request is on the wire, not during backoff.
         async with self._sem:
             self._check_limits()
@@ -305,12 +307,19 @@ class JudgeClient:
             self.stats["peak_inflight"] = max(self.stats["peak_inflight"], self._active)
             self.stats["requests"] += 1
             try:
-                return await self._client.chat.completions.create(
-                    model=self.config.model,
-                    messages=messages,
-                    temperature=0,
-                    max_tokens=max(max_tokens, self.config.max_tokens),
-                    timeout=self._request_timeout(),
+                # The SDK's low-level post: our messages are plain JSON already, and the typed
+                # create() re-walks them through its TypedDict transform (about a quarter of the
+                # client's CPU per request, measured with benchmarks/judge_throughput.py).
+                return await self._client.post(
+                    "/chat/completions",
+                    body={
+                        "model": self.config.model,
+                        "messages": messages,
+                        "temperature": 0,
+                        "max_tokens": max(max_tokens, self.config.max_tokens),
+                    },
+                    cast_to=ChatCompletion,
+                    options={"timeout": self._request_timeout()},
                 )
             finally:
                 self._active -= 1
