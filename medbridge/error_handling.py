@@ -35,17 +35,9 @@ def _one_paragraph(text: str) -> str:
     return " ".join(text.split())
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Error types from modules that predate MedbridgeError but only ever mean bad user input."""
-    types: list[type[BaseException]] = [MedbridgeError]
-    if "medbridge.tasks.medmnist.data" in sys.modules:  # only loaded when a command read MedMNIST files
-        types.append(sys.modules["medbridge.tasks.medmnist.data"].MedMNISTFileError)
-    return tuple(types)
-
-
 def user_error_message(err: BaseException) -> str | None:
     """The one-paragraph message for an error the user can fix, or None when ``err`` is a bug."""
-    if isinstance(err, _user_error_types()):
+    if isinstance(err, MedbridgeError):
         return _one_paragraph(str(err)) or type(err).__name__
     if isinstance(err, _PATH_ERRORS) and err.filename is not None:
         reason = err.strerror or type(err).__name__
