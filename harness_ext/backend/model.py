@@ -9,11 +9,12 @@ Usage::
 Model args: ``pretrained``; ``engine`` (``transformers`` | ``vllm``); ``device``, ``device_map``,
 ``dtype`` (default bfloat16, as lmms-eval's qwen2_5_vl), ``attn_implementation`` (transformers);
 ``min_pixels`` / ``max_pixels`` (image resizing, as qwen2_5_vl); ``seed`` (sampling seed, default 0);
-``cache_dir`` (a folder for the resumable sample cache; off when unset); ``batch_size`` (documents
-per engine call: vLLM batches them; the transformers engine prefills that many prompts in one
-padded forward); ``gpu_memory_utilization``, ``tensor_parallel_size``, ``max_model_len`` (vLLM);
-``stats_path`` (write counters as JSON after each generate_until call; under data parallel each
-rank writes ``<stem>.rank<N><suffix>``).
+``cache_dir`` (a folder for the resumable sample cache; off when unset); ``batch_size`` (lmms-eval's
+``--batch_size`` flag, which it passes to the model itself: documents per engine call; vLLM batches
+them, the transformers engine prefills that many prompts in one padded forward);
+``gpu_memory_utilization``, ``tensor_parallel_size``, ``max_model_len`` (vLLM); ``stats_path`` (write
+counters as JSON after each generate_until call; under data parallel each rank writes
+``<stem>.rank<N><suffix>``).
 
 Data parallel: launched by ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1), each process
 loads the model on its own device (``cuda:<LOCAL_RANK>`` on GPUs, the CPU otherwise), lmms-eval
