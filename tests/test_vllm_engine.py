@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -103,8 +104,21 @@ def _run(python: str, model_dir: Path, data_root: Path, out: Path, engine: str, 
     cmd = [python, "-m", LAUNCHER, "--model", model, "--model_args", _model_args(model_dir, engine, out, **extra),
            "--tasks", ",".join(TASKS), "--limit", str(LIMIT), "--gen_kwargs", "max_new_tokens=8",
            "--output_path", str(out / "results"), "--log_samples"]
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    # Output to files and a session of its own: a run killed half-way (os._exit) leaves vLLM's helper
+    # processes behind, which would hold captured pipes open; they are ended with the session.
+    with open(out / "stdout.log", "w") as stdout, open(out / "stderr.log", "w") as stderr:
+        child = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+        try:
+            returncode = child.wait(timeout=900)
+        finally:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    proc = subprocess.CompletedProcess(cmd, returncode, (out / "stdout.log").read_text(),
+                                       (out / "stderr.log").read_text())
     stats = out / "stats.json"
     return proc, (json.loads(stats.read_text()) if stats.exists() else None), time.monotonic() - t0
 
@@ -146,9 +160,10 @@ def test_vllm_engine_samples_k_diverse_answers_from_one_prefill(vllm_runs):
     engine = vllm_runs["stats"]["engine"]
     # One request per item and task, n=K children included; vLLM's own counters say what it prefilled.
     assert engine["jobs"] == LIMIT * len(TASKS) and engine["generated_samples"] == LIMIT * (1 + K)
-    one_prefill_each = sum(engine["prompt_lengths"])
-    # K children and the greedy twin share the prompt's KV blocks (prefix caching): far below K+1 prefills.
-    assert engine["prefill_tokens"] < 2 * one_prefill_each, engine
+    # prompt_tokens counts each job's prompt once (an item's greedy and Pass@K jobs share one prompt):
+    # K+1 separate prefills per item would be (1 + K) / 2 times that. vLLM's counters show at most one
+    # prefill per item: the K children and the greedy twin reuse the prompt's KV blocks.
+    assert engine["prefill_tokens"] <= engine["prompt_tokens"] / 2, engine
 
 
 @pytest.mark.e2e
