@@ -10,8 +10,13 @@ from lmms_eval.models.registry_v2 import ModelManifest
 
 
 def main() -> None:
-    for model_id, class_path in (("oracle", "medbridge.tests.oracle_model.OracleModel"), ("messy", "medbridge.tests.judge_messy_model.MessyModel")):
-        MODEL_REGISTRY_V2.register_manifest(ModelManifest(model_id=model_id, simple_class_path=class_path), overwrite=True)
+    test_models = (
+        ("oracle", "medbridge.tests.oracle_model.OracleModel"),
+        ("messy", "medbridge.tests.judge_messy_model.MessyModel"),
+    )
+    for model_id, class_path in test_models:
+        manifest = ModelManifest(model_id=model_id, simple_class_path=class_path)
+        MODEL_REGISTRY_V2.register_manifest(manifest, overwrite=True)
     from lmms_eval.cli.dispatch import main as lmms_eval_main
 
     lmms_eval_main()
