@@ -20,6 +20,46 @@ import re
 import unicodedata
 from collections.abc import Mapping
 
+from medbridge.harness_ext.answer_patterns import (
+    AFFIRM_RE,
+    ATTACH_MAX,
+    CLEAN_MAX,
+    CONT_RE,
+    CTRL_RE,
+    ENUM_MARK_RE,
+    FOLLOW_WORD_RE,
+    HEADING_RE,
+    HTML_TAG_RE,
+    LATEX_BOXED_RE,
+    LATEX_DELIM_RE,
+    LATEX_WRAP_RE,
+    LEAD_RE,
+    LEAD_SPACE_RE,
+    LETTER_IS_ANSWER_RE,
+    LIST_MAX,
+    LIST_PREFIX_RE,
+    LIST_SPLIT_RE,
+    LIST_TAIL_RE,
+    LONE_RE,
+    MARKER_TIERS,
+    MAX_EXPLICIT,
+    MAX_FINAL_SPANS,
+    MAX_OCCURRENCES,
+    MD_CHARS_RE,
+    MD_UNDERSCORE_RE,
+    NEGATION_RE,
+    NON_WORD_RE,
+    NOTHING,
+    ONLY_PUNCT_RE,
+    OPTION_MARK_RE,
+    PAIR_RE,
+    QUOTES,
+    SPECIAL_TOKEN_RE,
+    TAG_RE,
+    TAIL_CHARS,
+    ZERO_WIDTH_RE,
+)
+
 __all__ = [
     "EXTRACTOR_VERSION",
     "extract_choice",
@@ -29,162 +69,6 @@ __all__ = [
 
 # Recorded next to every score; bump whenever a rule below changes what is extracted.
 EXTRACTOR_VERSION = "2"  # 2: disagreeing final <answer> tags give None; only the tail is read
-
-# ---------------------------------------------------------------------------------
-# Regexes (all precompiled; see module docstring for why each is linear-time).
-# ---------------------------------------------------------------------------------
-
-# Any think/answer tag, tolerant of case and a little whitespace ("< /Answer >").
-# Whitespace runs are bounded so a '<' followed by a huge blank run costs O(1).
-_TAG_RE = re.compile(
-    r"<\s{0,16}(/?)\s{0,16}(think|answer)\s{0,16}>",
-    re.IGNORECASE,
-)
-
-# Invisible / control characters that would otherwise split tokens or hide letters.
-_ZERO_WIDTH_RE = re.compile("[\u200b-\u200f\u2060\ufeff\u00ad]")
-_CTRL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
-# Chat-template special tokens such as <|im_end|>.
-_SPECIAL_TOKEN_RE = re.compile(r"<\|[^<>|]{0,64}\|>")
-# HTML-ish tags. A one-letter tag name only counts for real formatting tags (b/i/u/s/p)
-# so that an answer written as "<C>" keeps its letter. [^<>]* cannot cross another
-# '<', which keeps the scan linear.
-_HTML_TAG_RE = re.compile(
-    r"<(?:/[A-Za-z][^<>]*|[A-Za-z][A-Za-z0-9]+(?:\s[^<>]*)?/?|[bBiIuUsSpP](?:\s[^<>]*)?)>"
-)
-# \boxed{X} is an explicit final-answer marker in math-style outputs; it is rewritten
-# to "answer: X" so the explicit-answer rule sees it. [^{}]* keeps it linear; nested
-# wrappers are peeled by repeating the substitution a bounded number of times.
-_LATEX_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s{0,8}\{([^{}]*)\}")
-_LATEX_WRAP_RE = re.compile(
-    r"\\(?:text|textbf|textit|texttt|mathrm|mathbf|mathit|mathsf|emph|underline)\s{0,8}\{([^{}]*)\}"
-)
-_LATEX_DELIM_RE = re.compile(r"\\[()\[\]]|\$")
-_MD_CHARS_RE = re.compile(r"[*`~]+")
-# Underscores used as markdown emphasis (_B_), but not inside words (lung_left).
-_MD_UNDERSCORE_RE = re.compile(r"(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])")
-_HEADING_RE = re.compile(r"(?m)^[ \t]*#+[ \t]*")
-
-# Normalisation used to compare option texts: everything that is not a letter/digit
-# becomes one space, so case, punctuation and spacing never matter.
-_NON_WORD_RE = re.compile(r"[\W_]+")
-
-# One letter, optionally bracketed, used in several patterns. A bare letter must not
-# be followed by something that makes it part of a word ("Both", "X-ray", "I'm").
-_LETTER = r"(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Za-z])(?![A-Za-z0-9'\u2019\-]))"
-
-# Explicit answer statements: "answer: B", "The final answer is (C).", "answer -> D",
-# "answer is option B", "Answer: Both B and D" (continuation handled separately).
-# Connectors repeat possessively, so a failed match never backtracks through them.
-_ANSWER_MARK_RE = re.compile(
-    r"\banswers?\b"
-    r"(?:\s*+(?:(?:is|are|was|would\s+be|should\s+be|will\s+be|must\s+be|shall\s+be|"
-    r"likely|probably|therefore|thus|then|clearly|option|choice|letter|both|either)\b"
-    r"|[:=>\-\u2013\u2014]))*+"
-    r"\s*+" + _LETTER,
-    re.IGNORECASE,
-)
-# The letter first: "B is the correct answer", "(C) would be the best option".
-# Bare letters must be uppercase so "a is ..." / "i is ..." never count.
-_LETTER_IS_ANSWER_RE = re.compile(
-    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z]))\s*+"
-    r"(?i:(?:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be)\s+(?:the\s+)?"
-    r"(?:(?:most\s+likely|correct|right|best|final)\s+)?(?:answer|option|choice)\b"
-    r"|is\s+(?:correct|right)\b)"
-)
-# "A or " just before a letter-first statement ("A or B is the answer").
-_LIST_TAIL_RE = re.compile(
-    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z]))"
-    r"\s*(?i:,|/|&|\band/or\b|\bor\b|\band\b)\s*$"
-)
-# Option statements: "Option B", "option (b)", "I choose B", "the best option is C".
-# Group 1 marks the strong forms (a choice is being made). A plain "Option A" is often
-# just a mention in an explanation ("Option A describes ..."), so it only counts when
-# nothing but punctuation, that option's own text or an affirmation follows it.
-_OPTION_MARK_RE = re.compile(
-    r"\b(?:((?:correct|best|right|final|most\s+(?:likely|appropriate|probable))\s+"
-    r"(?:options?|choices?)|choose|select|pick|go\s+with)|options?|choices?)\b"
-    r"\s*+(?:(?:is|no\.?|number|:|#)\s*+)?+" + _LETTER,
-    re.IGNORECASE,
-)
-_AFFIRM_RE = re.compile(
-    r"[\s,:\-]*(?:is|seems|appears|would\s+be)?\s*(?:to\s+be\s+)?(?:the\s+)?"
-    r"(?:correct|right|best|most\s+likely|answer)\b",
-    re.IGNORECASE,
-)
-_ONLY_PUNCT_RE = re.compile(r"[\s.:;!)\]]*")
-# "... B or C", "B, C", "B and/or (D)" right after an explicit letter.
-_CONT_RE = re.compile(
-    r"\s*+(?:,|/|&|\+|\band/or\b|\bor\b|\band\b|\bvs\b\.?)\s*+(?:(?:options?|choices?)\s*+)?+"
-    + _LETTER,
-    re.IGNORECASE,
-)
-# After a bare 'a' / 'i' / 'I': a following lowercase word means it is English
-# ("a melanoma", "I think"), not an option letter.
-_FOLLOW_WORD_RE = re.compile(r"[ \t]+[a-z]")
-
-# A whole piece that is just one letter: "B", "b", "(B)", "[B].", "B)", "B:", "<C>".
-_LONE_RE = re.compile(r"[(\[{<]?\s{0,4}([A-Za-z])\s{0,4}[)\]}>]?\s{0,4}[.:;,!]?")
-# Leading letter with a separator, then anything: "B. text", "(B) text", "B: text",
-# "B - text", "B\ntext", "B, because ...", "B (most likely)". Separators must be
-# followed by whitespace so "i.e." and "e.g." are not letters.
-_LEAD_RE = re.compile(
-    r"(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]\s*+[.:\-\u2013\u2014]?"
-    r"|([A-Za-z])(?:[.:)\],;](?=\s|$)|[ \t]*(?=\n)|[ \t]+[\-\u2013\u2014](?=\s)|[ \t]+(?=\()))"
-    r"\s*+(.*)",
-    re.DOTALL,
-)
-# Leading uppercase letter + space + capitalised text: "B Normal breast tissue".
-# Only accepted when the text after it is an option text (checked in code).
-_LEAD_SPACE_RE = re.compile(r"([A-Z])[ \t]+(?=[A-Z0-9])(.*)", re.DOTALL)
-# Separators for a whole-piece list of letters: "A or C", "A, C", "Both B and D".
-_LIST_PREFIX_RE = re.compile(r"^(?:both|either|options?|choices?)\s+", re.IGNORECASE)
-_LIST_SPLIT_RE = re.compile(
-    r"\s*(?:,|/|&|;|\+|\band/or\b|\bor\b|\band\b|\bvs\b\.?)\s*", re.IGNORECASE
-)
-# Two letters joined anywhere in a text ("A or B. Normal tissue"): a hedge.
-# Bare letters must be uppercase here (lowercase ones are ordinary words); only the
-# connectors are case-insensitive.
-_PAIR_RE = re.compile(
-    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z])(?![A-Za-z0-9'\u2019\-]))"
-    r"\s*+(?i:,|/|&|\band/or\b|\bor\b|\band\b|\bvs\b\.?)\s*+"
-    r"(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z])(?![A-Za-z0-9'\u2019\-]))"
-)
-# Another option being enumerated inside supporting text: "(C)", "C. something".
-_ENUM_MARK_RE = re.compile(
-    r"(?<![A-Za-z0-9])(?:[(\[]\s{0,4}([A-Za-z])\s{0,4}[)\]]|([A-Z])[.):](?=[ \t]+\S))"
-)
-
-# A negation right before an option text (matched on _norm()ed text, which is
-# lowercase words separated by single spaces).
-_NEGATION_RE = re.compile(
-    r"\b(?:no|not|non|nor|neither|without|absent|absence of|negative for|free of|"
-    r"exclude[sd]?|excluding|ruled out|rule out|rather than|instead of|other than|than|"
-    r"unlikely|less likely) $"
-)
-
-# Explicit statements in decreasing strength; the first tier with a letter decides.
-_MARKER_TIERS = ((_ANSWER_MARK_RE, _LETTER_IS_ANSWER_RE), (_OPTION_MARK_RE,))
-
-_QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb\u300c\u300d "
-# Beyond these sizes a text is noise, not an answer; capping keeps work bounded.
-_ATTACH_MAX = 400
-_LIST_MAX = 200
-_MAX_EXPLICIT = 256
-_MAX_OCCURRENCES = 5000
-# Only the response's tail is read: the final answer closes a reasoning trace, and bounding the
-# input bounds the time (600 KB of U+FDFA once took seconds). 8,000 characters hold the answer tag
-# and the closing sentences of any trace; the cleaned text is capped again because NFKC can expand
-# one character into eighteen.
-_TAIL_CHARS = 8000
-_CLEAN_MAX = 8000
-# Final answer tags compared for disagreement (the last ones outside the reasoning).
-_MAX_FINAL_SPANS = 8
-
-# Returned by the piece parser when it found no candidate at all (as opposed to an
-# ambiguous/invalid one, which is a final None).
-_NOTHING = object()
-
 
 # ---------------------------------------------------------------------------------
 # Tag structure
@@ -204,7 +88,7 @@ def _structure(text: str) -> tuple[list[tuple[int, int, int, int]], list[tuple[i
     first_answer_in_open_think: int | None = None
     boundary = 0  # end of the previous think region
     answer_open: tuple[int, int] | None = None
-    for m in _TAG_RE.finditer(text):
+    for m in TAG_RE.finditer(text):
         is_close = bool(m.group(1))
         start, end = m.span()
         if m.group(2).lower() == "think":
@@ -278,29 +162,29 @@ def _pick_span(
 def _clean(s: str) -> str:
     """Remove formatting that wraps an answer without changing it."""
     s = unicodedata.normalize("NFKC", s)  # full-width letters, ligatures, odd spaces
-    if len(s) > _CLEAN_MAX:  # an expanded tail is noise; keep its end, where an answer would be
-        s = s[-_CLEAN_MAX:]
-    s = _ZERO_WIDTH_RE.sub("", s)
-    s = _CTRL_RE.sub(" ", s)
-    s = _SPECIAL_TOKEN_RE.sub(" ", s)
-    s = _TAG_RE.sub(" ", s)
-    s = _HTML_TAG_RE.sub(" ", s)
+    if len(s) > CLEAN_MAX:  # an expanded tail is noise; keep its end, where an answer would be
+        s = s[-CLEAN_MAX:]
+    s = ZERO_WIDTH_RE.sub("", s)
+    s = CTRL_RE.sub(" ", s)
+    s = SPECIAL_TOKEN_RE.sub(" ", s)
+    s = TAG_RE.sub(" ", s)
+    s = HTML_TAG_RE.sub(" ", s)
     for _ in range(4):  # peel \boxed{\text{B}} from the inside out
-        new = _LATEX_WRAP_RE.sub(r"\1", s)
-        new = _LATEX_BOXED_RE.sub(r" answer: \1 ", new)
+        new = LATEX_WRAP_RE.sub(r"\1", s)
+        new = LATEX_BOXED_RE.sub(r" answer: \1 ", new)
         if new == s:
             break
         s = new
-    s = _LATEX_DELIM_RE.sub(" ", s)
-    s = _MD_CHARS_RE.sub("", s)
-    s = _MD_UNDERSCORE_RE.sub("", s)
-    s = _HEADING_RE.sub("", s)
+    s = LATEX_DELIM_RE.sub(" ", s)
+    s = MD_CHARS_RE.sub("", s)
+    s = MD_UNDERSCORE_RE.sub("", s)
+    s = HEADING_RE.sub("", s)
     return s
 
 
 def _norm(s: str) -> str:
     """Case/punctuation/whitespace-insensitive form used to compare option texts."""
-    return _NON_WORD_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
+    return NON_WORD_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
 
 
 def _prepare(options: object) -> tuple[frozenset[str], tuple[tuple[str, str], ...]] | None:
@@ -322,7 +206,7 @@ def _prepare(options: object) -> tuple[frozenset[str], tuple[tuple[str, str], ..
 
 
 def _letter(m: re.Match, bracket_group: int, bare_group: int, text: str) -> str | None:
-    """The letter a _LETTER match captured, or None when it is an English word."""
+    """The letter a LETTER match captured, or None when it is an English word."""
     ch = m.group(bracket_group)
     if ch:
         return ch.upper()
@@ -332,7 +216,7 @@ def _letter(m: re.Match, bracket_group: int, bare_group: int, text: str) -> str 
     # 'a' and 'i'/'I' followed by a lowercase word are the article / the pronoun.
     # Uppercase 'A' is kept: "Answer: A because ..." is far more common than an
     # article right after an answer marker.
-    if ch in "aiI" and _FOLLOW_WORD_RE.match(text, m.end(bare_group)):
+    if ch in "aiI" and FOLLOW_WORD_RE.match(text, m.end(bare_group)):
         return None
     return ch.upper()
 
@@ -359,7 +243,7 @@ def _support_ok(letter: str, s: str, keys: frozenset[str], texts) -> bool:
     It disagrees when it starts with another option's text ("B. <text of C>") or
     enumerates another option ("B. ... (C) ...").
     """
-    for m in _ENUM_MARK_RE.finditer(s):
+    for m in ENUM_MARK_RE.finditer(s):
         other = (m.group(1) or m.group(2)).upper()
         if other != letter and other in keys:
             return False
@@ -368,30 +252,30 @@ def _support_ok(letter: str, s: str, keys: frozenset[str], texts) -> bool:
 
 
 def _explicit(text: str, markers: tuple[re.Pattern, ...], keys: frozenset[str], texts):
-    """Letters stated by explicit markers; a letter, None (conflict) or _NOTHING."""
+    """Letters stated by explicit markers; a letter, None (conflict) or NOTHING."""
     letters: set[str] = set()
     count = 0
     for marker in markers:
-        letter_first = marker is _LETTER_IS_ANSWER_RE
+        letter_first = marker is LETTER_IS_ANSWER_RE
         # The letter is the first two groups of a letter-first pattern and the last
-        # two of every other marker (see _LETTER).
+        # two of every other marker (see LETTER).
         groups = (1, 2) if letter_first else (marker.groups - 1, marker.groups)
         for m in marker.finditer(text):
             first = _letter(m, groups[0], groups[1], text)
             if first is None:
                 continue
             count += 1
-            if count > _MAX_EXPLICIT:  # hundreds of answer statements: noise
+            if count > MAX_EXPLICIT:  # hundreds of answer statements: noise
                 return None
             group = {first}
             pos = m.end()
             if letter_first:
-                tail = _LIST_TAIL_RE.search(text, max(0, m.start() - 24), m.start())
+                tail = LIST_TAIL_RE.search(text, max(0, m.start() - 24), m.start())
                 if tail:  # "A or B is the answer" names two letters
                     group.add((tail.group(1) or tail.group(2)).upper())
             else:
                 for _ in range(32):  # "A, B, C or D" lists are short
-                    c = _CONT_RE.match(text, pos)
+                    c = CONT_RE.match(text, pos)
                     if not c:
                         break
                     nxt = _letter(c, 1, 2, text)
@@ -402,15 +286,15 @@ def _explicit(text: str, markers: tuple[re.Pattern, ...], keys: frozenset[str], 
             line_end = text.find("\n", pos)
             if line_end == -1:
                 line_end = len(text)
-            support = text[pos : min(line_end, pos + _ATTACH_MAX)]
+            support = text[pos : min(line_end, pos + ATTACH_MAX)]
             # Plain "Option X" is a vote only if it reads as a statement of the choice.
             if (
-                marker is _OPTION_MARK_RE
+                marker is OPTION_MARK_RE
                 and not m.group(1)
                 and len(group) == 1
                 and not (
-                    _ONLY_PUNCT_RE.fullmatch(support)
-                    or _AFFIRM_RE.match(support)
+                    ONLY_PUNCT_RE.fullmatch(support)
+                    or AFFIRM_RE.match(support)
                     or first in _prefix_option(support, texts)
                 )
             ):
@@ -421,17 +305,17 @@ def _explicit(text: str, markers: tuple[re.Pattern, ...], keys: frozenset[str], 
             if not _support_ok(first, support, keys, texts):
                 return None
     if not letters:
-        return _NOTHING
+        return NOTHING
     (letter,) = letters
     return letter if letter in keys else None
 
 
 def _pairs_conflict(text: str, keys: frozenset[str], allowed: str | None = None) -> bool:
     """True when two different option letters are joined ("A or B") anywhere."""
-    for m in _PAIR_RE.finditer(text):
+    for m in PAIR_RE.finditer(text):
         a = m.group(1) or m.group(2)
         b = m.group(3) or m.group(4)
-        if m.group(4) == "I" and _FOLLOW_WORD_RE.match(text, m.end(4)):
+        if m.group(4) == "I" and FOLLOW_WORD_RE.match(text, m.end(4)):
             continue  # "... A and I think ..."
         a, b = a.upper(), b.upper()
         if a in keys and b in keys and (a != b or (allowed is not None and a != allowed)):
@@ -440,9 +324,9 @@ def _pairs_conflict(text: str, keys: frozenset[str], allowed: str | None = None)
 
 
 def _option_text_choice(text: str, texts):
-    """Choice by option text contained in ``text``; letter, None or _NOTHING."""
+    """Choice by option text contained in ``text``; letter, None or NOTHING."""
     if not texts:
-        return _NOTHING
+        return NOTHING
     hay = " " + _norm(text) + " "
     occurrences: dict[str, list[tuple[int, int]]] = {}
     total = 0
@@ -453,13 +337,13 @@ def _option_text_choice(text: str, texts):
         while i != -1:
             found.append((i, i + len(needle)))
             total += 1
-            if total > _MAX_OCCURRENCES:
+            if total > MAX_OCCURRENCES:
                 return None  # a wall of option texts is not an answer
             i = hay.find(needle, i + 1)
         if found:
             occurrences[t] = found  # ascending, as find() scans left to right
     if not occurrences:
-        return _NOTHING
+        return NOTHING
     # An occurrence of "grade 1" inside an occurrence of "grade 1 mild" is part of the
     # longer option, not a mention of the shorter one.
     starts = {t: [s for s, _ in occ] for t, occ in occurrences.items()}
@@ -479,7 +363,7 @@ def _option_text_choice(text: str, texts):
             if covered:
                 continue
             # "no pneumonia", "rather than effusion": a mention, not a choice.
-            if _NEGATION_RE.search(hay, max(0, s - 24), s + 1):
+            if NEGATION_RE.search(hay, max(0, s - 24), s + 1):
                 negated = True
                 continue
             chosen_texts.add(t)
@@ -487,11 +371,11 @@ def _option_text_choice(text: str, texts):
     chosen = {key for key, t in texts if t in chosen_texts}
     if len(chosen) == 1:
         return next(iter(chosen))
-    return None if chosen or negated else _NOTHING
+    return None if chosen or negated else NOTHING
 
 
 def _lone_letter(s: str) -> str | None:
-    m = _LONE_RE.fullmatch(s.strip().strip(_QUOTES))
+    m = LONE_RE.fullmatch(s.strip().strip(QUOTES))
     return m.group(1).upper() if m else None
 
 
@@ -499,12 +383,12 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
     """Read one piece of text (answer span or non-reasoning remainder).
 
     Returns a key, None (a decisive no: ambiguous, invalid letter, conflict) or
-    _NOTHING (no candidate at all).
+    NOTHING (no candidate at all).
     """
     text = _clean(raw)
-    core = text.strip().strip(_QUOTES).strip()
+    core = text.strip().strip(QUOTES).strip()
     if not core:
-        return _NOTHING
+        return NOTHING
 
     # 1. The whole piece is one letter ("B", "(b)", "C."); any case, since nothing
     #    else is there to make it a word.
@@ -519,14 +403,14 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
         return next(iter(exact)) if len(exact) == 1 else None
 
     # 3. Explicit answer statements, then weaker "option X" statements.
-    for markers in _MARKER_TIERS:
+    for markers in MARKER_TIERS:
         res = _explicit(text, markers, keys, texts)
-        if res is not _NOTHING:
+        if res is not NOTHING:
             return res
 
     # 4. The whole piece is a list of letters: "A or C", "Both B and D", "B, B".
-    if len(core) <= _LIST_MAX:
-        parts = [p for p in _LIST_SPLIT_RE.split(_LIST_PREFIX_RE.sub("", core)) if p.strip()]
+    if len(core) <= LIST_MAX:
+        parts = [p for p in LIST_SPLIT_RE.split(LIST_PREFIX_RE.sub("", core)) if p.strip()]
         if len(parts) >= 2:
             letters = [_lone_letter(p) for p in parts]
             if all(letters):
@@ -536,7 +420,7 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
                 return None
 
     # 5. A leading letter followed by its own text: "B. Normal tissue", "(B) text".
-    m = _LEAD_RE.match(core)
+    m = LEAD_RE.match(core)
     if m and (
         m.group(1)
         or not m.group(3)[:1].islower()
@@ -548,7 +432,7 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
         # option text to follow to count as a letter.
         letter = (m.group(1) or m.group(2)).upper()
         return _with_rest(letter, m.group(3), keys, texts)
-    m = _LEAD_SPACE_RE.match(core)
+    m = LEAD_SPACE_RE.match(core)
     if m and _prefix_option(m.group(2), texts):
         return _with_rest(m.group(1), m.group(2), keys, texts)
 
@@ -560,7 +444,7 @@ def _parse_piece(raw: str, keys: frozenset[str], texts):
     #    enumerated next to it ("pneumonia (C)" with C = effusion).
     res = _option_text_choice(text, texts)
     if isinstance(res, str):
-        for m in _ENUM_MARK_RE.finditer(text):
+        for m in ENUM_MARK_RE.finditer(text):
             other = (m.group(1) or m.group(2)).upper()
             if other != res and other in keys:
                 return None
@@ -577,9 +461,9 @@ def _with_rest(letter: str, rest: str, keys: frozenset[str], texts):
     other = _lone_letter(rest)
     if other is not None:  # "B. B" is B; "B. C" is two answers
         return letter if other == letter else None
-    for markers in _MARKER_TIERS:
+    for markers in MARKER_TIERS:
         res = _explicit(rest, markers, keys, texts)
-        if res is not _NOTHING:
+        if res is not NOTHING:
             return letter if res == letter else None
     if _pairs_conflict(rest, keys, allowed=letter):
         return None
@@ -596,10 +480,10 @@ def _extract(response: str, options: Mapping[str, str]) -> str | None:
     if prepared is None or not isinstance(response, str):
         return None
     keys, texts = prepared
-    if len(response) > _TAIL_CHARS:
+    if len(response) > TAIL_CHARS:
         # A head cut off mid-reasoning leaves a bare </think>, which closes reasoning that started
         # at the beginning of the (cut) text: drafts in it stay reasoning.
-        response = response[-_TAIL_CHARS:]
+        response = response[-TAIL_CHARS:]
     regions, spans = _structure(response)
     span, is_draft = _pick_span(spans, regions)
     if span is not None and not is_draft:
@@ -607,22 +491,22 @@ def _extract(response: str, options: Mapping[str, str]) -> str | None:
         # fall back to the reasoning, even when it is empty or ambiguous. Several final
         # tags that name different options are no single answer.
         starts = [r[0] for r in regions]
-        finals = [s for s in spans if not _in_regions(s[0], regions, starts)][-_MAX_FINAL_SPANS:]
+        finals = [s for s in spans if not _in_regions(s[0], regions, starts)][-MAX_FINAL_SPANS:]
         results = [_parse_piece(response[s[1] : s[2]], keys, texts) for s in finals]
         if len({r for r in results if isinstance(r, str)}) > 1:
             return None
         res = results[-1]
-        return None if res is _NOTHING else res
+        return None if res is NOTHING else res
     remainder = _outside_regions(response, regions)
     if remainder.strip():
         res = _parse_piece(remainder, keys, texts)
-        if res is not _NOTHING or span is None:
-            return None if res is _NOTHING else res
+        if res is not NOTHING or span is None:
+            return None if res is NOTHING else res
     if span is not None:
         # The only answer tag is inside the reasoning and nothing after it answers:
         # the tag is still the model's stated answer.
         res = _parse_piece(response[span[1] : span[2]], keys, texts)
-        return None if res is _NOTHING else res
+        return None if res is NOTHING else res
     return None  # only reasoning: never mine it for letters
 
 
@@ -675,7 +559,7 @@ def has_strict_format(response: str) -> bool:
     try:
         if not isinstance(response, str):
             return False
-        tags = list(_TAG_RE.finditer(response))
+        tags = list(TAG_RE.finditer(response))
         expected = ("<think>", "</think>", "<answer>", "</answer>")
         if len(tags) != 4 or tuple(m.group(0) for m in tags) != expected:
             return False
