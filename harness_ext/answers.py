@@ -63,6 +63,7 @@ from medbridge.harness_ext.answer_patterns import (
 __all__ = [
     "EXTRACTOR_VERSION",
     "extract_choice",
+    "final_answer_span",
     "has_strict_format",
     "split_think_answer",
 ]
@@ -573,3 +574,26 @@ def has_strict_format(response: str) -> bool:
         return bool(response[a_open.end() : a_close.start()].strip())
     except Exception:  # same contract as extract_choice
         return False
+
+
+def final_answer_span(response: str, options: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """Character span [start, end) of the answer this extractor reads, whitespace trimmed (GRPO-CARE's
+    consistency scores exactly these characters): the last answer tag outside the reasoning, an unclosed
+    final tag running to the end; a draft inside ``<think>`` only when nothing outside the reasoning answers
+    (judged with ``options``; without them, only when nothing is written after the reasoning); else None."""
+    if not isinstance(response, str):
+        return None
+    regions, spans = _structure(response)
+    span, is_draft = _pick_span(spans, regions)
+    if span is None:
+        return None
+    if is_draft:
+        remainder = _outside_regions(response, regions)
+        if remainder.strip():
+            prepared = _prepare(options) if options else None
+            if prepared is None or _parse_piece(remainder, *prepared) is not NOTHING:
+                return None  # the extractor reads the text after the reasoning, not this draft
+    start, end = span[1], span[2]
+    body = response[start:end]
+    start, end = start + len(body) - len(body.lstrip()), end - (len(body) - len(body.rstrip()))
+    return (start, end) if end > start else None

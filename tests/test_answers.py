@@ -8,7 +8,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from medbridge.harness_ext import answers
+from medbridge.harness_ext import answer_patterns, answers
 from medbridge.harness_ext.answers import (
     EXTRACTOR_VERSION,
     extract_choice,
@@ -441,7 +441,7 @@ FRAGMENTS = [
     "E. coli",
     "\ufdfa",
 ]
-NOISE_FRAGMENTS = [f for f in FRAGMENTS if not answers._TAG_RE.search(f)] + [
+NOISE_FRAGMENTS = [f for f in FRAGMENTS if not answer_patterns.TAG_RE.search(f)] + [
     "The lesion is",
     " likely ",
     "not ",
@@ -491,10 +491,10 @@ WORDS = [
 ]
 
 noise_text = st.one_of(
-    st.text(max_size=120).filter(lambda s: not answers._TAG_RE.search(s)),
+    st.text(max_size=120).filter(lambda s: not answer_patterns.TAG_RE.search(s)),
     st.lists(st.sampled_from(NOISE_FRAGMENTS + WORDS), max_size=30)
     .map("".join)
-    .filter(lambda s: not answers._TAG_RE.search(s)),
+    .filter(lambda s: not answer_patterns.TAG_RE.search(s)),
 )
 
 

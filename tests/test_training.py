@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from medbridge.harness_ext import answers
 from medbridge.training import care, rewards
 from medbridge.training.configs import GRPOCareConfig, MedGRPOConfig, parse_recipe
 
@@ -169,12 +170,12 @@ def test_consistency_from_hand_made_logprobs():
 
 def test_answer_span_and_token_mask():
     text = "<think>maybe <answer>A</answer> draft</think> <answer> B </answer>"
-    start, end = care.answer_char_span(text)
+    start, end = answers.final_answer_span(text)
     assert text[start:end] == "B"  # the final span outside the reasoning, as the extractor reads it
-    assert care.answer_char_span("<think>only reasoning</think>") is None
-    assert care.answer_char_span("<think>x</think><answer>  </answer>") is None
+    assert answers.final_answer_span("<think>only reasoning</think>") is None
+    assert answers.final_answer_span("<think>x</think><answer>  </answer>") is None
     truncated = "<think>x</think><answer>C because"
-    s, e = care.answer_char_span(truncated)
+    s, e = answers.final_answer_span(truncated)
     assert truncated[s:e] == "C because"
     offsets = [(0, 7), (7, 20), (20, 30), (30, 31), (31, 40)]
     assert care.answer_token_mask(offsets, (29, 31)) == [False, False, True, True, False]
@@ -188,16 +189,16 @@ def test_answer_span_never_scores_a_draft_the_extractor_does_not_read():
     # the text after the reasoning, so there is no tag span to score.
     text = "<think>maybe <answer>A</answer></think> So the answer is B."
     assert extract_choice(text, OPTIONS) == "B"
-    assert care.answer_char_span(text, OPTIONS) is None
-    assert care.answer_char_span(text) is None  # without options: text after the reasoning -> no draft
+    assert answers.final_answer_span(text, OPTIONS) is None
+    assert answers.final_answer_span(text) is None  # without options: text after the reasoning -> no draft
     # Only a draft and nothing that answers after it: the extractor reads the draft, so it is scored.
     only_draft = "<think>I think <answer>C</answer></think>"
     assert extract_choice(only_draft, OPTIONS) == "C"
-    s, e = care.answer_char_span(only_draft, OPTIONS)
+    s, e = answers.final_answer_span(only_draft, OPTIONS)
     assert only_draft[s:e] == "C"
     trailing_noise = "<think>so <answer>C</answer></think> ..."
     assert extract_choice(trailing_noise, OPTIONS) == "C"
-    s, e = care.answer_char_span(trailing_noise, OPTIONS)
+    s, e = answers.final_answer_span(trailing_noise, OPTIONS)
     assert trailing_noise[s:e] == "C"
 
 
@@ -217,7 +218,7 @@ def test_answer_tokens_are_found_on_the_sampled_ids(tiny_model_dir):
         return tok.decode(x, skip_special_tokens=True)
 
     assert decode(ids) == text
-    span = care.answer_char_span(decode(ids), OPTIONS)
+    span = answers.final_answer_span(decode(ids), OPTIONS)
     mask = care.answer_token_mask_from_ids(decode, ids, span)
     assert [tok.decode([t]) for t, m in zip(ids, mask) if m] == ["B"]
     # Every token in a span covering the whole answer block is found, none outside it.

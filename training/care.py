@@ -50,7 +50,6 @@ __all__ = [
     "BONUS_REWARD_NAME",
     "EMAReferenceCallback",
     "GRPOCareTrainer",
-    "answer_char_span",
     "answer_token_mask",
     "care_bonus",
     "consistency_from_logps",
@@ -63,35 +62,6 @@ BONUS_REWARD_NAME = "care_bonus"
 # ---------------------------------------------------------------------------------------------
 # The algorithm's pieces, as plain functions (unit-tested on hand-made numbers)
 # ---------------------------------------------------------------------------------------------
-
-
-def answer_char_span(response: str, options: Mapping[str, str] | None = None) -> tuple[int, int] | None:
-    """Character span [start, end) of the answer the evaluation extractor reads, whitespace trimmed.
-
-    The span choice is the extractor's own (harness_ext.answers, private helpers reused, not re-implemented):
-    the last answer tag outside the reasoning; an unclosed final tag runs to the end. A draft tag inside
-    ``<think>`` counts only when the extractor would read it, i.e. when nothing outside the reasoning
-    answers (judged with ``options``; without them a draft counts only when nothing is written outside the
-    reasoning). None when there is no such span or it is blank: that completion gets no consistency.
-    """
-    if not isinstance(response, str):
-        return None
-    regions, spans = answers._structure(response)
-    span, is_draft = answers._pick_span(spans, regions)
-    if span is None:
-        return None
-    if is_draft:
-        remainder = answers._outside_regions(response, regions)
-        if remainder.strip():
-            prepared = answers._prepare(options) if options else None
-            if prepared is None or answers._parse_piece(remainder, *prepared) is not answers._NOTHING:
-                return None  # the extractor reads the text after the reasoning, not this draft
-    start, end = span[1], span[2]
-    while start < end and response[start].isspace():
-        start += 1
-    while end > start and response[end - 1].isspace():
-        end -= 1
-    return (start, end) if end > start else None
 
 
 def answer_token_mask(offsets: Sequence[tuple[int, int]], span: tuple[int, int]) -> list[bool]:
@@ -406,7 +376,7 @@ class GRPOCareTrainer(MedGRPOTrainer):
 
         for i, (prompt, ids, opts) in enumerate(zip(prompts, completion_ids, options, strict=True)):
             ids = [int(t) for t in ids]
-            span = answer_char_span(decode(ids), _options_mapping(opts))
+            span = answers.final_answer_span(decode(ids), _options_mapping(opts))
             mask = answer_token_mask_from_ids(decode, ids, span) if span is not None else [False] * len(ids)
             value = self._reference_answer_likelihood(prompt, ids, mask)
             if span is not None and any(mask):
