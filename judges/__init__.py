@@ -1,3 +1,4 @@
-"""Serving and checking the LLM judge: ``medbridge judge serve`` / ``medbridge judge check`` (cli.py)
-and the vLLM server helpers (server.py). The judge itself (prompts, client, cache, cascade) is
-``medbridge.harness_ext.judge``; this package imports it, never the reverse."""
+"""The LLM judge's side of the product: its prompts (prompts.yaml: the texts and the project's one
+modality vocabulary), serving and checking it (``medbridge judge serve`` / ``medbridge judge check``,
+cli.py) and the vLLM server helpers (server.py). The judge client, cache and cascade that lmms-eval
+loads are ``medbridge.harness_ext.judge``, which reads prompts.yaml as data and imports nothing from here."""
