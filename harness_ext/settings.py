@@ -40,7 +40,8 @@ _TABLE = (
     Setting("MEDBRIDGE_MEDVQA_SEED", "1234", "Seed of the VQA subset."),
     Setting("MEDBRIDGE_MEDVQA_SKIP_BAD", "0", "`1`: skip bad rows (counted and recorded) instead of failing."),
     # LLM judge
-    Setting("MEDBRIDGE_JUDGE_MODE", "rules", "`rules`, `judge` or `cascade` (rules first, the judge when they cannot)."),
+    Setting("MEDBRIDGE_JUDGE_MODE", "rules",
+            "`rules`, `judge` or `cascade` (rules first, the judge when they cannot)."),
     Setting("MEDBRIDGE_JUDGE_BASE_URL", "", "OpenAI-compatible endpoint of the judge, e.g. `http://127.0.0.1:8000/v1`."),
     Setting("MEDBRIDGE_JUDGE_MODEL", "", "Served model name of the judge."),
     Setting("MEDBRIDGE_JUDGE_API_KEY", "", "API key for the judge endpoint (never written anywhere)."),
@@ -101,7 +102,9 @@ def get_int(name: str, default: int, *, minimum: int | None = None, env: Mapping
     return number
 
 
-def get_float(name: str, default: float, *, minimum: float | None = None, env: Mapping[str, str] | None = None) -> float:
+def get_float(
+    name: str, default: float, *, minimum: float | None = None, env: Mapping[str, str] | None = None
+) -> float:
     value = get_str(name, env)
     if value is None:
         return default
@@ -122,7 +125,8 @@ def get_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
         return True
     if value in FALSE_WORDS:
         return False
-    raise SettingError(f"{name}={value!r} must be one of {', '.join(TRUE_WORDS)} or {', '.join(w for w in FALSE_WORDS if w)}")
+    words = ", ".join(TRUE_WORDS + tuple(w for w in FALSE_WORDS if w))
+    raise SettingError(f"{name}={value!r} must be one of {words}")
 
 
 def get_path(name: str, env: Mapping[str, str] | None = None) -> Path | None:

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from medbridge.tasks.medmnist.catalog import SETS
 
 # Nothing in the tests may reach a hub.
@@ -16,7 +15,15 @@ GREEDY_TASKS = [f"medmnist_mcq_{s.name}" for s in SETS]
 SAMPLED_TASKS = [f"{t}_passk" for t in GREEDY_TASKS]
 
 
-def run_lmms_eval(args: list[str], data_root: Path, *, module: str = "medbridge.tests.run_lmms_eval", cwd: Path | None = None, env_extra: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
+def run_lmms_eval(
+    args: list[str],
+    data_root: Path,
+    *,
+    module: str = "medbridge.tests.run_lmms_eval",
+    cwd: Path | None = None,
+    env_extra: dict | None = None,
+    timeout: int = 1200,
+) -> subprocess.CompletedProcess:
     """The real lmms-eval CLI in a fresh process (through our launcher when the test-only
     oracle model is needed)."""
     env = dict(os.environ)

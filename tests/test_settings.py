@@ -116,16 +116,9 @@ def test_scanner_finds_every_kind_of_read():
         "MEDBRIDGE_A", "MEDBRIDGE_MEDMNIST_ROOT", "MEDBRIDGE_C", "MEDBRIDGE_D", "MEDBRIDGE_E_...", "MEDBRIDGE_F"]
 
 
-# Files whose owners have not moved their reads to settings.py yet (listed in the CLI engineer's report).
-NOT_YET_MIGRATED = {"tests/vllm_server.py"}
-
-
 def test_no_module_reads_medbridge_variables_outside_settings():
     reads = [r for path in package_sources() for r in environment_reads(path)]
-    new = [r for r in reads if r.split(":")[0] not in NOT_YET_MIGRATED]
-    assert not new, "read MEDBRIDGE_* through harness_ext/settings.py, not os.environ:\n" + "\n".join(new)
-    if reads:
-        pytest.xfail("not migrated yet:\n" + "\n".join(reads))
+    assert not reads, "read MEDBRIDGE_* through harness_ext/settings.py, not os.environ:\n" + "\n".join(reads)
 
 
 # ------------------------------------------------------------------ getters name the variable

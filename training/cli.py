@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.subsets import parse_size
 
 __all__ = ["add_parser"]
@@ -104,8 +105,14 @@ def _load_callable(spec: str):
 
 
 def _cmd_build_medmnist(args: argparse.Namespace) -> int:
+    from medbridge.tasks.medmnist.catalog import get_set
     from medbridge.training.data import medmnist_dataset
 
+    for name in args.names:
+        try:
+            get_set(name)
+        except KeyError as err:
+            raise MedbridgeError(f"--names: {err.args[0]}") from None
     ds = medmnist_dataset(
         args.names,
         split=args.split,

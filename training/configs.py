@@ -7,8 +7,11 @@ A recipe YAML is parsed the way TRL's scripts parse theirs:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from medbridge.harness_ext.errors import MedbridgeError
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 __all__ = [
@@ -167,5 +170,35 @@ def parse_recipe(
     Unknown keys in the YAML or on the command line raise (TrlParser / argparse)."""
     if kind not in TRAINER_CONFIGS:
         raise ValueError(f"unknown trainer {kind!r}; expected one of {sorted(TRAINER_CONFIGS)}")
-    parser = TrlParser((MedScriptArguments, TRAINER_CONFIGS[kind], ModelConfig), prog=prog or f"medbridge train {kind}")
+    classes = (MedScriptArguments, TRAINER_CONFIGS[kind], ModelConfig)
+    _check_recipe_file(argv, classes)
+    parser = TrlParser(classes, prog=prog or f"medbridge train {kind}")
     return tuple(parser.parse_args_and_config(args=argv))
+
+
+def _check_recipe_file(argv: list[str] | None, classes: tuple[type, ...]) -> None:
+    """Name a recipe file that is missing, not a YAML mapping, or holds unknown keys before TrlParser
+    reads it (it would otherwise validate the known fields first, and report e.g. a bf16 error instead)."""
+    import dataclasses
+
+    import yaml
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    for path in paths:
+        try:
+            recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise MedbridgeError(f"recipe {path}: cannot be read ({err.strerror or err})") from None
+        except yaml.YAMLError as err:
+            raise MedbridgeError(f"recipe {path}: not valid YAML ({err})") from None
+        if not isinstance(recipe, dict):
+            raise MedbridgeError(f"recipe {path}: must be a YAML mapping of recipe fields, got {type(recipe).__name__}")
+        known = {f.name for cls in classes for f in dataclasses.fields(cls)} | {"env"}  # TrlParser sets env vars
+        unknown = sorted(str(k) for k in recipe if k not in known)
+        if unknown:
+            raise MedbridgeError(
+                f"recipe {path}: unknown key(s) {', '.join(unknown)}; "
+                f"`medbridge train <grpo|care|sft> --help` lists the recipe fields"
+            )

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
 
 __all__ = [
@@ -204,7 +205,7 @@ def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) 
         reader = csv.DictReader(fh)
         missing = [c for c in PMC_VQA_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}; expected {list(PMC_VQA_COLUMNS)}")
+            raise MedbridgeError(f"{csv_path}: missing column(s) {missing}; expected {list(PMC_VQA_COLUMNS)}")
         for row_no, row in enumerate(reader, start=2):  # row 1 is the header
             where = f"{csv_path}:{row_no}"
             options = {}

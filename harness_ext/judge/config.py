@@ -22,6 +22,7 @@ default is ``cascade`` when a judge endpoint is configured and ``rules`` otherwi
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,7 @@ class JudgeConfig:
                 f"judge mode {self.mode!r} needs a judge base_url and model "
                 "(set MEDBRIDGE_JUDGE_BASE_URL and MEDBRIDGE_JUDGE_MODEL)"
             )
-        if self.base_url and not self.base_url.strip().lower().startswith(("http://", "https://")):
+        if self.base_url and not _is_http_url(self.base_url):
             raise SettingError(
                 f"judge base_url {self.base_url!r} is not an http(s) URL "
                 "(MEDBRIDGE_JUDGE_BASE_URL or --base-url, e.g. http://127.0.0.1:8000/v1)"
@@ -157,3 +158,12 @@ class JudgeConfig:
 def active_config() -> JudgeConfig:
     """The configuration our tasks use: the environment (explicit/metadata go through resolve())."""
     return JudgeConfig.resolve()
+
+
+def _is_http_url(url: str) -> bool:
+    """http(s) with a host that parses (urllib raises on e.g. an unclosed IPv6 bracket)."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:
+        return False
