@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import medbridge.tasks
-from medbridge.harness_ext import decoding
+from medbridge.harness_ext import decoding, served
 from medbridge.harness_ext.errors import MedbridgeError
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,21 @@ def _decoding_groups(requests: Sequence[Any], ours: frozenset[str]) -> dict[Any,
     return groups
 
 
+def _is_openai_backend(lm: Any) -> bool:
+    return "openai" in type(lm).__module__.rsplit(".", 1)[-1]
+
+
+def _check_and_record_served(requests: Sequence[Any], groups: dict[Any, list[int]]) -> None:
+    """lmms-eval's ``openai`` backend sends temperature/top_p but never top_k or repetition_penalty: refuse a
+    task that needs them, and record what a server started with ``--generation-config vllm`` decodes with."""
+    for want, positions in groups.items():
+        if want is None:
+            continue
+        for task in sorted({requests[p].task_name for p in positions}):
+            served.check_openai_decoding(task, want)
+            decoding.record_effective(task, served.served_effective_settings(want))
+
+
 def wrap_generate_until(cls: type) -> type:
     """Make ``cls.generate_until`` decode medbridge tasks with exactly the task's settings (idempotent)."""
     original: Callable = cls.generate_until
@@ -132,7 +147,11 @@ def wrap_generate_until(cls: type) -> type:
     def generate_until(self, requests, *args, **kwargs):
         model = _hf_model(self)
         groups = _decoding_groups(requests, ours)
-        if model is None or set(groups) == {None}:
+        if set(groups) == {None}:
+            return original(self, requests, *args, **kwargs)
+        if model is None:
+            if _is_openai_backend(self):
+                _check_and_record_served(requests, groups)
             return original(self, requests, *args, **kwargs)
         responses: list[Any] = [None] * len(requests)
         for want, positions in groups.items():

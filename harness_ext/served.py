@@ -60,4 +60,6 @@ def served_effective_settings(decoding: Decoding) -> dict[str, Any]:
     """What a ``--generation-config vllm`` server decodes with for a task's request from the ``openai``
     backend: the task's temperature/top_p, vLLM's neutral defaults for the rest (recorded per task).
     Only valid for a task that ``check_openai_decoding`` accepts."""
-    return {**effective_settings(decoding), "server_generation_config": "vllm"}
+    # Assumed, not observed: nothing in the OpenAI API tells how the server was started; a server that
+    # fills top_k from the checkpoint shows up as collapsed sampling (distinct_per_item) instead.
+    return {**effective_settings(decoding), "server_generation_config": "vllm (assumed: served_vlm_args)"}

@@ -99,6 +99,30 @@ def test_request_without_generation_kwargs_is_refused():
         cls().generate_until([request])
 
 
+class _FakeOpenAIBackend:
+    """Like lmms-eval's ``openai`` backend: no transformers model, sends temperature/top_p only."""
+
+    def generate_until(self, requests):
+        return [f"{r.task_name}:served" for r in requests]
+
+
+_FakeOpenAIBackend.__module__ = "lmms_eval.models.chat.openai"
+
+
+def test_openai_backend_records_served_settings_and_refuses_what_it_cannot_send():
+    served_cls = type("Served", (_FakeOpenAIBackend,), {"__module__": _FakeOpenAIBackend.__module__})
+    cls = plugin.wrap_generate_until(served_cls)
+    decoding.clear_effective()
+    out = cls().generate_until([_Request(PASSK_TASK, decoding.generation_kwargs(decoding.PASSK), True)])
+    assert out == [f"{PASSK_TASK}:served"]
+    recorded = decoding.effective_for(PASSK_TASK)
+    assert (recorded["temperature"], recorded["top_p"], recorded["top_k"]) == (0.7, 0.9, 0)
+    assert recorded["server_generation_config"].startswith("vllm")
+    needs_top_k = dict(decoding.generation_kwargs(decoding.PASSK), top_k=20)
+    with pytest.raises(MedbridgeError, match="top_k=20"):
+        cls().generate_until([_Request(PASSK_TASK, needs_top_k, True)])
+
+
 @pytest.fixture(scope="module")
 def retina_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoding_e2e")
