@@ -383,6 +383,8 @@ def test_cascade_judges_only_what_rules_cannot_read_and_fills_records_in_place(t
     assert logged["acc1"]["sources"] == ["rules", "judge", "judge", "rules"]
     assert logged["acc1"]["outcomes"] == ["correct", "unparsed", "unparsed", "incorrect"]
     assert logged["acc1"]["judge_choices"] == [None, "none", "none", None]
+    # Which judge settled it travels with the record (the leaderboard pins on it).
+    assert logged["acc1"]["judge_prompt_version"] == "mcq_choice/v1" and logged["acc1"]["judge_model"]
     stats = judge.judge_stats([record])
     assert (stats["n_by_rules"], stats["n_by_judge"], stats["n_unparseable"]) == (2, 2, 2)
 

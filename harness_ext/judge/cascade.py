@@ -31,6 +31,7 @@ from medbridge.harness_ext import metrics
 from medbridge.harness_ext.answers import extract_choice
 from medbridge.harness_ext.judge.client import JudgePool, Verdict, get_pool
 from medbridge.harness_ext.judge.config import JudgeConfig
+from medbridge.harness_ext.judge.prompts import MCQ_CHOICE
 
 __all__ = [
     "JUDGE_METRICS",
@@ -70,6 +71,7 @@ class JudgedRecord(dict):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pending: list[tuple[int, concurrent.futures.Future]] = []
+        self.pool: JudgePool | None = None
 
     def settle(self) -> int:
         """Wait for this record's verdicts and fill them in; returns how many were filled."""
@@ -86,6 +88,8 @@ class JudgedRecord(dict):
                 self["outcomes"][i] = _JUDGE_OUTCOME.get(verdict.status, "invalid")
         if jobs:
             self["c"] = sum(o == "correct" for o in self["outcomes"])
+            if self.pool is not None:
+                self["judge_model"] = self.pool.judge_name()  # known once a verdict came back
         return len(jobs)
 
     def __reduce_ex__(self, protocol: int):
@@ -118,6 +122,10 @@ def score_doc_judged(
         return record
     question = str(doc.get("question") or doc.get("prompt") or "")
     pool = pool or get_pool(config)
+    # Which judge and prompt settled this record: leaderboard pins keep differently judged runs apart.
+    record.pool = pool
+    record["judge_model"] = pool.judge_name()
+    record["judge_prompt_version"] = MCQ_CHOICE.key
     for i, (response, rule) in enumerate(zip(responses, rule_choices)):
         if config.mode == "cascade" and rule is not None:
             continue

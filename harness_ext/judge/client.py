@@ -398,6 +398,15 @@ class JudgePool:
     def stats(self) -> Counter:
         return self.client.stats
 
+    def judge_name(self) -> str:
+        """A readable judge identity for records and leaderboard pins: the configured judge id, else the
+        model the server reports behind its served name (the card's root, once fetched), else name@URL."""
+        if self.config.judge_id:
+            return self.config.judge_id
+        identity = self.client._identity  # set by the first verdict; never fetched here
+        root = json.loads(identity).get("card", {}).get("root") if identity else None
+        return str(root) if root else f"{self.config.model}@{self.config.base_url}"
+
     def close(self) -> None:
         if self._loop.is_running():
             self._call(self.client.aclose())
