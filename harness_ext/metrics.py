@@ -1,4 +1,4 @@
-"""Sample-level metrics: Acc@1, unbiased Pass@K, pass^K, maj@K, bootstrap confidence intervals.
+"""Sample-level metrics: Acc@1, unbiased Pass@K, pass^K, maj@K, sampling diversity, failed requests.
 
 Every function here works on plain numbers or on per-item *records* (the dicts our tasks'
 ``process_results`` return), so lmms-eval aggregations, the re-scoring command and the
