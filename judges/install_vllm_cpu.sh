@@ -82,12 +82,14 @@ PY
 }
 
 add_medbridge() {
-    if "$VENV/bin/python" - "$CHECKOUT" >/dev/null 2>&1 <<'PY'
+    # -P: the current folder is not on sys.path, so a checkout's own medbridge/ folder cannot pass for
+    # the installed package; harness_ext only resolves through the install's folder mapping.
+    if "$VENV/bin/python" -P - "$CHECKOUT" >/dev/null 2>&1 <<'PY'
 import sys
 from pathlib import Path
 
-import lmms_eval, medbridge, pytest  # noqa: F401,E401
-assert Path(medbridge.__file__).resolve().is_relative_to(Path(sys.argv[1]))
+import lmms_eval, medbridge.harness_ext, pytest  # noqa: F401,E401
+assert Path(medbridge.harness_ext.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve())
 PY
     then
         echo "medbridge ($CHECKOUT) already installed in $VENV"
