@@ -178,3 +178,15 @@ def write_family(family: Family, out_dir: Path) -> list[Path]:
             path.write_text(text)
         written.append(path)
     return written
+
+
+def generator_main(family: Family, default_out: Path, description: str, argv: list[str] | None = None) -> None:
+    """The command line every ``_generate_configs.py`` runs: write ``family`` into ``--out`` (default: its
+    own task folder) and print each path written."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out, help="folder to write (default: this task folder)")
+    args = parser.parse_args(argv)
+    for path in write_family(family, args.out):
+        print(path)

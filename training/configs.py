@@ -176,6 +176,10 @@ def parse_recipe(
     return tuple(parser.parse_args_and_config(args=argv))
 
 
+class RecipeError(MedbridgeError, ValueError):
+    """A recipe file that is missing, not a mapping of recipe fields, or names fields that do not exist."""
+
+
 def _check_recipe_file(argv: list[str] | None, classes: tuple[type, ...]) -> None:
     """Name a recipe file that is missing, not a YAML mapping, or holds unknown keys before TrlParser
     reads it (it would otherwise validate the known fields first, and report e.g. a bf16 error instead)."""
@@ -190,15 +194,15 @@ def _check_recipe_file(argv: list[str] | None, classes: tuple[type, ...]) -> Non
         try:
             recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as err:
-            raise MedbridgeError(f"recipe {path}: cannot be read ({err.strerror or err})") from None
+            raise RecipeError(f"recipe {path}: cannot be read ({err.strerror or err})") from None
         except yaml.YAMLError as err:
-            raise MedbridgeError(f"recipe {path}: not valid YAML ({err})") from None
+            raise RecipeError(f"recipe {path}: not valid YAML ({err})") from None
         if not isinstance(recipe, dict):
-            raise MedbridgeError(f"recipe {path}: must be a YAML mapping of recipe fields, got {type(recipe).__name__}")
+            raise RecipeError(f"recipe {path}: must be a YAML mapping of recipe fields, got {type(recipe).__name__}")
         known = {f.name for cls in classes for f in dataclasses.fields(cls)} | {"env"}  # TrlParser sets env vars
         unknown = sorted(str(k) for k in recipe if k not in known)
         if unknown:
-            raise MedbridgeError(
+            raise RecipeError(
                 f"recipe {path}: unknown key(s) {', '.join(unknown)}; "
                 f"`medbridge train <grpo|care|sft> --help` lists the recipe fields"
             )

@@ -47,6 +47,11 @@ __all__ = [
     "sft_row",
 ]
 
+
+class TrainingDataError(MedbridgeError, ValueError):
+    """Training data that cannot be built as asked: names the file, row or setting at fault."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Row shapes
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +108,7 @@ def medmnist_items(
     from medbridge.tasks.medmnist.data import build_items
 
     if not names:
-        raise ValueError("name at least one MedMNIST set")
+        raise TrainingDataError("name at least one MedMNIST set")
     items: list[dict[str, Any]] = []
     for name in names:
         # per_class=None would mean the evaluation default; "all" is the whole split.
@@ -133,7 +138,7 @@ def _to_dataset(rows: list[dict[str, Any]]):
     import datasets
 
     if not rows:
-        raise ValueError("no training rows were built")
+        raise TrainingDataError("no training rows were built")
     return datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
 
 
@@ -205,7 +210,7 @@ def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) 
         reader = csv.DictReader(fh)
         missing = [c for c in PMC_VQA_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise MedbridgeError(f"{csv_path}: missing column(s) {missing}; expected {list(PMC_VQA_COLUMNS)}")
+            raise TrainingDataError(f"{csv_path}: missing column(s) {missing}; expected {list(PMC_VQA_COLUMNS)}")
         for row_no, row in enumerate(reader, start=2):  # row 1 is the header
             where = f"{csv_path}:{row_no}"
             options = {}
@@ -215,16 +220,16 @@ def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) 
                     options[letter] = text
             answer = (row["Answer_label"] or "").strip().upper()
             if answer not in options:
-                raise ValueError(
+                raise TrainingDataError(
                     f"{where}: Answer_label {row['Answer_label']!r} is not one of the non-empty choices "
                     f"{sorted(options)}"
                 )
             question = (row["Question"] or "").strip()
             if not question:
-                raise ValueError(f"{where}: empty Question")
+                raise TrainingDataError(f"{where}: empty Question")
             figure = (row["Figure_path"] or "").strip()
             if not figure:
-                raise ValueError(f"{where}: empty Figure_path")
+                raise TrainingDataError(f"{where}: empty Figure_path")
             items.append(
                 {
                     "item_id": f"pmc_vqa/train/{row_no - 2}",
@@ -239,7 +244,7 @@ def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) 
                 }
             )
     if not items:
-        raise ValueError(f"{csv_path}: no rows")
+        raise TrainingDataError(f"{csv_path}: no rows")
     return items
 
 
@@ -293,7 +298,7 @@ def label_modalities(
             images = [item["figure_path"] for item in batch] if with_images else None
             answers = list(classify([item["question"] for item in batch], images))
             if len(answers) != len(batch):
-                raise ValueError(
+                raise TrainingDataError(
                     f"modality classifier {labeler!r} returned {len(answers)} labels for {len(batch)} questions"
                 )
             for item, raw in zip(batch, answers):
@@ -327,7 +332,7 @@ def balanced_subset(labels: dict[str, str], size: int, seed: int) -> list[str]:
     round-robin to the labels that still have items.
     """
     if size < 1:
-        raise ValueError(f"subset size must be >= 1, got {size}")
+        raise TrainingDataError(f"subset size must be >= 1, got {size}")
     rng = random.Random(seed)
     pools: dict[str, list[str]] = {}
     for item_id, label in sorted(labels.items()):
@@ -434,7 +439,7 @@ def load_training_dataset(script_args: Any, *, sft: bool = False):
         import datasets
 
         if not script_args.dataset_name:
-            raise ValueError("data_source 'disk' needs dataset_name: the folder written by save_to_disk")
+            raise TrainingDataError("data_source 'disk' needs dataset_name: the folder written by save_to_disk")
         dataset = datasets.load_from_disk(script_args.dataset_name)
         if isinstance(dataset, datasets.DatasetDict):
             dataset = dataset[script_args.dataset_train_split]
@@ -444,4 +449,4 @@ def load_training_dataset(script_args: Any, *, sft: bool = False):
         if script_args.max_train_samples is not None:
             dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
         return dataset
-    raise ValueError(f"unknown data_source {script_args.data_source!r}; expected 'medmnist' or 'disk'")
+    raise TrainingDataError(f"unknown data_source {script_args.data_source!r}; expected 'medmnist' or 'disk'")

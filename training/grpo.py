@@ -22,7 +22,7 @@ from medbridge.training.callbacks import (
 )
 from medbridge.training.configs import MedScriptArguments, parse_recipe
 from medbridge.training.data import load_training_dataset
-from medbridge.training.model_utils import load_processor, policy_init_kwargs
+from medbridge.training.model_utils import policy_init_kwargs, recipe_processor
 from medbridge.training.rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -44,13 +44,7 @@ def build_trainer(
     dataset = load_training_dataset(script_args)
 
     # Model and processor: one image budget; fp32 master weights outside DeepSpeed.
-    processor = load_processor(
-        model_args.model_name_or_path,
-        max_pixels=training_args.max_pixels,
-        min_pixels=training_args.min_pixels,
-        trust_remote_code=getattr(training_args, "trust_remote_code", False),
-        revision=model_args.model_revision,
-    )
+    processor = recipe_processor(model_args, training_args)
     training_args.model_init_kwargs = {
         **policy_init_kwargs(model_args, training_args),
         **(training_args.model_init_kwargs or {}),

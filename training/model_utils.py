@@ -66,6 +66,17 @@ def load_processor(
     )
 
 
+def recipe_processor(model_args: Any, training_args: Any):
+    """``load_processor`` with a recipe's model, revision and image budget (GRPO, CARE and SFT alike)."""
+    return load_processor(
+        model_args.model_name_or_path,
+        max_pixels=training_args.max_pixels,
+        min_pixels=training_args.min_pixels,
+        trust_remote_code=getattr(training_args, "trust_remote_code", False),
+        revision=model_args.model_revision,
+    )
+
+
 def model_init_kwargs(model_args: Any) -> dict[str, Any]:
     """TRL ModelConfig -> from_pretrained kwargs (dtype, attention implementation, revision)."""
     kwargs: dict[str, Any] = {"revision": model_args.model_revision}

@@ -21,7 +21,7 @@ from medbridge.training.callbacks import (
 )
 from medbridge.training.configs import MedScriptArguments, parse_recipe
 from medbridge.training.data import load_training_dataset
-from medbridge.training.model_utils import load_processor, policy_init_kwargs
+from medbridge.training.model_utils import policy_init_kwargs, recipe_processor
 from medbridge.training.trainers import MedSFTTrainer
 
 __all__ = ["build_sft_trainer", "main", "run_sft"]
@@ -36,13 +36,7 @@ def build_sft_trainer(
     if not model_args.model_name_or_path:
         raise ValueError("the recipe must set model_name_or_path")
     dataset = load_training_dataset(script_args, sft=True)
-    processor = load_processor(
-        model_args.model_name_or_path,
-        max_pixels=training_args.max_pixels,
-        min_pixels=training_args.min_pixels,
-        trust_remote_code=getattr(training_args, "trust_remote_code", False),
-        revision=model_args.model_revision,
-    )
+    processor = recipe_processor(model_args, training_args)
     processor.tokenizer.padding_side = "right"  # teacher forcing pads on the right
     training_args.model_init_kwargs = {
         **policy_init_kwargs(model_args, training_args),

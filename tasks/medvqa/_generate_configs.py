@@ -7,10 +7,9 @@ The written files are checked in; tests/test_task_configs.py fails when they dri
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from medbridge.tasks.config_writer import Family, GroupFile, TaskFile, write_family
+from medbridge.tasks.config_writer import Family, GroupFile, TaskFile, generator_main
 from medbridge.tasks.medvqa.catalog import GREEDY_DECODING, MAX_NEW_TOKENS, SAMPLED_DECODING, SETS
 
 FOLDER = Path(__file__).resolve().parent
@@ -44,11 +43,7 @@ def family() -> Family:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=FOLDER, help="folder to write (default: this task folder)")
-    args = parser.parse_args(argv)
-    for path in write_family(family(), args.out):
-        print(path)
+    generator_main(family(), FOLDER, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
