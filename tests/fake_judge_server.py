@@ -41,6 +41,25 @@ _ODD_CONTENT = {
 }
 
 
+
+def stub_judge_config(base_url: str, tmp_path, **overrides):
+    """A JudgeConfig for tests against this stub: fast retries, a cache in ``tmp_path``, no API key
+    unless ``overrides`` gives one."""
+    from medbridge.harness_ext.judge import JudgeConfig
+
+    values = dict(
+        base_url=base_url,
+        model=MODEL_NAME,
+        mode="judge",
+        cache_path=str(tmp_path / "cache.sqlite"),
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+        max_attempts=4,
+        timeout_s=10,
+    )
+    values.update(overrides)
+    return JudgeConfig(**values)
+
 class _State:
     def __init__(
         self,

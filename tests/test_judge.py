@@ -17,26 +17,14 @@ import pytest
 from medbridge.harness_ext import judge
 from medbridge.harness_ext.answers import extract_choice
 from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache, choice_inputs, prompts
-from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer
+from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer, stub_judge_config
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION, REDTEAM
 
 SECRET = "sk-medbridge-test-SECRET-do-not-log"
 
 
 def _config(base_url: str, tmp_path, **kw) -> judge.JudgeConfig:
-    values = dict(
-        base_url=base_url,
-        model=MODEL_NAME,
-        api_key=SECRET,
-        mode="judge",
-        cache_path=str(tmp_path / "cache.sqlite"),
-        backoff_initial_s=0.01,
-        backoff_max_s=0.05,
-        max_attempts=4,
-        timeout_s=10,
-    )
-    values.update(kw)
-    return judge.JudgeConfig(**values)
+    return stub_judge_config(base_url, tmp_path, **{"api_key": SECRET, **kw})
 
 
 def _run(config: judge.JudgeConfig, jobs, cache=True):

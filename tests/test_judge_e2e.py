@@ -15,29 +15,24 @@ from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer
 from .conftest import run_lmms_eval
 
 
+def _run_messy_derma(tmp_path, base_url: str, mode: str):
+    """lmms-eval's CLI: the messy test model on medmnist_mcq_derma, judged by the stub at ``base_url``."""
+    env = {
+        "MEDBRIDGE_JUDGE_BASE_URL": base_url,
+        "MEDBRIDGE_JUDGE_MODEL": MODEL_NAME,
+        "MEDBRIDGE_JUDGE_MODE": mode,
+        "MEDBRIDGE_JUDGE_CACHE": str(tmp_path / "cache.sqlite"),
+    }
+    args = ["--model", "messy", "--tasks", "medmnist_mcq_derma"]
+    args += ["--output_path", str(tmp_path / "out"), "--log_samples"]
+    return run_lmms_eval(args, tmp_path / "data", env_extra=env)
+
+
 @pytest.mark.e2e
 def test_judge_mode_task_reports_counts_and_agreement(tmp_path):
     build_all(tmp_path / "data", test_per_class=2, train_per_class=1, val_per_class=1)
     with FakeJudgeServer(delay_s=0.05) as server:
-        env = {
-            "MEDBRIDGE_JUDGE_BASE_URL": server.base_url,
-            "MEDBRIDGE_JUDGE_MODEL": MODEL_NAME,
-            "MEDBRIDGE_JUDGE_MODE": "judge",
-            "MEDBRIDGE_JUDGE_CACHE": str(tmp_path / "cache.sqlite"),
-        }
-        proc = run_lmms_eval(
-            [
-                "--model",
-                "messy",
-                "--tasks",
-                "medmnist_mcq_derma",
-                "--output_path",
-                str(tmp_path / "out"),
-                "--log_samples",
-            ],
-            tmp_path / "data",
-            env_extra=env,
-        )
+        proc = _run_messy_derma(tmp_path, server.base_url, "judge")
         assert proc.returncode == 0, proc.stderr[-4000:]
         seen = server.state
     run = load_run(tmp_path / "out")
@@ -73,25 +68,7 @@ def test_adversarial_odd_judge_replies_never_lose_an_lmms_eval_run(tmp_path):
     the unreadable answers count as judge-invalid (never correct), and nothing is left pending."""
     build_all(tmp_path / "data", test_per_class=2, train_per_class=1, val_per_class=1)
     with FakeJudgeServer(reply="dict") as server:
-        env = {
-            "MEDBRIDGE_JUDGE_BASE_URL": server.base_url,
-            "MEDBRIDGE_JUDGE_MODEL": MODEL_NAME,
-            "MEDBRIDGE_JUDGE_MODE": "cascade",
-            "MEDBRIDGE_JUDGE_CACHE": str(tmp_path / "cache.sqlite"),
-        }
-        proc = run_lmms_eval(
-            [
-                "--model",
-                "messy",
-                "--tasks",
-                "medmnist_mcq_derma",
-                "--output_path",
-                str(tmp_path / "out"),
-                "--log_samples",
-            ],
-            tmp_path / "data",
-            env_extra=env,
-        )
+        proc = _run_messy_derma(tmp_path, server.base_url, "cascade")
         assert proc.returncode == 0, proc.stderr[-4000:]
     run = load_run(tmp_path / "out")
     res = run.results["results"]["medmnist_mcq_derma"]
