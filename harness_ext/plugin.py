@@ -58,10 +58,10 @@ def register_tasks() -> None:
 
 
 def medbridge_task_names() -> frozenset[str]:
-    from medbridge.tasks.medmnist.catalog import SETS as MEDMNIST
-    from medbridge.tasks.medvqa.catalog import SETS as MEDVQA
+    """Every task medbridge ships (the family registry, tasks/families.py)."""
+    from medbridge.tasks.families import all_task_names
 
-    return frozenset(t for spec in (*MEDMNIST, *MEDVQA) for t in (spec.task, spec.task_passk))
+    return all_task_names()
 
 
 def _hf_model(lm: Any) -> Any | None:

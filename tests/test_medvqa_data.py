@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from medbridge.tasks.families import MEDVQA
 from medbridge.tasks.medvqa import data, utils
-from medbridge.tasks.medvqa.catalog import HUB_ID, SETS, get_set, report_groups
+from medbridge.tasks.medvqa.catalog import HUB_ID, SETS, get_set
 from medbridge.tasks.medvqa.fixtures import BAD_KINDS, answer_image, build_medvqa_fixture
 
 TASK_DIR = Path(data.__file__).parent
@@ -264,7 +265,7 @@ def test_yaml_files_pointer_files_and_report_groups_agree_with_the_catalog():
     assert group["group"] == "medvqa"
     assert group["task"] == [t for s in SETS for t in (s.task, s.task_passk)]
     assert all(m["weight_by_size"] is False and m["aggregation"] == "mean" for m in group["aggregate_metric_list"])
-    assert report_groups() == {"medvqa average": [s.task for s in SETS]}
+    assert MEDVQA.report_groups() == {"medvqa average": [s.task for s in SETS]}
     assert [s.title for s in SETS] == ["PMC-VQA", "MMMU (medical)", "MedXpertQA-MM", "PathVQA", "SLAKE", "VQA-RAD"]
 
 

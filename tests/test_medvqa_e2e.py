@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from medbridge.harness_ext import metrics
 from medbridge.harness_ext.report import load_run, summarize
+from medbridge.tasks.families import MEDVQA
 from medbridge.tasks.medvqa import data
-from medbridge.tasks.medvqa.catalog import SETS, greedy_tasks, report_groups, sampled_tasks
+from medbridge.tasks.medvqa.catalog import SETS
 from medbridge.tasks.medvqa.fixtures import build_medvqa_fixture
 
 from .conftest import run_lmms_eval
@@ -33,7 +34,8 @@ def medvqa_env(source, **extra) -> dict:
 
 def group_checks(res) -> None:
     """Each benchmark is in the results and the group value is the plain mean of the six."""
-    for metric, tasks in (("acc1", greedy_tasks()), ("pass_at_16", sampled_tasks()), ("pass_at_01", sampled_tasks())):
+    greedy, sampled = MEDVQA.greedy_tasks, MEDVQA.sampled_tasks
+    for metric, tasks in (("acc1", greedy), ("pass_at_16", sampled), ("pass_at_01", sampled)):
         values = [res[t][f"{metric},none"] for t in tasks]
         assert all(0.0 <= v <= 1.0 for v in values), (metric, values)
         assert res["medvqa"][f"{metric},none"] == pytest.approx(np.mean(values)), metric
@@ -79,7 +81,7 @@ def test_oracle_numbers_are_the_intended_ones(oracle_run):
             per_item.append(metrics.pass_at_k(16, c, 4))
         assert res[spec.task_passk]["pass_at_04,none"] == pytest.approx(np.mean(per_item))
     # Our report's Table 3 row (mean of the six, with a CI) agrees with lmms-eval's group value.
-    average = summarize(run.records, groups=report_groups(), iters=200)["groups"]["medvqa average"]
+    average = summarize(run.records, groups=MEDVQA.report_groups(), iters=200)["groups"]["medvqa average"]
     assert average["acc1"] == pytest.approx(res["medvqa"]["acc1,none"])
     assert average["pass_at_16"] == pytest.approx(res["medvqa"]["pass_at_16,none"])
 
@@ -147,7 +149,7 @@ def test_tiny_qwen_runs_the_group_and_reports_the_average(tmp_path, tiny_model_d
     run = load_run(tmp_path / "out")
     res = run.results["results"]
     group_checks(res)
-    assert set(greedy_tasks() + sampled_tasks()) <= set(res)
+    assert set(MEDVQA.greedy_tasks + MEDVQA.sampled_tasks) <= set(res)
     for spec in SETS:
         assert run.results["n-samples"][spec.task]["effective"] == 2
         assert all(r["n"] == 16 for r in run.records[spec.task_passk])
@@ -155,6 +157,6 @@ def test_tiny_qwen_runs_the_group_and_reports_the_average(tmp_path, tiny_model_d
         assert cfg["max_new_tokens"] == 8 and cfg["temperature"] == 0.7 and cfg["top_p"] == 0.9
     # The printed table has every benchmark and the group row.
     printed = proc.stdout + proc.stderr
-    for name in greedy_tasks() + sampled_tasks():
+    for name in MEDVQA.greedy_tasks + MEDVQA.sampled_tasks:
         assert re.search(rf"\| - {name} *\|", printed), name
     assert "|medvqa|none  |      |acc1" in printed

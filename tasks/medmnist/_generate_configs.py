@@ -10,19 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from medbridge.tasks.config_writer import Family, GroupFile, TaskFile, generator_main
-from medbridge.tasks.medmnist.catalog import (
-    GREEDY_DECODING,
-    MODALITIES,
-    SAMPLED_DECODING,
-    SETS,
-    sets_of_modality,
-)
+from medbridge.tasks.families import MEDMNIST
+from medbridge.tasks.medmnist.catalog import GREEDY_DECODING, MODALITIES, SAMPLED_DECODING, SETS, sets_of_modality
 
 FOLDER = Path(__file__).resolve().parent
 MODALITY_TITLES = {"radiology": "Radiology", "microscopy": "Microscopy", "photography": "Visible-light photography"}
 
-TEMPLATE_COMMENT = """\
-# Shared by the twelve greedy medmnist_mcq_<dataset> tasks. A task file adds its name and the
+TEMPLATE_COMMENT = f"""\
+# Shared by the {MEDMNIST.count_word} greedy {MEDMNIST.name}_<dataset> tasks. A task file adds its name and the
 # one-line data-pointer file that names its MedMNIST flag; the items are built from the real npz.
 """
 
@@ -38,7 +33,7 @@ def family() -> Family:
     groups = [
         GroupFile(
             f"_group_{m}.yaml",
-            f"medmnist_mcq_{m}",
+            MEDMNIST.group(m),
             [t for s in sets_of_modality(m) for t in (s.task, s.task_passk)],
             alias=MODALITY_TITLES[m],
         )
@@ -47,15 +42,15 @@ def family() -> Family:
     groups += [
         GroupFile(
             "_group_all.yaml",
-            "medmnist_mcq",
-            [f"medmnist_mcq_{m}" for m in MODALITIES],
-            comment="Greedy Acc@1 and sampled Pass@K on all twelve datasets, grouped by modality.",
+            MEDMNIST.name,
+            [MEDMNIST.group(m) for m in MODALITIES],
+            comment=f"Greedy Acc@1 and sampled Pass@K on all {MEDMNIST.count_word} datasets, grouped by modality.",
         ),
         GroupFile(
             "_group_greedy.yaml",
-            "medmnist_mcq_greedy",
-            [s.task for s in SETS],
-            comment="Acc@1 only (greedy), all twelve datasets.",
+            MEDMNIST.group("greedy"),
+            MEDMNIST.greedy_tasks,
+            comment=f"Acc@1 only (greedy), all {MEDMNIST.count_word} datasets.",
             sampled=False,
         ),
     ]

@@ -30,11 +30,16 @@ class MedMNISTSet:
 
     @property
     def task(self) -> str:
-        return f"medmnist_mcq_{self.name}"
+        """Its greedy lmms-eval task; task names are made in one place, tasks/families.py."""
+        from medbridge.tasks.families import MEDMNIST
+
+        return MEDMNIST.task(self)
 
     @property
     def task_passk(self) -> str:
-        return f"medmnist_mcq_{self.name}_passk"
+        from medbridge.tasks.families import MEDMNIST
+
+        return MEDMNIST.passk_task(self)
 
 
 # How the tasks decode (harness_ext/decoding.py): the paper's greedy Acc@1 and Pass@K sampling.
@@ -109,10 +114,3 @@ def get_set(name_or_flag: str) -> MedMNISTSet:
 
 def sets_of_modality(modality: str) -> list[MedMNISTSet]:
     return [s for s in SETS if s.modality == modality]
-
-
-def report_groups() -> dict[str, list[str]]:
-    """Summary rows: each modality and all twelve, as means of datasets (greedy task names)."""
-    groups = {f"medmnist {m}": [f"medmnist_mcq_{s.name}" for s in sets_of_modality(m)] for m in MODALITIES}
-    groups["medmnist overall"] = [f"medmnist_mcq_{s.name}" for s in SETS]
-    return groups

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from medbridge.tasks.config_writer import Family, GroupFile, TaskFile, generator_main
+from medbridge.tasks.families import MEDVQA
 from medbridge.tasks.medvqa.catalog import GREEDY_DECODING, MAX_NEW_TOKENS, SAMPLED_DECODING, SETS
 
 FOLDER = Path(__file__).resolve().parent
 
-TEMPLATE_COMMENT = """\
-# Shared by the six greedy medvqa_<benchmark> tasks. A task file adds its name and the one-line
+TEMPLATE_COMMENT = f"""\
+# Shared by the {MEDVQA.count_word} greedy {MEDVQA.name}_<benchmark> tasks. A task file adds its name and the one-line
 # data-pointer file naming the benchmark's dataset_name; process_docs reads the real rows from
 # MedVLThinker-Eval (or $MEDBRIDGE_MEDVQA_SOURCE), a seeded 200-item subset by default.
 """
@@ -32,10 +33,11 @@ def family() -> Family:
         row = {"dataset_name": spec.dataset_name}
         tasks += [TaskFile(spec.task, False, pointer, row), TaskFile(spec.task_passk, True, pointer, row)]
     groups = [
-        GroupFile("_group_all.yaml", "medvqa", [t for s in SETS for t in (s.task, s.task_passk)],
+        GroupFile("_group_all.yaml", MEDVQA.name, [t for s in SETS for t in (s.task, s.task_passk)],
                   comment="Table 3: each benchmark's greedy Acc@1 and sampled Pass@K, and their unweighted average."),
-        GroupFile("_group_greedy.yaml", "medvqa_greedy", [s.task for s in SETS],
-                  comment="Acc@1 only (greedy), the six benchmarks and their unweighted average.", sampled=False),
+        GroupFile("_group_greedy.yaml", MEDVQA.group("greedy"), MEDVQA.greedy_tasks,
+                  comment=f"Acc@1 only (greedy), the {MEDVQA.count_word} benchmarks and their unweighted average.",
+                  sampled=False),
     ]
     return Family(folder="medvqa", generator="tasks/medvqa/_generate_configs.py", greedy=GREEDY_DECODING,
                   sampled=SAMPLED_DECODING, template_comment=TEMPLATE_COMMENT, tasks=tasks, groups=groups,

@@ -40,11 +40,16 @@ class MedVQASet:
 
     @property
     def task(self) -> str:
-        return f"medvqa_{self.name}"
+        """Its greedy lmms-eval task; task names are made in one place, tasks/families.py."""
+        from medbridge.tasks.families import MEDVQA
+
+        return MEDVQA.task(self)
 
     @property
     def task_passk(self) -> str:
-        return f"medvqa_{self.name}_passk"
+        from medbridge.tasks.families import MEDVQA
+
+        return MEDVQA.passk_task(self)
 
     @property
     def dataset_name(self) -> str:
@@ -73,24 +78,13 @@ _BY_NAME = {s.name: s for s in SETS}
 
 
 def get_set(name: str) -> MedVQASet:
-    """A benchmark by short name (``pmc``), task name (``medvqa_pmc``) or any source name."""
-    key = name.removeprefix("medvqa_").removesuffix("_passk")
-    if key in _BY_NAME:
-        return _BY_NAME[key]
+    """A benchmark by short name (``pmc``), task name (``medvqa_pmc``, ``medvqa_pmc_passk``) or any source name."""
+    from medbridge.tasks.families import MEDVQA
+
+    spec = _BY_NAME.get(name) or MEDVQA.entry(name)
+    if spec is not None:
+        return spec
     for spec in SETS:
         if name in spec.source_names:
             return spec
     raise KeyError(f"unknown medical VQA benchmark {name!r}; known: {', '.join(_BY_NAME)}")
-
-
-def greedy_tasks() -> list[str]:
-    return [s.task for s in SETS]
-
-
-def sampled_tasks() -> list[str]:
-    return [s.task_passk for s in SETS]
-
-
-def report_groups() -> dict[str, list[str]]:
-    """Summary row of the report: the unweighted mean of the six benchmarks (greedy task names)."""
-    return {"medvqa average": greedy_tasks()}
