@@ -42,12 +42,14 @@ def _free_port() -> int:
 
 def run(procs: int, out: Path, args: argparse.Namespace, model_dir: Path, data_root: Path) -> dict[str, Any]:
     """One lmms-eval run with ``procs`` processes; returns its timings and logged responses."""
+    from medbridge.tasks.families import passk_twin
+
     model_args = (
         f"pretrained={model_dir},engine=transformers,device={args.device},dtype={args.dtype},"
         f"attn_implementation=sdpa,min_pixels={args.min_pixels},max_pixels={args.max_pixels},seed=0,"
         f"stats_path={out / 'stats.json'}"
     )
-    tasks = [args.task, f"{args.task}_passk"]
+    tasks = [args.task, passk_twin(args.task)]
     cli = [
         "-m",
         "lmms_eval",

@@ -200,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     from medbridge.harness_ext.backend.instrument import count_forward_tokens
     from medbridge.harness_ext.backend.model import MedbridgeVLM
     from medbridge.harness_ext.backend.transformers_engine import TransformersEngine
+    from medbridge.tasks.families import passk_twin
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     register()
-    tasks = [args.task, f"{args.task}_passk"]
+    tasks = [args.task, passk_twin(args.task)]
     pixels = f"min_pixels={args.min_pixels},max_pixels={args.max_pixels}"
     common = {
         "tasks": tasks,

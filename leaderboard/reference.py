@@ -43,11 +43,12 @@ class ReferenceRow:
 def _task(table: str, key: str) -> str:
     if table == "table1":
         return f"medmnist_probe_{key}"
-    if table == "table2":
-        return f"medmnist_mcq_{key}"
+    from medbridge.tasks.families import MEDMNIST, MEDVQA
     from medbridge.tasks.medvqa.catalog import get_set
 
-    return get_set(key).task
+    if table == "table2":
+        return MEDMNIST.task(key)
+    return MEDVQA.task(get_set(key))
 
 
 def load_references(path: Path | None = None) -> list[ReferenceRow]:

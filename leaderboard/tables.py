@@ -21,6 +21,7 @@ from medbridge.harness_ext.metrics import PASS_KS
 from medbridge.leaderboard.reference import ReferenceRow, unreachable_values
 from medbridge.leaderboard.store import PIN_FIELDS
 from medbridge.leaderboard.view import Entry, View, entry_of
+from medbridge.tasks.families import MEDMNIST, MEDVQA
 from medbridge.tasks.medmnist.catalog import MODALITIES, SETS
 from medbridge.tasks.medvqa import catalog as vqa_catalog
 
@@ -29,7 +30,7 @@ DASH = "–"
 
 
 def mcq_task(name: str) -> str:
-    return f"medmnist_mcq_{name}"
+    return MEDMNIST.task(name)
 
 
 def probe_task(name: str) -> str:
@@ -37,7 +38,7 @@ def probe_task(name: str) -> str:
 
 
 def group_label(modality: str) -> str:
-    return f"medmnist {modality}"
+    return MEDMNIST.group_label(modality)
 
 
 # ------------------------------------------------------------------ the table model
@@ -347,8 +348,9 @@ def table3(view: View, refs: Sequence[ReferenceRow]) -> Table:
     )
     t = Table(
         "table3",
-        "Table 3: six medical VQA benchmarks (Acc@1, %) and their average",
-        "Average = mean of the six benchmarks; shown only when a model has all six in one setting.",
+        f"Table 3: {MEDVQA.count_word} medical VQA benchmarks (Acc@1, %) and their average",
+        f"Average = mean of the {MEDVQA.count_word} benchmarks; shown only when a model has all "
+        f"{MEDVQA.count_word} in one setting.",
         ["Model"] + [c.header for c in cols] + ["Avg"],
         empty="no medvqa_* results yet",
     )

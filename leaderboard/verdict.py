@@ -10,13 +10,12 @@ greedy Acc@1. With a reliability threshold tau:
 
 A sampled task whose samples collapsed to one response per item gets no verdict: its Pass@16 is
 its Acc@1 and says nothing about support. The numbers come straight from a results folder
-(``summarize``) or from the leaderboard store. Recipe files are looked up under training/recipes/
-by path; this module does not import the training package.
+(``summarize``) or from the leaderboard store. Recipe files are looked up under the folder the
+training package exports (``medbridge.training.RECIPES_DIR``; its __init__ loads neither TRL nor torch).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -27,21 +26,13 @@ from typing import Any
 from medbridge.harness_ext.report import groups_for, load_run, summarize
 from medbridge.leaderboard.store import default_store_path, fetch_rows, open_store
 from medbridge.leaderboard.view import View, entry_of
+from medbridge.tasks.families import entry_of as catalog_entry_of
+from medbridge.tasks.families import passk_twin
+from medbridge.training import RECIPES_DIR  # training/recipes/ (the package's __init__ imports nothing heavy)
 
 BRIDGE = "bridge with SFT on task-/modality-proximal data"
 SHARPEN = "sharpen with RL; watch Pass@K for collapse"
 
-
-def _recipes_dir() -> Path:
-    """training/recipes/ of the installed medbridge.training package, found without importing it
-    (importing training would load TRL and torch for a table lookup)."""
-    spec = importlib.util.find_spec("medbridge.training")
-    if spec is None or not spec.submodule_search_locations:
-        return Path(__file__).resolve().parent.parent / "training" / "recipes"
-    return Path(list(spec.submodule_search_locations)[0]).resolve() / "recipes"
-
-
-RECIPES_DIR = _recipes_dir()
 
 
 @dataclass
@@ -80,22 +71,12 @@ def dataset_keys(task: str, dataset: str | None) -> tuple[set[str], set[str]]:
     the task name and MedMNIST flag anywhere in the text; the short name only in the file name,
     where it cannot be part of an unrelated word (``path`` in ``model_name_or_path``)."""
     text_keys, name_keys = {task.lower()}, set()
-    short = (
-        task[len("medmnist_mcq_") :]
-        if task.startswith("medmnist_mcq_")
-        else task[len("medvqa_") :]
-        if task.startswith("medvqa_")
-        else (dataset or "")
-    )
+    entry = catalog_entry_of(task)  # the catalog entry of any medbridge task (tasks/families.py)
+    short = entry.name if entry is not None else (dataset or "")
     if short:
         name_keys.add(short.lower())
-    if task.startswith("medmnist_mcq_"):
-        try:
-            from medbridge.tasks.medmnist.catalog import get_set
-
-            text_keys.add(get_set(short).flag)
-        except KeyError:
-            pass
+    if getattr(entry, "flag", None):  # a MedMNIST dataset: its flag names it in recipe texts
+        text_keys.add(entry.flag)
     return text_keys, name_keys
 
 
@@ -137,7 +118,7 @@ def _rows_from_summary(
 ) -> list[dict[str, Any]]:
     out = []
     for task, row in summary["datasets"].items():
-        recs = records.get(task) or records.get(task + "_passk") or []
+        recs = records.get(task) or records.get(passk_twin(task)) or []
         out.append(
             {
                 "task": task,

@@ -114,3 +114,10 @@ def get_set(name_or_flag: str) -> MedMNISTSet:
 
 def sets_of_modality(modality: str) -> list[MedMNISTSet]:
     return [s for s in SETS if s.modality == modality]
+
+
+def report_groups() -> dict[str, list[str]]:
+    """Deprecated: ``tasks.families.MEDMNIST.report_groups()`` (kept until report.py reads the registry)."""
+    from medbridge.tasks.families import MEDMNIST
+
+    return MEDMNIST.report_groups()

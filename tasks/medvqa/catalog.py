@@ -88,3 +88,10 @@ def get_set(name: str) -> MedVQASet:
         if name in spec.source_names:
             return spec
     raise KeyError(f"unknown medical VQA benchmark {name!r}; known: {', '.join(_BY_NAME)}")
+
+
+def report_groups() -> dict[str, list[str]]:
+    """Deprecated: ``tasks.families.MEDVQA.report_groups()`` (kept until report.py reads the registry)."""
+    from medbridge.tasks.families import MEDVQA
+
+    return MEDVQA.report_groups()
