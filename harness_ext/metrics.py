@@ -1,35 +1,46 @@
-"""Sample-level metrics: Acc@1, unbiased Pass@K, pass^K, maj@K, sampling diversity, failed requests.
+"""Sample-level metrics: Acc@1, unbiased Pass@K, pass^K, maj@K, excluded outcomes, the sampler check.
 
 Every function here works on plain numbers or on per-item *records* (the dicts our tasks'
 ``process_results`` return), so lmms-eval aggregations, the re-scoring command and the
-leaderboard all compute a number the same way.
+leaderboard all compute a number the same way. The reported metrics themselves (names,
+aggregations, directions) are registered in ``metric_registry``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-# The outcome of one generated sample. "invalid" and "judge_failed" come from the judge;
-# "request_failed" means the backend got no answer at all (a server or request failure): it is the
-# infrastructure's outcome, never the model's, so such items are left out of every score and counted.
+# The outcome of one generated sample. "invalid" comes from the judge (an answer outside the options).
+# Two outcomes are the infrastructure's, never the model's: "request_failed" (the backend got no answer:
+# a server or request failure) and "judge_failed" (the judge gave no verdict: down, deadline). An item
+# with either is left out of every score, counted, and warned about (EXCLUDED_OUTCOMES).
 REQUEST_FAILED = "request_failed"
-OUTCOMES = ("correct", "incorrect", "unparsed", "invalid", "judge_failed", REQUEST_FAILED)
+JUDGE_FAILED = "judge_failed"
+EXCLUDED_OUTCOMES = (REQUEST_FAILED, JUDGE_FAILED)
+OUTCOMES = ("correct", "incorrect", "unparsed", "invalid", JUDGE_FAILED, REQUEST_FAILED)
 PASS_KS = (1, 2, 4, 8, 16)
 
 # What a backend returns instead of an answer when a request failed: lmms-eval's API backends write
 # "[LMMS_EVAL_REQUEST_FAILED after N retries] <error>"; medbridge's backends use their own prefix.
 REQUEST_FAILED_MARKERS = ("[LMMS_EVAL_REQUEST_FAILED", "[MEDBRIDGE_REQUEST_FAILED")
 
-# Sampling at the paper's temperature gives (nearly) all-distinct reasoning traces; a task whose
-# items average fewer distinct responses than this sampled the same text again and again (e.g. a
-# checkpoint's top_k=1 leaked into decoding), so its Pass@K is a greedy score in disguise.
-COLLAPSE_THRESHOLD = 1.5
+# The sampler check (check_sampler): a sampler that honours the temperature makes some items' samples
+# differ; one that ignores it (an inherited top_k=1, a server's own defaults) repeats one response for
+# every item. Fewer than this share of items with differing samples is that signature. A confident model
+# is not: at p = 0.99 on two options about 15% of items still differ somewhere among 16 samples, and
+# real reasoning traces differ token by token far more often than their answers do.
+MIN_VARYING_SHARE = 0.05
+# Recorded settings under which a sampler cannot sample (or keeps only the top token).
+MIN_TOP_P = 0.01
+MIN_TEMPERATURE = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -150,24 +161,71 @@ def item_acc1(record: Mapping[str, Any]) -> float:
     return 1.0 if record["outcomes"][0] == "correct" else 0.0
 
 
+def excluded_outcome(record: Mapping[str, Any]) -> str | None:
+    """The infrastructure outcome (``request_failed`` before ``judge_failed``) that leaves an item out, or None."""
+    outcomes = record.get("outcomes") or ()
+    return next((o for o in EXCLUDED_OUTCOMES if o in outcomes), None)
+
+
 def has_request_failure(record: Mapping[str, Any]) -> bool:
     return REQUEST_FAILED in (record.get("outcomes") or ())
 
 
 def scorable(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The records every score is computed over: items with a failed request are left out."""
-    return [r for r in records if not has_request_failure(r)]
+    """The records every score is computed over: items with a failed request or a failed judge verdict
+    are left out (neither says anything about the model)."""
+    return [r for r in records if excluded_outcome(r) is None]
+
+
+def excluded_items(records: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """outcome -> item ids left out of every score for it (outcomes with no item are omitted).
+
+    The one helper report and ingest use to refuse (or mark partial) a run with excluded items."""
+    out: dict[str, list[str]] = {}
+    for r in records:
+        outcome = excluded_outcome(r)
+        if outcome is not None:
+            out.setdefault(outcome, []).append(str(r.get("item_id")))
+    return {o: out[o] for o in EXCLUDED_OUTCOMES if o in out}
+
+
+_WHY = {REQUEST_FAILED: ("REQUEST FAILURES", "had a failed request", "once the backend answers"),
+        JUDGE_FAILED: ("JUDGE FAILURES", "got no judge verdict for a sample", "once the judge answers")}
+
+
+def n_excluded(records: Sequence[Mapping[str, Any]], outcome: str, *, task: str = "") -> int:
+    """Items left out of every score for ``outcome`` (one of EXCLUDED_OUTCOMES); a loud warning when any."""
+    if outcome not in EXCLUDED_OUTCOMES:
+        raise ValueError(f"{outcome!r} is not an excluded outcome ({', '.join(EXCLUDED_OUTCOMES)})")
+    left_out = excluded_items(records).get(outcome, [])
+    if left_out:
+        head, what, when = _WHY[outcome]
+        where = f" of {task}" if task else ""
+        log.warning("%s: %d of %d item(s)%s %s and are left out of every score (first: %s); re-run them %s.",
+                    head, len(left_out), len(records), where, what, ", ".join(left_out[:5]), when)
+    return len(left_out)
 
 
 def n_request_failed(records: Sequence[Mapping[str, Any]], *, task: str = "") -> int:
     """Items with at least one failed request; a loud warning when there are any."""
-    failed = [r.get("item_id") for r in records if has_request_failure(r)]
-    if failed:
-        where = f" of {task}" if task else ""
-        log.warning("REQUEST FAILURES: %d of %d item(s)%s had a failed request and are left out of every score "
-                    "(first: %s); re-run them once the backend answers.", len(failed), len(records), where,
-                    ", ".join(map(str, failed[:5])))
-    return len(failed)
+    return n_excluded(records, REQUEST_FAILED, task=task)
+
+
+def task_of(records: Sequence[Mapping[str, Any]]) -> str:
+    """The dataset(s) a task's records belong to, for messages."""
+    return ", ".join(sorted({str(r.get("dataset")) for r in records if r.get("dataset")}))
+
+
+def outcome_rate(records: Sequence[Mapping[str, Any]], outcome: str) -> float:
+    """Share of the scorable items' samples with ``outcome``; NaN when there is none."""
+    records = scorable(records)
+    total = sum(r["n"] for r in records)
+    if total == 0:
+        return math.nan
+    return sum(o == outcome for r in records for o in r["outcomes"]) / total
+
+
+# ---------------------------------------------------------------- the sampler check (collapse)
 
 
 def sampling_diversity(records: Sequence[Mapping[str, Any]]) -> float:
@@ -177,34 +235,86 @@ def sampling_diversity(records: Sequence[Mapping[str, Any]]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def degenerate_settings(settings: Mapping[str, Any] | None) -> str | None:
+    """Why recorded decoding settings cannot sample (``"top_k=1"``, ``"do_sample=false"``, ...), or None."""
+    if not isinstance(settings, Mapping):
+        return None
+
+    def number(key: str) -> float | None:
+        value = settings.get(key)
+        if isinstance(value, bool) or value is None:
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    if settings.get("do_sample") is False or str(settings.get("do_sample")).lower() == "false":
+        return "do_sample=false"
+    temperature, top_p, top_k = number("temperature"), number("top_p"), number("top_k")
+    if temperature is not None and temperature < MIN_TEMPERATURE:
+        return f"temperature={temperature:g}"
+    if top_k == 1:
+        return "top_k=1"
+    if top_p is not None and top_p < MIN_TOP_P:
+        return f"top_p={top_p:g}"
+    return None
+
+
+@dataclass(frozen=True)
+class SamplerCheck:
+    """What a sampled task's records say about its sampler.
+
+    ``collapsed`` is True when the recorded settings cannot sample, or when (almost) no item's samples
+    differ: then Pass@K is Acc@1 in disguise and draws no verdict. None when the records say nothing
+    (no ``distinct`` recorded: runs from before the field)."""
+
+    collapsed: bool | None
+    reason: str
+    items: int = 0  # sampled items with ``distinct`` recorded
+    varying: int = 0  # items whose samples are not all one response
+    distinct: float = math.nan  # mean distinct responses per item
+
+
+def _settings_key(settings: Any) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def check_sampler(records: Sequence[Mapping[str, Any]]) -> SamplerCheck:
+    """Evidence about the sampler, not the model's confidence (see MIN_VARYING_SHARE).
+
+    Pass the records of every sampled task that shares one sampler (same backend and settings): the
+    more items, the surer the check. A confident model keeps some items whose samples differ; a sampler
+    that ignores the temperature has none (or the settings it recorded already say it cannot sample)."""
+    for settings in {_settings_key(r.get("decoding")): r.get("decoding") for r in records}.values():
+        why = degenerate_settings(settings)
+        if why:
+            return SamplerCheck(True, f"the backend recorded {why}: it cannot sample",
+                                distinct=sampling_diversity(records))
+    counts = [r["distinct"] for r in records if r.get("distinct") is not None]
+    if not counts:
+        return SamplerCheck(None, "distinct responses per item were not recorded")
+    varying = sum(1 for d in counts if d > 1)
+    mean = float(np.mean(counts))
+    if varying >= MIN_VARYING_SHARE * len(counts) and varying > 0:
+        return SamplerCheck(False, f"samples differ in {varying} of {len(counts)} items: the sampler samples",
+                            len(counts), varying, mean)
+    return SamplerCheck(True, f"samples differ in only {varying} of {len(counts)} items (under "
+                        f"{MIN_VARYING_SHARE:.0%}): every item repeats one response, as a sampler that ignores "
+                        "the temperature does", len(counts), varying, mean)
+
+
 def is_collapsed(records: Sequence[Mapping[str, Any]]) -> bool:
-    """True when sampled items average fewer than COLLAPSE_THRESHOLD distinct responses."""
-    diversity = sampling_diversity(records)
-    return not math.isnan(diversity) and diversity < COLLAPSE_THRESHOLD
+    """True when check_sampler finds the sampler collapsed (False when it cannot tell)."""
+    return check_sampler(records).collapsed is True
 
 
-def outcome_rate(records: Sequence[Mapping[str, Any]], outcome: str) -> float:
-    records = scorable(records)
-    total = sum(r["n"] for r in records)
-    if total == 0:
-        return math.nan
-    return sum(o == outcome for r in records for o in r["outcomes"]) / total
-
-
-ITEM_METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
-    "acc1": item_acc1,
-    **{f"pass_at_{k:02d}": (lambda r, k=k: item_pass_at_k(r, k)) for k in PASS_KS},
-    "maj_at_16": lambda r: item_maj_at_k(r, 16),
-    "all_at_16": lambda r: item_pass_hat_k(r, 16),
-}
-"""Every per-item metric by its reported name. No name is a substring of another, because
-lmms-eval's group aggregation matches metric names by substring."""
-
-
-def mean_metric(records: Sequence[Mapping[str, Any]], name: str) -> float:
-    """Mean of a per-item metric over the scorable items (those with a failed request are left out)."""
-    records = scorable(records)
-    if not records:
-        return math.nan
-    fn = ITEM_METRICS[name]
-    return float(np.mean([fn(r) for r in records]))
+def aggregate_diversity(records: Sequence[Mapping[str, Any]]) -> float:
+    """lmms-eval's ``distinct_per_item``: the mean distinct responses per item, with a loud warning when
+    check_sampler finds this task's sampler collapsed."""
+    check = check_sampler(records)
+    if check.collapsed:
+        log.warning("COLLAPSED SAMPLING in %s: %s (%.2f distinct responses per item); its Pass@K is a greedy "
+                    "score. Check the decoding recorded in the sample log.", task_of(records) or "a sampled task",
+                    check.reason, check.distinct)
+    return sampling_diversity(records)

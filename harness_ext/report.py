@@ -273,8 +273,9 @@ def is_collapsed(recs: Sequence[Mapping[str, Any]]) -> bool | None:
 
 
 def _item_values(recs: Sequence[Mapping[str, Any]], name: str) -> dict[str, float]:
-    fn = metrics.ITEM_METRICS[name]
-    return {r["item_id"]: fn(r) for r in recs}
+    from medbridge.harness_ext import metric_registry
+
+    return metric_registry.get(name).item_values(recs)
 
 
 def _needed(name: str) -> int:
@@ -330,7 +331,7 @@ def summarize(
             row["distinct"] = sampling_diversity(sampled)
             row["collapsed"] = is_collapsed(sampled)
         if any("sources" in r for r in greedy + sampled):
-            from medbridge.harness_ext.judge import judge_stats
+            from medbridge.judges import judge_stats
 
             # Who settled each answer (rules / judge), what stayed open, rule-vs-judge agreement.
             row["judge"] = {

@@ -91,9 +91,9 @@ def metric_with_ci(
     records: Sequence[Mapping[str, Any]], name: str, *, iters: int = ITERS, seed: int = 0
 ) -> dict[str, float]:
     """Point estimate and 95% percentile-bootstrap CI of a per-item metric over records."""
-    from medbridge.harness_ext.metrics import ITEM_METRICS
+    from medbridge.harness_ext.metric_registry import get
 
-    per_item = [ITEM_METRICS[name](r) for r in records]
+    per_item = list(get(name).item_values(records).values())
     lo, hi = bootstrap_ci(per_item, iters=iters, seed=seed)
     return {
         "value": float(np.mean(per_item)) if per_item else math.nan,
