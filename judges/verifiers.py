@@ -12,8 +12,8 @@ from typing import Any
 
 from lmms_eval.verifiers import Extractor, Verifier, VerifyResult
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.harness_ext.judge.client import JudgePool, Verdict, get_pool
-from medbridge.harness_ext.judge.config import JudgeConfig
+from medbridge.judges.client import JudgePool, Verdict, get_pool
+from medbridge.judges.config import JudgeConfig
 
 __all__ = ["JudgeChoiceVerifier", "MedbridgeChoiceExtractor", "RuleChoiceVerifier", "register_verifiers"]
 

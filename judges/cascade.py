@@ -29,9 +29,9 @@ from typing import Any
 
 from medbridge.harness_ext import metrics
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.harness_ext.judge.client import JudgePool, Verdict, get_pool
-from medbridge.harness_ext.judge.config import JudgeConfig
-from medbridge.harness_ext.judge.prompts import MCQ_CHOICE
+from medbridge.judges.client import JudgePool, Verdict, get_pool
+from medbridge.judges.config import JudgeConfig
+from medbridge.judges.prompts import MCQ_CHOICE
 
 __all__ = [
     "JUDGE_METRICS",

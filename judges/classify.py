@@ -1,7 +1,7 @@
 """Imaging-modality labels for questions (and their images) through the judge: the classifier that
 balances PMC-VQA over the paper's categories (``prompts.MODALITIES``).
 
-    from medbridge.harness_ext.judge import MODALITIES, classify_modalities
+    from medbridge.judges import MODALITIES, classify_modalities
     labels = classify_modalities(questions, images=None, config=None)
 
 Each label is one of ``MODALITIES`` (which includes "none": the modality is uncommon, ambiguous
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from medbridge.harness_ext.errors import MedbridgeError
-from medbridge.harness_ext.judge.client import Verdict, get_pool
-from medbridge.harness_ext.judge.config import JudgeConfig
-from medbridge.harness_ext.judge.prompts import MODALITY
+from medbridge.judges.client import Verdict, get_pool
+from medbridge.judges.config import JudgeConfig
+from medbridge.judges.prompts import MODALITY
 
 __all__ = ["classify_modalities", "image_data_url", "modality_verdicts"]
 

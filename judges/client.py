@@ -38,9 +38,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from medbridge.harness_ext.judge.cache import VerdictCache, default_cache_path, storable_text, verdict_key
-from medbridge.harness_ext.judge.config import JudgeConfig
-from medbridge.harness_ext.judge.prompts import MCQ_CHOICE, PromptTemplate, reply_text
+from medbridge.judges.cache import VerdictCache, default_cache_path, storable_text, verdict_key
+from medbridge.judges.config import JudgeConfig
+from medbridge.judges.prompts import MCQ_CHOICE, PromptTemplate, reply_text
 
 __all__ = ["JudgeClient", "JudgePool", "Verdict", "get_pool", "retry_after_s"]
 
