@@ -1,286 +1,149 @@
-"""Read an lmms-eval run (results JSON + logged samples) back into per-item records, summarise
-them per dataset, per modality and overall with bootstrap CIs, and re-score old generations.
+"""Summarise an lmms-eval run per dataset, per modality and overall with bootstrap CIs: ``medbridge report``.
 
 Acc@1 comes from the greedy task, Pass@K from its sampled twin (``<task>_passk``); the support
-gap Pass@16 - Acc@1 is bootstrapped over the items the two share (a paired bootstrap).
+gap Pass@16 - Acc@1 is bootstrapped over the items the two share (a paired bootstrap). Every score
+is a ``metric_registry`` metric; reading the run back (which file, its records, their consistency)
+is ``runs``'s job.
+
+Nothing is scored that the model did not answer: an item with a failed request or a failed judge
+verdict (``metrics.EXCLUDED_OUTCOMES``) is left out and counted, and a run with any, or with tasks
+that have no numbers (``runs.missing_tasks``), is refused unless ``allow_partial`` (then marked
+partial). Ingest uses the same check through ``summarize``: ``summary["partial"]`` says what a
+partial run left out (None for a whole run).
+
+Each dataset row also says which decoding produced it (``decoding_report``) and what the records say
+about the sampler (``metrics.check_sampler``, pooled over the sampled tasks that share one decoding:
+a confident model keeps its numbers, a sampler that ignores the temperature is flagged COLLAPSED).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medbridge.harness_ext import metrics, statistics
+from medbridge.harness_ext import decoding_report, metrics, statistics
+from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext.errors import MedbridgeError
-from medbridge.harness_ext.scoring import score_doc
-
-SAMPLED_SUFFIX = "_passk"
-RECORD_KEYS = ("acc1", "pass_at_16", "pass_at_01")  # any one of them holds the item's record
-PASSK_NAMES = tuple(f"pass_at_{k:02d}" for k in metrics.PASS_KS)
-
-
-@dataclass
-class Run:
-    results_path: Path
-    results: dict[str, Any]
-    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> records
-    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> raw sample lines
-
-
-def find_all_results(path: str | Path) -> list[Path]:
-    """Every lmms-eval ``*_results.json`` under a folder tree, oldest first (a file is itself).
-
-    lmms-eval writes a run's results and sample logs from rank 0 only, into
-    ``<output_path>/<model>/<date>_results.json`` beside ``<date>_samples_<task>.jsonl``; a
-    multi-process or multi-node sweep into one output folder therefore leaves one such pair per
-    run somewhere in the tree."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise MedbridgeError(
-            f"{path}: no such file or folder (give an lmms-eval --output_path folder or a *_results.json file)"
-        )
-    found = sorted(path.rglob("*_results.json"), key=lambda p: (p.stat().st_mtime, str(p)))
-    if not found:
-        raise MedbridgeError(
-            f"no lmms-eval *_results.json under {path} (did the run finish? lmms-eval writes it at the end)"
-        )
-    return found
-
-
-def find_results(path: str | Path) -> Path:
-    """The results JSON itself, or the newest ``*_results.json`` under a folder."""
-    return find_all_results(path)[-1]
-
-
-def _samples_files(results_path: Path) -> dict[str, Path]:
-    stamp = results_path.name[: -len("_results.json")]
-    files = {}
-    for p in results_path.parent.glob(f"{stamp}_samples_*.jsonl"):
-        files[p.name[len(f"{stamp}_samples_") : -len(".jsonl")]] = p
-    return files
-
-
-def record_of(sample: Mapping[str, Any]) -> dict[str, Any] | None:
-    for key in RECORD_KEYS:
-        rec = sample.get(key)
-        if isinstance(rec, Mapping) and "outcomes" in rec:
-            return dict(rec)
-    return None
-
-
-def load_run(path: str | Path) -> Run:
-    results_path = find_results(path)
-    try:
-        results = json.loads(results_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise MedbridgeError(
-            f"{results_path}: not valid JSON ({type(err).__name__}: {err}); the run may have been cut short, re-run it"
-        ) from None
-    except OSError as err:
-        raise MedbridgeError(f"{results_path}: cannot be read ({err})") from None
-    if not isinstance(results, dict):
-        raise MedbridgeError(
-            f"{results_path}: not an lmms-eval results file (top level is {type(results).__name__}, not an object)"
-        )
-    run = Run(results_path, results)
-    for task, sample_path in _samples_files(results_path).items():
-        lines = []
-        with sample_path.open(encoding="utf-8", errors="replace") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    sample = json.loads(line)
-                except (json.JSONDecodeError, RecursionError) as err:
-                    raise MedbridgeError(
-                        f"{sample_path}:{lineno}: not valid JSON ({type(err).__name__}: {err})"
-                    ) from None
-                if not isinstance(sample, dict):
-                    raise MedbridgeError(
-                        f"{sample_path}:{lineno}: a logged sample must be a JSON object, got {type(sample).__name__}"
-                    )
-                lines.append(sample)
-        run.samples[task] = lines
-        recs = [r for r in map(record_of, lines) if r is not None]
-        if recs:
-            run.records[task] = recs
-    return run
-
-
-def responses_of(sample: Mapping[str, Any]) -> list[str]:
-    """The raw generations of one logged sample, in order (lmms-eval nests them per request)."""
-    out: list[str | None] = []
-
-    def walk(x: Any) -> None:
-        if isinstance(x, list):
-            for y in x:
-                walk(y)
-        else:
-            out.append(x if isinstance(x, str) else None)
-
-    # lmms-eval drops "resps" from the log when it equals "filtered_resps".
-    walk(sample["resps"] if "resps" in sample else sample.get("filtered_resps", []))
-    return out
-
-
-def rescore_run(run: Run) -> dict[str, list[dict[str, Any]]]:
-    """Recompute every task's records from the logged generations with the current extractor."""
-    rescored = {}
-    for task, lines in run.samples.items():
-        recs = []
-        for line in lines:
-            old = record_of(line)
-            if old is None or not old.get("options"):
-                break  # not a medbridge multiple-choice task
-            doc = {
-                "item_id": old["item_id"],
-                "dataset": old["dataset"],
-                "options": old["options"],
-                "answer_letter": old["answer"],
-            }
-            recs.append(score_doc(doc, responses_of(line)))
-        else:
-            if recs:
-                rescored[task] = recs
-    return rescored
-
-
-# ------------------------------------------------------------------ summaries
+from medbridge.harness_ext.runs import (  # noqa: F401  (the run-reading API callers import from here)
+    Run,
+    check_complete,
+    check_records,
+    check_sample_counts,
+    find_all_results,
+    find_results,
+    load_run,
+    missing_tasks,
+    record_of,
+    rescore_run,
+    responses_of,
+    written_at,
+)
+from medbridge.tasks.families import (
+    SAMPLED_SUFFIX,  # noqa: F401  (callers import it from here)
+    greedy_twin,
+    is_sampled,
+    passk_twin,
+    report_groups,
+)
 
 REQUEST_FAILED = metrics.REQUEST_FAILED  # the backend got no answer: not the model's fault, never scored
+JUDGE_FAILED = metrics.JUDGE_FAILED  # the judge gave no verdict: not the model's fault, never scored
+_EXCLUDED_TEXT = {REQUEST_FAILED: "failed requests", JUDGE_FAILED: "failed judge verdicts"}
 
 
 def _by_dataset(records: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """dataset -> {"greedy": records, "sampled": records} from task names ``<base>[_passk]``."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for task, recs in records.items():
-        kind = "sampled" if task.endswith(SAMPLED_SUFFIX) else "greedy"
-        base = task[: -len(SAMPLED_SUFFIX)] if kind == "sampled" else task
-        out.setdefault(base, {})[kind] = recs
+        out.setdefault(greedy_twin(task), {})["sampled" if is_sampled(task) else "greedy"] = recs
     return out
 
 
-def failed_requests(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, int]:
-    """task -> number of items with at least one ``request_failed`` sample (tasks with none left out)."""
-    counts = {task: sum(map(metrics.has_request_failure, recs)) for task, recs in records.items()}
-    return {task: n for task, n in sorted(counts.items()) if n}
+# ------------------------------------------------------------------ items left out
 
 
-def describe_failures(failed: Mapping[str, int]) -> str:
-    return f"{sum(failed.values())} item(s) with failed requests ({', '.join(f'{t}: {n}' for t, n in failed.items())})"
+def excluded_by_task(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, int]]:
+    """task -> {excluded outcome: items left out for it} (tasks with none omitted); see metrics.excluded_items."""
+    out = {}
+    for task, recs in sorted(records.items()):
+        counts = {outcome: len(ids) for outcome, ids in metrics.excluded_items(recs).items()}
+        if counts:
+            out[task] = counts
+    return out
 
 
-def check_requests(
+def describe_excluded(excluded: Mapping[str, Mapping[str, int] | int]) -> str:
+    """``"3 item(s) with failed requests (medmnist_mcq_breast_passk: 3) and 1 item(s) with failed judge
+    verdicts (medmnist_mcq_oct: 1)"``. A plain count per task is read as failed requests."""
+    by_outcome: dict[str, dict[str, int]] = {}
+    for task, counts in excluded.items():
+        for outcome, n in ({REQUEST_FAILED: counts} if isinstance(counts, int) else counts).items():
+            by_outcome.setdefault(outcome, {})[task] = n
+    return " and ".join(
+        f"{sum(tasks.values())} item(s) with {_EXCLUDED_TEXT.get(outcome, outcome)} "
+        f"({', '.join(f'{t}: {n}' for t, n in tasks.items())})"
+        for outcome, tasks in sorted(by_outcome.items(), key=lambda kv: metrics.EXCLUDED_OUTCOMES.index(kv[0]))
+    )
+
+
+def describe_failures(failed: Mapping[str, Mapping[str, int] | int]) -> str:
+    """What a partial run left out (kept for ingest: the same text as describe_excluded)."""
+    return describe_excluded(failed)
+
+
+def check_excluded(
     records: Mapping[str, list[dict[str, Any]]], *, allow_partial: bool = False, source: str = "this run"
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    """Records without the items whose requests failed, and how many were dropped per task.
-
-    A failed request (dead server, wrong model name) says nothing about the model, so those items
-    are never scored; without ``allow_partial`` a run that has any is refused."""
-    failed = failed_requests(records)
-    if failed and not allow_partial:
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, int]]]:
+    """Records without the items a failed request or a failed judge verdict left unanswered, and how many
+    were left out per task and outcome. Neither says anything about the model, so those items are never
+    scored; without ``allow_partial`` a run that has any is refused, naming tasks and counts."""
+    excluded = excluded_by_task(records)
+    if excluded and not allow_partial:
+        causes = {o for counts in excluded.values() for o in counts}
+        fix = " and ".join(
+            f"the {'backend' if o == REQUEST_FAILED else 'judge'} answers" for o in metrics.EXCLUDED_OUTCOMES
+            if o in causes
+        )
         raise MedbridgeError(
-            f"{source}: {describe_failures(failed)}: the backend got no answer for them, so the run's numbers "
-            "would not be the model's. Re-run those tasks once the server answers (cached answers are kept), "
-            "or pass --allow-partial to score only the items that were answered "
-            "(the count is shown beside the numbers)."
+            f"{source}: {describe_excluded(excluded)}: nothing answered them, so the run's numbers would not be the "
+            f"model's. Re-run those tasks once {fix} (cached answers and verdicts are kept), or pass "
+            "--allow-partial to score only the items that were answered (the run is then marked partial)."
         )
     kept = {task: metrics.scorable(recs) for task, recs in records.items()}
-    return {task: recs for task, recs in kept.items() if recs}, failed
+    return {task: recs for task, recs in kept.items() if recs}, excluded
 
 
-def _bad_record(task: str, index: int, rec: Any) -> str | None:
-    """Why a logged record cannot be scored, or None when it is consistent."""
-    if not isinstance(rec, Mapping):
-        return f"record is a {type(rec).__name__}, not an object"
-    item = rec.get("item_id")
-    if not isinstance(item, (str, int)) or isinstance(item, bool) or str(item) == "":
-        return f"item_id {item!r} is not a non-empty string"
-    outcomes = rec.get("outcomes")
-    if not isinstance(outcomes, list) or not all(isinstance(o, str) for o in outcomes):
-        return f"item {item}: outcomes must be a list of strings"
-    known = set(metrics.OUTCOMES)
-    unknown = sorted(set(outcomes) - known)
-    if unknown:
-        return f"item {item}: unknown outcome(s) {unknown} (known: {', '.join(sorted(known))})"
-    n, c = rec.get("n"), rec.get("c")
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (n, c)):
-        return f"item {item}: n and c must be integers, got n={n!r}, c={c!r}"
-    if n != len(outcomes):
-        return f"item {item}: n={n} but {len(outcomes)} outcomes are logged"
-    if c != outcomes.count("correct"):
-        return f"item {item}: c={c} but {outcomes.count('correct')} of its outcomes are correct"
-    choices = rec.get("choices")
-    if choices is not None and (not isinstance(choices, list) or len(choices) != n):
-        return f"item {item}: choices must be a list with one entry per sample (n={n})"
-    distinct = rec.get("distinct")
-    if distinct is not None:
-        if (
-            not isinstance(distinct, (int, float))
-            or isinstance(distinct, bool)
-            or not math.isfinite(distinct)
-            or not 0 <= distinct <= max(n, 1)
-        ):
-            return f"item {item}: distinct={distinct!r} is not a count between 0 and n={n}"
-    return None
+# ------------------------------------------------------------------ the sampler
 
 
-def check_records(records: Mapping[str, Sequence[Any]], source: str = "this run") -> None:
-    """Refuse records whose n, c and outcomes disagree or whose numbers are out of range, naming
-    the task and item (a record with c = n = 16 and sixteen wrong outcomes must not score 1.0)."""
-    for task, recs in records.items():
-        for index, rec in enumerate(recs):
-            why = _bad_record(task, index, rec)
-            if why:
-                raise MedbridgeError(
-                    f"{source}: task {task}, record {index + 1}: {why}; the sample log is inconsistent, re-run the task"
-                )
+def sampler_checks(
+    sampled: Mapping[str, Sequence[Mapping[str, Any]]], used: Mapping[str, Mapping[str, Any]]
+) -> dict[str, metrics.SamplerCheck]:
+    """task -> what the records say about its sampler. Sampled tasks that ran under the same decoding
+    (``used``: decoding_report.task_decoding per task) share one sampler, so their items are pooled:
+    a confident model's few differing items anywhere prove that the sampler samples."""
+    pools: dict[str, list[str]] = {}
+    for task in sampled:
+        pools.setdefault(json.dumps(used.get(task), sort_keys=True, default=str), []).append(task)
+    checks = {}
+    for tasks in pools.values():
+        why = decoding_report.degenerate(used.get(tasks[0]) or {})
+        pooled = [r for t in tasks for r in sampled[t]]
+        check = metrics.check_sampler(pooled)
+        if why and not check.collapsed:
+            check = metrics.SamplerCheck(True, f"the task's settings say {why}: it cannot sample", check.items,
+                                         check.varying, check.distinct)
+        for task in tasks:
+            own = metrics.check_sampler(sampled[task])  # this task's own counts, the pool's verdict
+            checks[task] = metrics.SamplerCheck(check.collapsed, check.reason, own.items, own.varying, own.distinct)
+    return checks
 
 
-def check_sample_counts(task: str, recs: Sequence[Mapping[str, Any]]) -> int:
-    """The task's K (most samples any item has); an item with fewer is refused, never dropped."""
-    k = max((int(r["n"]) for r in recs), default=0)
-    for r in recs:
-        if int(r["n"]) < max(k, 1):
-            raise MedbridgeError(
-                f"task {task}, item {r.get('item_id')}: {r['n']} sample(s) where the task's other items have {k}; "
-                "Pass@K over a different number of samples per item is not one metric. Re-run the task "
-                "(or remove the incomplete sample log) so every item has all its samples."
-            )
-    return k
-
-
-def sampling_diversity(recs: Sequence[Mapping[str, Any]]) -> float | None:
-    """Mean number of distinct responses per item of a sampled task; None when unrecorded."""
-    value = metrics.sampling_diversity(recs)
-    return None if math.isnan(value) else value
-
-
-def is_collapsed(recs: Sequence[Mapping[str, Any]]) -> bool | None:
-    """True when a sampled task's samples are (nearly) all one response per item (Pass@K then
-    equals Acc@1 and says nothing about support); None when the records do not say."""
-    if sampling_diversity(recs) is None:
-        return None
-    return metrics.is_collapsed(recs)
-
-
-def _item_values(recs: Sequence[Mapping[str, Any]], name: str) -> dict[str, float]:
-    from medbridge.harness_ext import metric_registry
-
-    return metric_registry.get(name).item_values(recs)
-
-
-def _needed(name: str) -> int:
-    m = re.search(r"(\d+)$", name)
-    return 1 if name == "acc1" else int(m.group(1))
+# ------------------------------------------------------------------ summaries
 
 
 def summarize(
@@ -291,16 +154,22 @@ def summarize(
     seed: int = 0,
     allow_partial: bool = False,
     source: str = "this run",
+    asked: Mapping[str, Mapping[str, Any]] | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Per-dataset metrics with 95% bootstrap CIs, and group means (mean of datasets) with CIs
-    from resampling items within every dataset. ``groups`` maps a group name to task bases.
+    from resampling items within every dataset. ``groups`` maps a group name to task bases;
+    ``asked`` maps a task to the generation_kwargs it ran with (shown when the backend recorded none);
+    ``missing`` names tasks without numbers (runs.check_complete), recorded as partial.
 
-    Raises MedbridgeError for failed requests (unless ``allow_partial``) and for items with fewer
-    samples than their task's K."""
+    Raises MedbridgeError for items left out by a failed request or judge verdict (unless
+    ``allow_partial``) and for items with fewer samples than their task's K."""
     if iters < 1:
         raise MedbridgeError(f"--bootstrap must be at least 1 resample, got {iters}")
     check_records(records, source)
-    records, failed = check_requests(records, allow_partial=allow_partial, source=source)
+    used = {task: decoding_report.task_decoding(recs, (asked or {}).get(task)) for task, recs in records.items()}
+    records, excluded = check_excluded(records, allow_partial=allow_partial, source=source)
+    samplers = sampler_checks({t: r for t, r in records.items() if is_sampled(t)}, used)
     per_ds: dict[str, dict[str, Any]] = {}
     draws: dict[str, dict[str, np.ndarray]] = {}
     for base, kinds in sorted(_by_dataset(records).items()):
@@ -308,28 +177,38 @@ def summarize(
         row: dict[str, Any] = {}
         dr: dict[str, np.ndarray] = {}
         greedy, sampled = kinds.get("greedy", []), kinds.get("sampled", [])
-        k = check_sample_counts(base + SAMPLED_SUFFIX, sampled) if sampled else 0
+        k = check_sample_counts(passk_twin(base), sampled) if sampled else 0
         if greedy:
             check_sample_counts(base, greedy)
         per_item: dict[str, dict[str, float]] = {}
-        for name, recs in [("acc1", greedy)] + [(n, sampled) for n in PASSK_NAMES + ("maj_at_16", "all_at_16")]:
-            if not recs or (name != "acc1" and _needed(name) > k):
+        for metric in registry.scores():
+            recs = greedy if metric.reported_by("greedy") else sampled
+            if not recs or (metric.reported_by("sampled") and metric.k > k):
                 continue
-            vals = _item_values(recs, name)
-            per_item[name] = vals
-            row[name], dr[name] = statistics.mean_and_draws(list(vals.values()), rng, iters)
-        if "acc1" in per_item and "pass_at_16" in per_item:
+            per_item[metric.name] = metric.item_values(recs)
+            row[metric.name], dr[metric.name] = statistics.mean_and_draws(list(per_item[metric.name].values()),
+                                                                           rng, iters)
+        plus, minus = registry.GAP_TERMS
+        if plus in per_item and minus in per_item:
             # Paired: the gap of each resampled item set, over items both tasks scored.
-            acc, p16 = per_item["acc1"], per_item["pass_at_16"]
-            common = sorted(acc.keys() & p16.keys())
+            common = sorted(per_item[plus].keys() & per_item[minus].keys())
             if common:
-                row["gap"], dr["gap"] = statistics.mean_and_draws([p16[i] - acc[i] for i in common], rng, iters)
+                row[registry.GAP.name], dr[registry.GAP.name] = statistics.mean_and_draws(
+                    [per_item[plus][i] - per_item[minus][i] for i in common], rng, iters)
         row["n_items"] = max(len(greedy), len(sampled))
         row["unparsed"] = metrics.outcome_rate(greedy + sampled, "unparsed") if greedy or sampled else math.nan
-        row["request_failed"] = failed.get(base, 0) + failed.get(base + SAMPLED_SUFFIX, 0)
+        for outcome in metrics.EXCLUDED_OUTCOMES:
+            row[outcome] = sum(excluded.get(t, {}).get(outcome, 0) for t in (base, passk_twin(base)))
+        row["decoding"], row["decoding_vs_paper"] = {}, {}
+        for kind, task in (("greedy", base), ("sampled", passk_twin(base))):
+            if task in used and kinds.get(kind):
+                row["decoding"][kind] = used[task]
+                row["decoding_vs_paper"][kind] = decoding_report.paper_differences(
+                    used[task]["settings"], sampled=kind == "sampled")
         if sampled:
-            row["distinct"] = sampling_diversity(sampled)
-            row["collapsed"] = is_collapsed(sampled)
+            check = samplers[passk_twin(base)]
+            row["distinct"] = None if math.isnan(check.distinct) else check.distinct
+            row["collapsed"], row["sampler"] = check.collapsed, check.reason
         if any("sources" in r for r in greedy + sampled):
             from medbridge.judges import judge_stats
 
@@ -351,14 +230,26 @@ def summarize(
             "n_members": len(members),
             "partial": len(present) < len(members),
         }
-        for name in ("acc1",) + PASSK_NAMES + ("maj_at_16", "all_at_16", "gap"):
+        for name in [m.name for m in registry.scores()] + [registry.GAP.name]:
             if not all(name in per_ds[m] for m in present):
                 continue
             grow[name], grow[f"{name}_ci"] = statistics.mean_over_datasets(
                 [per_ds[m][name] for m in present], [draws[m][name] for m in present]
             )
         group_rows[gname] = grow
-    return {"datasets": per_ds, "groups": group_rows, "request_failed": failed}
+    request_failed = {t: c[REQUEST_FAILED] for t, c in excluded.items() if REQUEST_FAILED in c}
+    judge_failed = {t: c[JUDGE_FAILED] for t, c in excluded.items() if JUDGE_FAILED in c}
+    notes = ([describe_excluded(excluded)] if excluded else []) + (
+        [f"{len(missing)} task(s) without numbers ({', '.join(missing)})"] if missing else [])
+    return {
+        "datasets": per_ds,
+        "groups": group_rows,
+        "excluded": excluded,
+        "request_failed": request_failed,
+        "judge_failed": judge_failed,
+        "missing_tasks": dict(missing or {}),
+        "partial": "; ".join(notes) or None,
+    }
 
 
 def group_label(name: str, row: Mapping[str, Any]) -> str:
@@ -368,10 +259,35 @@ def group_label(name: str, row: Mapping[str, Any]) -> str:
     return name
 
 
-def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = metrics.PASS_KS) -> str:
-    """A fixed-width table: one row per dataset, then one per group; flags below it."""
-    cols = ["acc1"] + [f"pass_at_{k:02d}" for k in ks] + ["gap"]
-    heads = ["Acc@1"] + [f"Pass@{k}" for k in ks] + ["Gap"]
+def _decoding_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Which decoding produced the numbers (tasks sharing one listed together) and any difference from the paper's."""
+    shared: dict[tuple[str, str], list[str]] = {}
+    differs = []
+    for base, row in summary["datasets"].items():
+        for kind, used in (row.get("decoding") or {}).items():
+            task = passk_twin(base) if kind == "sampled" else base
+            text = f"{decoding_report.describe(used.get('settings'))} ({decoding_report.SOURCE_TEXT[used['source']]}"
+            text += f"; {used['variants']} different settings among its items)" if used.get("variants") else ")"
+            shared.setdefault((kind, text), []).append(task)
+            if (row.get("decoding_vs_paper") or {}).get(kind):
+                differs.append(f"{task}: {'; '.join(row['decoding_vs_paper'][kind])}")
+    if not shared:
+        return []
+    per_kind = {kind: sum(len(t) for (k, _), t in shared.items() if k == kind) for kind in ("greedy", "sampled")}
+    lines = ["Decoding (the paper: Acc@1 greedy; Pass@K at T 0.7, top_p 0.9, top_k off, repetition_penalty 1.0):"]
+    for (kind, text), tasks in shared.items():
+        who = f"all {len(tasks)} {kind} tasks" if len(tasks) == per_kind[kind] else ", ".join(tasks)
+        lines.append(f"  {who}: {text}")
+    if differs:
+        lines.append("NOT THE PAPER'S DECODING (these numbers are not comparable with its tables): "
+                     + " | ".join(differs))
+    return lines
+
+
+def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = registry.PASS_KS) -> str:
+    """A fixed-width table: one row per dataset, then one per group; decoding and flags below it."""
+    shown = [registry.acc1()] + [registry.pass_at(k) for k in ks] + [registry.GAP]
+    cols, heads = [m.name for m in shown], [m.label.capitalize() if m is registry.GAP else m.label for m in shown]
     labels = {name: group_label(name, row) for name, row in summary["groups"].items()}
     width = max([len(n) for n in summary["datasets"]] + [len(n) for n in labels.values()] + [8])
     width = min(width, 40)
@@ -406,38 +322,38 @@ def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = metrics.PASS
         "Values in %, [95% bootstrap CI]; Gap = Pass@16 - Acc@1 (paired over items); groups are means of datasets;"
         " distinct = distinct responses per item among its samples."
     )
-    collapsed = [name for name, row in summary["datasets"].items() if row.get("collapsed")]
-    if collapsed:
+    lines += _decoding_lines(summary)
+    collapsed = {name: row.get("sampler") for name, row in summary["datasets"].items() if row.get("collapsed")}
+    for name, why in collapsed.items():
         lines.append(
-            f"COLLAPSED sampling in {', '.join(collapsed)}: every item's samples are one response, so Pass@K there "
-            "equals Acc@1 and shows no support; no verdict is drawn from it (check the sampled task's decoding: "
-            "an inherited top_k=1 or a tiny top_p does this)."
+            f"COLLAPSED sampling in {name}: {why}. Pass@K there is Acc@1 in disguise and shows no support; no verdict "
+            "is drawn from it (check the sampled task's decoding: an inherited top_k=1 or a tiny top_p does this)."
         )
-    if summary.get("request_failed"):
-        lines.append(
-            f"PARTIAL RUN: {describe_failures(summary['request_failed'])} were left out of every number above."
-        )
+    if summary.get("excluded"):
+        lines.append(f"PARTIAL RUN: {describe_excluded(summary['excluded'])} were left out of every number above.")
+    if summary.get("missing_tasks"):
+        listing = "; ".join(f"{t}: {why}" for t, why in summary["missing_tasks"].items())
+        lines.append(f"PARTIAL RUN: no numbers for {listing}.")
     return "\n".join(lines)
 
 
-# Task families register the groups their summary rows show ("module:function" -> {label: task bases}).
-GROUP_PROVIDERS = ["medbridge.tasks.medmnist.catalog:report_groups", "medbridge.tasks.medvqa.catalog:report_groups"]
-
-
-def known_groups() -> dict[str, list[str]]:
-    import importlib
-
-    groups: dict[str, list[str]] = {}
-    for ref in GROUP_PROVIDERS:
-        module, func = ref.split(":")
-        groups.update(getattr(importlib.import_module(module), func)())
-    return groups
-
-
 def groups_for(records: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The known groups that have at least one of their tasks in this run."""
-    bases = {t[: -len(SAMPLED_SUFFIX)] if t.endswith(SAMPLED_SUFFIX) else t for t in records}
-    return {g: m for g, m in known_groups().items() if bases & set(m)}
+    """The families' report groups (tasks/families.py) that have at least one of their tasks in this run."""
+    bases = {greedy_twin(t) for t in records}
+    return {g: m for g, m in report_groups().items() if bases & set(m)}
+
+
+def summarize_run(run: Run, records: Mapping[str, list[dict[str, Any]]] | None = None, *, iters: int = 2000,
+                  allow_partial: bool = False) -> dict[str, Any]:
+    """``summarize`` for a whole run: its tasks checked for completeness and its asked decoding passed along."""
+    missing = check_complete(run, allow_partial=allow_partial)
+    records = run.records if records is None else records
+    if not records:
+        raise MedbridgeError(
+            f"{run.results_path}: no medbridge sample records found (run lmms-eval with --log_samples)"
+        )
+    return summarize(records, groups=groups_for(records), iters=iters, allow_partial=allow_partial,
+                     source=str(run.results_path), asked=decoding_report.asked_decodings(run.results), missing=missing)
 
 
 def report_command(
@@ -447,18 +363,16 @@ def report_command(
     json_out: str | Path | None = None,
     iters: int = 2000,
     allow_partial: bool = False,
+    latest: bool = False,
 ) -> int:
-    """``medbridge report`` / ``medbridge rescore``: print the table and write the summary JSON
-    (re-scored records too). User errors raise MedbridgeError."""
-    run = load_run(run_path)
-    records = rescore_run(run) if rescore else run.records
-    if not records:
-        raise MedbridgeError(
-            f"{run.results_path}: no medbridge sample records found (run lmms-eval with --log_samples)"
-        )
-    summary = summarize(
-        records, groups=groups_for(records), iters=iters, allow_partial=allow_partial, source=str(run.results_path)
-    )
+    """``medbridge report`` / ``medbridge rescore``: name the run read, print the table and write the summary
+    JSON (re-scored records too). A folder with several runs is refused unless ``latest``. User errors raise
+    MedbridgeError."""
+    run = load_run(run_path, latest=latest)
+    print(f"run: {run.results_path} (written {written_at(run.results_path)})")
+    rescored = rescore_run(run) if rescore else None
+    summary = summarize_run(run, rescored, iters=iters, allow_partial=allow_partial)
+    summary = {"run": str(run.results_path), "written": written_at(run.results_path), **summary}
     print(format_table(summary))
     suffix = "_medbridge_rescored.json" if rescore else "_medbridge_summary.json"
     out = (
@@ -470,7 +384,7 @@ def report_command(
     if rescore:
         samples_out = out.with_suffix(".records.jsonl")
         with samples_out.open("w") as fh:
-            for task, recs in records.items():
+            for task, recs in (rescored or {}).items():
                 for rec in recs:
                     fh.write(json.dumps({"task": task, **rec}) + "\n")
         print(f"re-scored records: {samples_out}")

@@ -74,10 +74,15 @@ def test_a_group_is_labelled_partial_unless_all_its_datasets_ran():
 
 
 def test_collapsed_sampling_is_flagged_and_draws_no_verdict(tmp_path, capsys):
-    collapsed = records("breast", 8, p=0.5, k=16, distinct=1)
+    # Two samplers: one that ignores the temperature (every item repeats one response), one that samples.
+    collapsed = records("breast", 8, p=1.0, k=16, distinct=1)
     diverse = records("organa", 8, p=0.5, k=16, distinct=9)
+    for recs, server in ((collapsed, "server A"), (diverse, "server B")):
+        for r in recs:
+            r["decoding"] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "server": server}
     summary = summarize({"medmnist_mcq_breast_passk": collapsed, "medmnist_mcq_organa_passk": diverse}, iters=200)
     assert summary["datasets"]["medmnist_mcq_breast"]["collapsed"] is True
+    assert "samples differ in only 0 of 8 items" in summary["datasets"]["medmnist_mcq_breast"]["sampler"]
     assert summary["datasets"]["medmnist_mcq_organa"]["collapsed"] is False
     assert summary["datasets"]["medmnist_mcq_organa"]["distinct"] == pytest.approx(9.0)
     text = format_table(summary)
