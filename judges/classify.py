@@ -5,9 +5,10 @@ balances PMC-VQA over the paper's categories (``prompts.MODALITIES``).
     labels = classify_modalities(questions, images=None, config=None)
 
 Each label is one of ``MODALITIES`` (which includes "none": the modality is uncommon, ambiguous
-or unstated), or None when the judge gave no usable label: its reply was ``invalid`` (outside
-the vocabulary or the format; cached, counted in ``pool.stats["invalid"]``) or the request
-``failed`` (not cached, asked again next time). Callers count the Nones; they are never guessed.
+or unstated), or None when the judge gave no usable label: its reply was ``unknown`` (a well-formed
+label outside the vocabulary, such as "pet"; never cached, counted in ``pool.stats["unknown"]``),
+``invalid`` (not the reply format; counted in ``pool.stats["invalid"]``) or the request ``failed``
+(not cached, asked again next time). ``modality_verdicts`` tells these apart; they are never guessed.
 Labels are cached in the verdict cache and asked concurrently (the config's concurrency).
 """
 
@@ -60,7 +61,8 @@ def _config(config: JudgeConfig | None) -> JudgeConfig:
 def modality_verdicts(
     questions: Sequence[str], images: Sequence[Any] | None = None, config: JudgeConfig | None = None
 ) -> list[Verdict]:
-    """The judge's verdicts (status "label" with the label as value, "invalid" or "failed"), in order."""
+    """The judge's verdicts, in order: status "label" (value: the label), "unknown" (value: the word outside
+    the vocabulary), "invalid" or "failed"."""
     if images is not None and len(images) != len(questions):
         raise MedbridgeError(f"modality classifier: {len(questions)} questions but {len(images)} images")
     inputs = []

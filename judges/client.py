@@ -42,14 +42,17 @@ from medbridge.judges.cache import VerdictCache, default_cache_path, storable_te
 from medbridge.judges.config import JudgeConfig
 from medbridge.judges.prompts import MCQ_CHOICE, PromptTemplate, reply_text
 
-__all__ = ["JudgeClient", "JudgePool", "Verdict", "get_pool", "retry_after_s"]
+__all__ = ["TEMPLATE_HEADER", "JudgeClient", "JudgePool", "Verdict", "get_pool", "retry_after_s"]
+
+TEMPLATE_HEADER = "X-Medbridge-Judge-Prompt"  # "<template name>/v<version>" on every chat request
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One judge answer. status: a template status ("letter", "none", "label", ...), "invalid" or "failed"."""
+    """One judge answer. status: a template status ("letter", "none", "label", ...), "invalid", "unknown"
+    (a well-formed label outside the template's list; value holds it) or "failed"."""
 
     status: str
     value: str | None = None
@@ -266,7 +269,7 @@ class JudgeClient:
 
         messages = template.build(inputs)
         try:
-            completion = await self._with_retries(lambda: self._create(messages, template.max_tokens))
+            completion = await self._with_retries(lambda: self._create(messages, template))
         except (ValueError, openai.APIResponseValidationError):
             completion = None  # a 200 whose body is not a chat completion (not JSON, wrong schema): invalid
         except _Stop as stop:
@@ -284,20 +287,21 @@ class JudgeClient:
             status, value = template.parse(content, inputs)
         except Exception:  # noqa: BLE001 -- a parser must not lose the run over an odd reply
             status, value = "invalid", None
-        if status not in template.statuses:
+        if status not in template.statuses and status != "unknown":
             status, value = "invalid", None
         raw = storable_text(content) if content is not None else None
         self.stats["settled"] += 1
-        if status == "invalid":
-            self.stats["invalid"] += 1
+        if status in ("invalid", "unknown"):
+            self.stats[status] += 1
         # A text reply is the judge's answer (at temperature 0 it would say the same again): cached,
         # even when invalid. Any other shape (a number, a list, null, empty, unencodable text, no
-        # choices) is a serving fault: counted invalid now and asked again on the next run.
-        if self.cache is not None and reply_text(content):
+        # choices) is a serving fault: counted invalid now and asked again on the next run. A label
+        # outside the template's list ("unknown") is never cached as an answer: asked again next run.
+        if self.cache is not None and status != "unknown" and reply_text(content):
             self.cache.put(key, await self.identity(), template.key, status, value, raw)
         return Verdict(status, value, raw)
 
-    async def _create(self, messages: list[dict[str, Any]], max_tokens: int) -> Any:
+    async def _create(self, messages: list[dict[str, Any]], template: PromptTemplate) -> Any:
         from openai.types.chat import ChatCompletion
 
         # The semaphore is held only while a request is on the wire, not during backoff.
@@ -316,10 +320,11 @@ class JudgeClient:
                         "model": self.config.model,
                         "messages": messages,
                         "temperature": 0,
-                        "max_tokens": max(max_tokens, self.config.max_tokens),
+                        "max_tokens": max(template.max_tokens, self.config.max_tokens),
                     },
                     cast_to=ChatCompletion,
-                    options={"timeout": self._request_timeout()},
+                    # Which template asks (a test judge answers by it, a proxy can route or log by it).
+                    options={"timeout": self._request_timeout(), "headers": {TEMPLATE_HEADER: template.key}},
                 )
             finally:
                 self._active -= 1

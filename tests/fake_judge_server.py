@@ -1,10 +1,12 @@
 """A small, real HTTP server speaking the OpenAI chat-completions API, for judge client tests.
 
-It is a *deterministic judge*: it decodes the data blocks of our MCQ prompt and answers
-``VERDICT: <letter>`` with what ``extract_choice`` reads from the quoted model response (or
-``VERDICT: NONE``); a modality prompt gets ``MODALITY: <the first vocabulary word in the
-question>`` (or NONE; "PET" gets the out-of-vocabulary ``MODALITY: pet``); a free-text prompt
-gets ``VERDICT: CORRECT`` when the reference answer appears in the response. Faults are injected
+It is a *deterministic judge* that answers by the template the client names in its
+``X-Medbridge-Judge-Prompt`` header (never by reading instructions): ``mcq_choice`` decodes the data
+blocks and answers ``VERDICT: <letter>`` with what ``extract_choice`` reads from the quoted model
+response (or ``VERDICT: NONE``); ``modality`` gets ``MODALITY: <the first vocabulary word in the
+question>`` (or none; "PET" gets the out-of-vocabulary ``MODALITY: pet``); ``free_text`` gets
+``VERDICT: CORRECT`` when the reference answer appears in the response; any other template gets its
+fixed reply from ``template_replies``, or a 400. ``/stats`` counts requests per template. Faults are injected
 by flags: the first N attempts of every distinct prompt fail with a status code (429, 500, 503,
 400), optionally with a ``Retry-After`` header; replies can be odd shapes (garbage text, empty,
 a number, a list, a dict, null, a lone surrogate, no choices, a body that is not JSON); each
@@ -25,6 +27,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from medbridge.harness_ext.answers import extract_choice
+from medbridge.judges.client import TEMPLATE_HEADER
 from medbridge.judges.prompts import MODALITIES, read_data_block
 
 MODEL_NAME = "fake-judge"
@@ -70,6 +73,7 @@ class _State:
         retry_after: str | None = None,
         hang_s: float = 0.0,
         root: str = "/models/fake-judge-a",
+        template_replies: dict[str, str] | None = None,
     ):
         if reply not in REPLIES:
             raise ValueError(f"reply must be one of {REPLIES}")
@@ -80,6 +84,7 @@ class _State:
         self.retry_after = retry_after
         self.hang_s = hang_s
         self.root = root
+        self.template_replies = dict(template_replies or {})  # fixed replies for templates beyond ANSWERS
         self.request_times: list[float] = []
         self.lock = threading.Lock()
         self.counts = Counter()
@@ -111,15 +116,20 @@ def _free_text_for(prompt: str) -> str:
     return "VERDICT: CORRECT" if reference and reference in response else "VERDICT: INCORRECT"
 
 
-def _verdict_for(prompt: str) -> str:
-    if "\n<reference_answer>\n" in prompt:
-        return _free_text_for(prompt)
-    if "\n<options>\n" not in "\n" + prompt:
-        return _modality_for(prompt)
+def _mcq_choice_for(prompt: str) -> str:
     options = read_data_block(prompt, "options")
     response = read_data_block(prompt, "model_response")
     letter = extract_choice(response, options)
     return f"VERDICT: {letter}" if letter else "VERDICT: NONE"
+
+
+# The deterministic answer per template name (the client's TEMPLATE_HEADER says which template asks).
+ANSWERS = {"mcq_choice": _mcq_choice_for, "free_text": _free_text_for, "modality": _modality_for}
+
+
+def template_name(header: str | None) -> str | None:
+    """"mcq_choice/v1" -> "mcq_choice"."""
+    return header.rsplit("/v", 1)[0] if header else None
 
 
 def make_handler(state: _State):
@@ -162,8 +172,10 @@ def make_handler(state: _State):
             body = json.loads(self.rfile.read(length))
             content = body["messages"][-1]["content"]
             prompt = _text_of(content)
+            template = template_name(self.headers.get(TEMPLATE_HEADER))
             with state.lock:
                 state.counts["requests"] += 1
+                state.counts[f"template:{template}"] += 1
                 state.request_times.append(time.monotonic())
                 if not isinstance(content, str):
                     state.counts["with_image"] += 1
@@ -191,7 +203,16 @@ def make_handler(state: _State):
                 if state.reply == "not_json":
                     self._send_raw(200, b"<html>upstream proxy error</html>")
                     return
-                content = _ODD_CONTENT[state.reply] if state.reply in _ODD_CONTENT else _verdict_for(prompt)
+                if state.reply in _ODD_CONTENT:
+                    content = _ODD_CONTENT[state.reply]
+                elif template in state.template_replies:
+                    content = state.template_replies[template]
+                elif template in ANSWERS:
+                    content = ANSWERS[template](prompt)
+                else:
+                    message = f"no answer for judge template {template!r} (header {TEMPLATE_HEADER})"
+                    self._send(400, {"error": {"message": message, "code": 400}})
+                    return
                 choices = [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
                 with state.lock:
                     state.counts["ok"] += 1

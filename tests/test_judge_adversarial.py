@@ -313,7 +313,7 @@ def test_adversarial_modality_classifier_vocabulary_cache_and_images(tmp_path):
         "Axial CT: which organ is enlarged?",
         "On this chest x-ray, where is the opacity?",
         "Which stain was used in this microscopy image?",
-        "What does the PET scan show?",  # out of the vocabulary: invalid -> None
+        "What does the PET scan show?",  # out of the vocabulary: "unknown" -> None, never cached
         "How many lesions are visible?",  # no modality stated: "none"
         "Which dermatology finding is on this photo?",
     ]
@@ -323,8 +323,10 @@ def test_adversarial_modality_classifier_vocabulary_cache_and_images(tmp_path):
         assert labels == ["mri", "ct", "x-ray", "microscopy", None, "none", "dermatology"]
         assert set(labels) - {None} <= set(MODALITIES)
         verdicts = judge.modality_verdicts(questions, config=cfg)
-        assert [v.cached for v in verdicts] == [True] * 7  # the second pass asked nothing
-        assert server.state.counts["requests"] == 7
+        # The second pass asked nothing but the out-of-vocabulary one, which is never cached as an answer.
+        assert [v.cached for v in verdicts] == [True] * 4 + [False] + [True] * 2
+        assert (verdicts[4].status, verdicts[4].value) == ("unknown", "pet")
+        assert server.state.counts["requests"] == 8
         images = [Image.new("RGB", (8, 8), (i * 30, 0, 0)) for i in range(2)]
         with_images = judge.classify_modalities(questions[:2], images=images, config=cfg)
         assert with_images == ["mri", "ct"] and server.state.counts["with_image"] == 2
