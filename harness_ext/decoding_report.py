@@ -107,7 +107,9 @@ def task_decoding(records: Sequence[Mapping[str, Any]], asked: Mapping[str, Any]
 
 def _fmt(value: Any) -> str:
     number = _as_number(value)
-    return f"{number:g}" if number is not None and not isinstance(value, str) else str(value)
+    if number is None or isinstance(value, str):
+        return str(value)
+    return f"{number:.1f}" if number == int(number) and abs(number) < 1e6 else f"{number:g}"
 
 
 def describe(settings: Mapping[str, Any] | None) -> str:

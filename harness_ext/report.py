@@ -276,7 +276,7 @@ def _decoding_lines(summary: Mapping[str, Any]) -> list[str]:
     per_kind = {kind: sum(len(t) for (k, _), t in shared.items() if k == kind) for kind in ("greedy", "sampled")}
     lines = ["Decoding (the paper: Acc@1 greedy; Pass@K at T 0.7, top_p 0.9, top_k off, repetition_penalty 1.0):"]
     for (kind, text), tasks in shared.items():
-        who = f"all {len(tasks)} {kind} tasks" if len(tasks) == per_kind[kind] else ", ".join(tasks)
+        who = f"all {len(tasks)} {kind} tasks" if 1 < len(tasks) == per_kind[kind] else ", ".join(tasks)
         lines.append(f"  {who}: {text}")
     if differs:
         lines.append("NOT THE PAPER'S DECODING (these numbers are not comparable with its tables): "

@@ -95,7 +95,8 @@ def _cmd_report(args: argparse.Namespace, rescore: bool = False) -> int:
     from medbridge.harness_ext.report import report_command
 
     return report_command(
-        args.run, rescore=rescore, json_out=args.json, iters=args.bootstrap, allow_partial=args.allow_partial
+        args.run, rescore=rescore, json_out=args.json, iters=args.bootstrap, allow_partial=args.allow_partial,
+        latest=args.latest,
     )
 
 
@@ -161,11 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, rescore, text in (("report", False, "summarise a run: Acc@1, Pass@K, gap with 95%% CIs"),
                                 ("rescore", True, "re-score a run's logged generations without generating again")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("run", help="lmms-eval --output_path folder or a *_results.json file")
+        p.add_argument("run", help="lmms-eval --output_path folder (holding one run) or a *_results.json file")
+        p.add_argument("--latest", action="store_true",
+                       help="read the newest run of a folder that holds several (default: refuse and list them)")
         p.add_argument("--json", help="where to write the summary JSON")
         p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
         p.add_argument("--allow-partial", action="store_true",
-                       help="score a run with failed requests (request_failed items are left out and counted)")
+                       help="score a run with failed requests or judge verdicts, or tasks without numbers (those "
+                            "items and tasks are left out, counted, and the run is marked partial)")
         p.set_defaults(func=lambda a, r=rescore: _cmd_report(a, rescore=r))
 
     from medbridge.judges.cli import add_parser as add_judge_commands
