@@ -20,21 +20,31 @@ build leaves the previous site, PNGs included, as it was.
 
 from __future__ import annotations
 
+import ctypes
+import datetime as dt
+import errno
+import glob
+import os
+import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.leaderboard import comparisons, figures, tables
 from medbridge.leaderboard.reference import ReferenceRow, load_references
 from medbridge.leaderboard.render import Section, render_html, render_markdown
-from medbridge.leaderboard.store import default_store_path, fetch_rows, open_store
+from medbridge.leaderboard.store import connect, default_store_path, display_path, empty_store, fetch_rows
 from medbridge.leaderboard.view import View
 
 # Files a build writes; anything else already in the output folder is carried over untouched.
 OUTPUT_PATTERNS = ("index.html", "leaderboard.md", "passk_*.png", "steps_*.png")
+DEFAULT_OUT = Path("medbridge_leaderboard") / "site"
 
 
 @dataclass
@@ -113,19 +123,136 @@ SECTIONS: list[Callable[[Context], list[Section]]] = [
 ]
 
 
+# ------------------------------------------------------------------ writing the site
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+_LEFTOVER = re.compile(r"\.(?:building|old)-(?:(\d+)-)?")
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove the temporary folders of earlier builds into ``out`` that were killed before they
+    finished (``.<out>.building-<pid>-*`` / ``.<out>.old-*`` beside it), except a running build's."""
+    removed = []
+    prefix = f".{out.name}."
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        m = _LEFTOVER.match(path.name[len(prefix) - 1 :])
+        if not m or not path.is_dir() or path.is_symlink():
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue  # a build running right now
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the system or
+    the file system cannot, so the caller falls back."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _replace_files(built: Path, out: Path) -> None:
+    """Fallback without an atomic exchange: move each new file over the old one (os.replace is
+    atomic per file), the page last, then drop figures the new page no longer shows. index.html is
+    never missing: it is replaced, never removed."""
+    ours = sorted(built.iterdir(), key=lambda p: (p.name == "index.html", p.name == "leaderboard.md", p.name))
+    for p in ours:
+        os.replace(p, out / p.name)
+    fresh = {p.name for p in ours}
+    for pattern in OUTPUT_PATTERNS:
+        for p in out.glob(pattern):
+            if p.name not in fresh:
+                p.unlink(missing_ok=True)
+    shutil.rmtree(built, ignore_errors=True)
+
+
 def _swap_in(built: Path, out: Path) -> None:
-    """Replace ``out`` with the complete ``built`` folder, keeping files a build does not write."""
-    if out.exists():
-        ours = {p for pattern in OUTPUT_PATTERNS for p in out.glob(pattern)}
-        for p in out.iterdir():
-            if p not in ours and not (built / p.name).exists():
-                (shutil.copytree if p.is_dir() else shutil.copy2)(p, built / p.name)
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-        built.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        built.rename(out)
+    """Make the complete ``built`` folder the site at ``out``, keeping files a build does not write.
+
+    The swap is one atomic step where the system has one (renameat2 RENAME_EXCHANGE: at every
+    instant ``out`` is the whole old site or the whole new one); elsewhere files are replaced one by
+    one with index.html last. Either way index.html is never missing."""
+    if not out.exists():
+        os.rename(built, out)
+        return
+    ours = {p for pattern in OUTPUT_PATTERNS for p in out.glob(pattern)}
+    extras = [p for p in out.iterdir() if p not in ours and not (built / p.name).exists()]
+    for p in extras:
+        if p.is_dir() and not p.is_symlink():
+            shutil.copytree(p, built / p.name, symlinks=True)
+        else:
+            shutil.copy2(p, built / p.name, follow_symlinks=False)
+    if _renameat2_exchange(built, out):
+        shutil.rmtree(built, ignore_errors=True)  # ``built`` now holds the old site
+        return
+    for p in extras:  # the fallback keeps them in place
+        (shutil.rmtree if (built / p.name).is_dir() and not (built / p.name).is_symlink() else os.unlink)(
+            built / p.name
+        )
+    _replace_files(built, out)
+
+
+def check_out_dir(out: Path, store: Path) -> None:
+    """Refuse an output folder whose replacement would take other things with it: the current
+    folder, the store's folder, the store file, or a folder above any of them."""
+    target = out.expanduser().resolve()
+    store_file = store.expanduser().resolve()
+    protected = (
+        (Path.cwd().resolve(), "the current folder"),
+        (store_file.parent, f"the store's folder ({display_path(store_file.parent)})"),
+        (store_file, "the store file itself"),
+    )
+    for path, what in protected:
+        if target == path or target in path.parents:
+            relation = "is" if target == path else "is a folder above"
+            raise MedbridgeError(
+                f"--out {display_path(out)} {relation} {what}; a build replaces its --out folder as a whole, "
+                f"so give it a folder of its own (e.g. {DEFAULT_OUT})"
+            )
+
+
+def _store_note(store: Path, exists: bool, conn: sqlite3.Connection) -> str:
+    """What the page was built from, without the machine's absolute paths."""
+    if not exists:
+        return (
+            f"No leaderboard store at {display_path(store.name)} yet: the tables show the paper's published rows "
+            "only (add runs with medbridge leaderboard ingest RUN_FOLDER)."
+        )
+    n_runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    n_models = conn.execute("SELECT COUNT(DISTINCT model) FROM runs").fetchone()[0]
+    return f"Built from the store {display_path(store.name)}: {n_runs} run(s) of {n_models} model(s)."
 
 
 def build_leaderboard(
@@ -138,18 +265,22 @@ def build_leaderboard(
     """Write leaderboard.md, index.html and the PNGs into out_dir; returns the index.html path.
 
     ``transfer``: (base model, RL model, training dataset) triples for the RQ3 table; by default
-    every training run whose runs carry ``trained_on`` is paired step 0 vs its last step. An empty
-    or new store gives a page with the paper's published rows.
+    every training run whose runs carry ``trained_on`` is paired step 0 vs its last step. A store
+    that does not exist gives a page with the paper's published rows (and says so); the store is
+    opened read-only and never created. The site's folders and files are readable by others
+    (0755 / 0644 under the usual umask 022).
     """
     store = Path(store) if store else default_store_path()
     out = Path(out_dir)
+    check_out_dir(out, store)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     refs = list(references) if references is not None else load_references()
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    exists = store.exists()
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-{os.getpid()}-", dir=out.parent))
     try:
-        # A store that does not exist yet reads as empty (the page still shows the paper's rows)
-        # and is not created by building.
-        with open_store(store if store.exists() else ":memory:") as conn:
+        os.chmod(building, 0o777 & ~_umask())  # mkdtemp makes it 0700: the site is for others to read
+        with closing(connect(store) if exists else empty_store()) as conn:
             view = View(fetch_rows(conn))
             if transfer:
                 pairs = [
@@ -162,17 +293,16 @@ def build_leaderboard(
                 pairs = comparisons.auto_pairs(view)
             ctx = Context(view, conn, refs, building, pairs)
             sections = [s for make in SECTIONS for s in make(ctx)]
+            store_note = _store_note(store, exists, conn)
         ref_note = (
-            f"{len(refs)} published row(s) of the paper's Tables 1-3 are shown in italics, marked Published."
+            f"{len(refs)} published row(s) from the papers are shown in italics, marked Published."
             if refs
             else "No published reference rows."
         )
-        (building / "index.html").write_text(
-            render_html(sections, store=str(store), ref_note=ref_note), encoding="utf-8"
-        )
-        (building / "leaderboard.md").write_text(
-            render_markdown(sections, store=str(store), ref_note=ref_note), encoding="utf-8"
-        )
+        built_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        for name, render in (("index.html", render_html), ("leaderboard.md", render_markdown)):
+            text = render(sections, store=store_note, ref_note=ref_note, built_at=built_at)
+            (building / name).write_text(text, encoding="utf-8")
         _swap_in(building, out)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

@@ -28,30 +28,31 @@ def _store(args: argparse.Namespace) -> Path:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from medbridge.leaderboard.ingest import IngestError, expand_runs, ingest_run
+    from medbridge.leaderboard.ingest import expand_runs, ingest_many
+    from medbridge.leaderboard.store import display_path
 
     store = _store(args)
     paths = expand_runs(args.runs)
-    added, failed = 0, 0
-    for path in paths:
-        try:
-            n = ingest_run(
-                store,
-                path,
-                model=args.model_name,
-                run=args.run_name,
-                step=args.step,
-                trained_on=args.trained_on,
-                base_model=args.base_model,
-                allow_partial=args.allow_partial,
-            )
-        except IngestError as err:
-            failed += 1
-            print(f"skipped {path}: {err}", file=sys.stderr)
-            continue
-        added += n
-        print(f"{path}: {n} rows added" if n else f"{path}: already in the store, nothing added")
-    print(f"store {store}: {added} rows added from {len(paths) - failed} run(s); {failed} skipped")
+
+    def report(path: str, added: int | None, why: str | None) -> None:
+        if why is not None:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        else:
+            print(f"{path}: {added} rows added" if added else f"{path}: already in the store, nothing added")
+
+    added, skipped = ingest_many(
+        store,
+        paths,
+        on_run=report,
+        model=args.model_name,
+        run=args.run_name,
+        step=args.step,
+        trained_on=args.trained_on,
+        base_model=args.base_model,
+        allow_partial=args.allow_partial,
+    )
+    failed = len(skipped)
+    print(f"store {display_path(store)}: {added} rows added from {len(paths) - failed} run(s); {failed} skipped")
     if failed and failed == len(paths):
         raise MedbridgeError(f"none of the {failed} run(s) could be ingested (reasons above)")
     return 0
@@ -59,20 +60,26 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from medbridge.leaderboard.build import build_leaderboard
+    from medbridge.leaderboard.store import display_path
 
     transfer = None
     if args.base or args.rl:
         if not (args.base and args.rl and args.trained_on):
-            print("--base, --rl and --trained-on go together", file=sys.stderr)
-            return 2
+            raise MedbridgeError("--base, --rl and --trained-on go together: give all three or none")
         transfer = [(args.base, args.rl, args.trained_on)]
+    store = _store(args)
+    if not store.exists():
+        print(
+            f"no leaderboard store at {display_path(store)}: the page shows the paper's published rows only "
+            "(add runs with: medbridge leaderboard ingest RUN_FOLDER, or give --store)"
+        )
     try:
-        index = build_leaderboard(_store(args), args.out, transfer=transfer)
+        index = build_leaderboard(store, args.out, transfer=transfer)
     except MedbridgeError:
         raise
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise _user_error(err) from None
-    print(f"leaderboard: {index}\nmarkdown:    {index.with_name('leaderboard.md')}")
+    print(f"leaderboard: {display_path(index)}\nmarkdown:    {display_path(index.with_name('leaderboard.md'))}")
     return 0
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,19 @@ from medbridge.harness_ext.report import (
     summarize,
 )
 from medbridge.leaderboard.store import (
+    CorruptStoreError,
     ItemRow,
     ResultRow,
     RunBundle,
     RunRow,
+    StoreError,
     canonical_json,
     default_store_path,
+    display_path,
     open_store,
+    recovery_advice,
     sha256_text,
+    storable_text,
     subset_hash,
     write_bundle,
 )
@@ -51,6 +57,10 @@ SAMPLED_ROW_METRICS = ("pass_at_01", "pass_at_02", "pass_at_04", "pass_at_08", "
 # sampling collapsed to one response per item (then Pass@K is Acc@1 and draws no verdict).
 DIVERSITY_METRICS = ("distinct", "collapsed")
 TRAINING_MARKERS = ("medbridge_training.json", "medbridge_run.json")
+# A training step is stored in an SQLite INTEGER (signed 64 bits).
+MAX_STEP = 2**63 - 1
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(MedbridgeError, ValueError):
@@ -496,6 +506,11 @@ def bundle_from_run(
         raise IngestError(
             f"{results_path}: malformed results or sample records ({type(err).__name__}: {err})"
         ) from None
+    if who["step"] is not None and not 0 <= who["step"] <= MAX_STEP:
+        raise IngestError(
+            f"{display_path(results_path)}: training step {who['step']} is out of range "
+            f"(0 to {MAX_STEP}); give the checkpoint's real step with --step"
+        )
     failed = summary.get("request_failed") or {}
     run_row = RunRow(
         run_id=f"eval-{digest[:24]}",
@@ -507,7 +522,7 @@ def bundle_from_run(
         trained_on=trained_on or _trained_on(res, marker),
         base_model=base_model or _base_model(marker),
         date=_run_date(res),
-        source=str(results_path),
+        source=display_path(results_path),
         partial=describe_failures(failed) if failed else None,
     )
     return RunBundle(run_row, rows, items)
@@ -544,8 +559,8 @@ def ingest_run(
     allow_partial: bool = False,
 ) -> int:
     """Ingest one lmms-eval output folder; returns the number of result rows added (0 when the
-    run is already in the store). Raises IngestError naming the file when it cannot be read;
-    nothing of a failed run is written."""
+    run is already in the store). Raises IngestError naming the file when it cannot be read
+    (nothing of a failed run is written) and StoreError when the store is damaged or not a store."""
     bundle = bundle_from_run(
         run_path,
         model=model,
@@ -555,11 +570,20 @@ def ingest_run(
         base_model=base_model,
         allow_partial=allow_partial,
     )
-    with open_store(store_path or default_store_path()) as conn:
-        try:
-            return write_bundle(conn, bundle, now_iso())
-        except sqlite3.Error as err:  # rolled back: nothing of this run is in the store
-            raise IngestError(f"{bundle.run.source}: could not be stored ({err})") from None
+    with open_store(store_path or default_store_path(), write=True) as conn:
+        return _write(conn, bundle, Path(store_path or default_store_path()))
+
+
+def _write(conn: sqlite3.Connection, bundle: RunBundle, store: Path) -> int:
+    try:
+        return write_bundle(conn, bundle, now_iso())
+    except sqlite3.DatabaseError as err:
+        if not isinstance(err, sqlite3.OperationalError) and "malformed" in str(err).lower():
+            raise CorruptStoreError(
+                f"leaderboard store {store} turned out damaged while {bundle.run.source} was written ({err}); "
+                "that run was rolled back. To recover, " + recovery_advice(store)
+            ) from None
+        raise IngestError(f"{bundle.run.source}: could not be stored ({err})") from None
 
 
 def expand_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -575,14 +599,40 @@ def expand_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def ingest_many(
-    store_path: str | Path | None, run_paths: Iterable[str | Path], **labels: Any
+    store_path: str | Path | None,
+    run_paths: Iterable[str | Path],
+    *,
+    on_run: Callable[[str, int | None, str | None], None] | None = None,
+    **labels: Any,
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Ingest several runs; a run that fails is reported and skipped, the others go on.
+    """Ingest several runs through one write connection; a run that fails, whatever the reason
+    (unreadable files, a non-UTF-8 folder name, a step no integer column holds, a bug of ours), is
+    named and skipped and the others go on. Only a damaged or foreign store stops the sweep
+    (StoreError), before anything is written to it.
+
+    ``on_run(path, rows_added, why_skipped)`` is called after each run (the CLI prints from it).
     Returns (rows added, [(path, why)])."""
+    store = Path(store_path or default_store_path())
     added, skipped = 0, []
-    for path in run_paths:
-        try:
-            added += ingest_run(store_path, path, **labels)
-        except IngestError as err:
-            skipped.append((str(path), str(err)))
+    with open_store(store, write=True) as conn:
+        for path in run_paths:
+            name = display_path(path)
+            try:
+                n = _write(conn, bundle_from_run(path, **labels), store)
+            except StoreError:
+                raise
+            except IngestError as err:
+                why = str(err)
+            except Exception as err:  # noqa: BLE001 - one odd run must not abort a sweep; it is named
+                log.debug("ingest of %s failed", name, exc_info=True)
+                why = f"{name}: could not be ingested ({type(err).__name__}: {err})"
+            else:
+                added += n
+                if on_run is not None:
+                    on_run(name, n, None)
+                continue
+            why = storable_text(why)
+            skipped.append((name, why))
+            if on_run is not None:
+                on_run(name, None, why)
     return added, skipped

@@ -333,7 +333,7 @@ def ingest_probe(
     from medbridge.leaderboard.ingest import now_iso
 
     bundle = probe_bundle(model_dir, results, model=model, layer=layer)
-    with open_store(store or default_store_path()) as conn:
+    with open_store(store or default_store_path(), write=True) as conn:
         return write_bundle(conn, bundle, now_iso())
 
 

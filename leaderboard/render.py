@@ -63,9 +63,18 @@ def _environment(markdown: bool) -> Any:
     return env
 
 
-def render_html(sections: Sequence[Section], *, store: str, ref_note: str) -> str:
-    return _environment(False).get_template("page.html.jinja").render(sections=sections, store=store, ref_note=ref_note)
+def render_html(sections: Sequence[Section], *, store: str, ref_note: str, built_at: str = "") -> str:
+    """``store``: one sentence on what the page was built from (never a machine's absolute path)."""
+    return (
+        _environment(False)
+        .get_template("page.html.jinja")
+        .render(sections=sections, store=store, ref_note=ref_note, built_at=built_at)
+    )
 
 
-def render_markdown(sections: Sequence[Section], *, store: str, ref_note: str) -> str:
-    return _environment(True).get_template("page.md.jinja").render(sections=sections, store=store, ref_note=ref_note)
+def render_markdown(sections: Sequence[Section], *, store: str, ref_note: str, built_at: str = "") -> str:
+    return (
+        _environment(True)
+        .get_template("page.md.jinja")
+        .render(sections=sections, store=store, ref_note=ref_note, built_at=built_at)
+    )

@@ -11,13 +11,26 @@ Three tables:
   checkpoints can be compared with a paired test on the same items.
 
 Nothing is ever updated or deleted; each run goes in inside one transaction.
+
+Reading and writing are separate on purpose. ``open_store(path)`` opens the file read-only
+(SQLite ``mode=ro``) and runs no DDL, so build, recipe and any number of concurrent readers never
+write to the store (a store on read-only media can be built from). ``open_store(path, write=True)``
+is for ingest and probe: it checks the file with ``PRAGMA quick_check`` before anything is written
+(a damaged store is refused, naming the file, its last good copy ``<store>.last-good`` and how to
+rebuild it), creates or migrates the schema inside SQLite's write lock, and saves the store it just
+found intact as ``<store>.last-good``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
 import sqlite3
+import stat
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +42,7 @@ from medbridge.harness_ext.settings import get_path
 
 STORE_ENV = "MEDBRIDGE_LEADERBOARD"
 DEFAULT_STORE = Path("medbridge_leaderboard") / "leaderboard.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: no "rows" view (readers run no DDL)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -75,30 +88,86 @@ CREATE TABLE IF NOT EXISTS items (
     UNIQUE (run_id, task, item_id)
 );
 """
+SCHEMA_STATEMENTS = [part.strip() for part in SCHEMA.split(";") if part.strip()]
 
-# Recreated on every open (a view holds no data), so stores written before a column was added
-# show it too.
-ROWS_VIEW = """
-DROP VIEW IF EXISTS rows;
-CREATE VIEW rows AS
-    SELECT r.*, u.rowid AS run_seq, u.kind, u.model, u.checkpoint, u.run, u.step, u.trained_on, u.base_model,
-           u.date, u.ingested_at, u.source, u.partial
-    FROM results r JOIN runs u USING (run_id);
-"""
-
-# Columns added after schema version 1: (table, column, type); added to older stores on open.
+# Columns added after schema version 1: (table, column, type); a writing command adds them to older
+# stores (under the write lock); readers of an older store see them as NULL.
 ADDED_COLUMNS = (("runs", "partial", "TEXT"), ("results", "provenance", "TEXT"))
+RESULT_COLUMNS = (
+    "run_id",
+    "task",
+    "dataset",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "config_hash",
+    "subset_hash",
+    "prompt_version",
+    "judge_model",
+    "judge_prompt_version",
+    "gen_settings",
+    "provenance",
+)
+RUN_COLUMNS = (
+    "kind",
+    "model",
+    "checkpoint",
+    "run",
+    "step",
+    "trained_on",
+    "base_model",
+    "date",
+    "ingested_at",
+    "source",
+    "partial",
+)
+
+# Waits this long for another process's write to finish before giving up (SQLite's busy timeout).
+BUSY_TIMEOUT_S = 120.0
+BACKUP_SUFFIX = ".last-good"
 
 PIN_FIELDS = ("subset_hash", "prompt_version", "judge_model", "judge_prompt_version", "gen_settings", "provenance")
+
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(MedbridgeError, ValueError):
     """A store that is missing or is not a medbridge leaderboard store; the message names the file."""
 
 
+class CorruptStoreError(StoreError):
+    """A store SQLite reports damaged; the message names the file and how to recover it."""
+
+
 def default_store_path() -> Path:
     """$MEDBRIDGE_LEADERBOARD, else ./medbridge_leaderboard/leaderboard.sqlite."""
     return get_path(STORE_ENV) or DEFAULT_STORE
+
+
+def storable_text(text: str) -> str:
+    """``text`` as valid UTF-8, so SQLite, the page and a terminal can hold it: a non-UTF-8 byte of a
+    file name (Python's surrogate escape) becomes ``\\xff``, any other lone surrogate ``\\udc80``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as printable, storable text (see ``storable_text``)."""
+    return storable_text(os.fspath(path))
+
+
+def _storable(values: Iterable[Any]) -> tuple:
+    return tuple(storable_text(v) if isinstance(v, str) else v for v in values)
 
 
 def canonical_json(obj: Any) -> str:
@@ -165,35 +234,215 @@ class RunBundle:
     items: list[ItemRow] = field(default_factory=list)
 
 
-def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+def _is_corruption(err: BaseException) -> bool:
+    return isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError)
+
+
+def _check_file(path: Path) -> None:
+    """A store is a regular file: a folder, FIFO or device is refused before SQLite opens it (a FIFO
+    would block the open forever)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise StoreError(f"leaderboard store {path}: cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise StoreError(
+            f"leaderboard store {path} is {kind}; give --store the .sqlite file itself "
+            f"(e.g. {path / DEFAULT_STORE.name if stat.S_ISDIR(mode) else DEFAULT_STORE})"
+        )
+
+
+def backup_path(path: str | Path) -> Path:
+    """Where the last copy of the store that passed its integrity check is kept."""
     path = Path(path)
-    if not path.exists():
-        if not create:
-            raise StoreError(f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path))
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def recovery_advice(path: Path) -> str:
+    """How to get a usable store back: the last good backup, else a rebuild from the run folders."""
+    backup = backup_path(path)
+    rebuild = (
+        f"or move it aside and rebuild from the runs (medbridge leaderboard ingest RUN_FOLDER ... --store {path}; "
+        "the runs table of the backup lists each run's source folder)"
+    )
+    if backup.is_file():
+        return f"restore the last good copy ({backup}: cp {backup} {path}), {rebuild}."
+    return f"no backup copy exists ({backup}); move the damaged file aside and {rebuild.removeprefix('or ')}."
+
+
+def _corrupt(path: Path, detail: str) -> CorruptStoreError:
+    return CorruptStoreError(
+        f"leaderboard store {path} is damaged ({detail}); nothing was read from or written to it. To recover, "
+        + recovery_advice(path)
+    )
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """PRAGMA quick_check reads every page once: damage inside the file, not just a bad header."""
+    try:
+        result = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as err:
+        if not _is_corruption(err):
+            raise
+        raise _corrupt(path, str(err)) from None
+    if result != ["ok"]:
+        raise _corrupt(path, "quick_check: " + "; ".join(result))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    if "meta" not in _tables(conn):
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0]) if row else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Create or upgrade the schema, inside one IMMEDIATE transaction: SQLite's write lock makes
+    concurrent writers take turns, so two ingests never run DDL at once."""
+    if _schema_version(conn) == SCHEMA_VERSION and _columns(conn, "results") >= {"provenance"}:
+        return  # the common case: nothing to do, no lock taken
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _schema_version(conn)
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"leaderboard store {path} has schema version {version}, newer than this medbridge's "
+                f"{SCHEMA_VERSION}; upgrade medbridge to write to it"
+            )
+        existing = _tables(conn)
+        if existing and "runs" not in existing:
+            raise StoreError(
+                f"{path}: not a medbridge leaderboard store (it has tables {sorted(existing)} but no 'runs'); "
+                "give --store a .sqlite file the leaderboard wrote, or a new path"
+            )
+        for statement in SCHEMA_STATEMENTS:
+            conn.execute(statement)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in _columns(conn, table):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        # Stores written before version 3 carry a 'rows' view that every open recreated; readers
+        # now build that query themselves (fetch_rows), so no open ever needs DDL.
+        conn.execute("DROP VIEW IF EXISTS rows")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _save_backup(conn: sqlite3.Connection, path: Path) -> None:
+    """Copy the store to ``<store>.last-good`` (atomically: a temporary file renamed over the old
+    copy), so damage found later can be undone. A failure only warns: the store itself is fine."""
+    backup = backup_path(path)
+    tmp = backup.with_name(f".{backup.name}.{os.getpid()}.tmp")
+    try:
+        dest = sqlite3.connect(tmp)
+        try:
+            conn.backup(dest)
+        finally:
+            dest.close()
+        os.replace(tmp, backup)
+    except (OSError, sqlite3.Error) as err:
+        log.warning("could not save a backup of %s to %s (%s); the store itself is fine", path, backup, err)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _connect_write(path: Path) -> sqlite3.Connection:
+    _check_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists() and path.stat().st_size > 0
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as err:
+        raise StoreError(f"leaderboard store {path}: cannot be opened for writing ({err})") from None
     conn.row_factory = sqlite3.Row
     try:
-        conn.executescript(SCHEMA)
-        for table, column, kind in ADDED_COLUMNS:
-            if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        conn.executescript(ROWS_VIEW)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        conn.commit()
+        if existed:
+            _quick_check(conn, path)
+        _migrate(conn, path)
     except sqlite3.DatabaseError as err:
         conn.close()
-        raise StoreError(
-            f"{path}: not a medbridge leaderboard store ({err}); give --store a .sqlite file the leaderboard wrote"
-        ) from None
+        if _is_corruption(err):
+            raise _corrupt(path, str(err)) from None
+        raise StoreError(f"leaderboard store {path}: {err}") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
+def _connect_read(path: Path) -> sqlite3.Connection:
+    _check_file(path)
+    if not path.exists():
+        raise StoreError(f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)")
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as err:
+        raise StoreError(f"leaderboard store {path}: cannot be opened ({err})") from None
+    conn.row_factory = sqlite3.Row
+    try:
+        _quick_check(conn, path)
+        if "runs" not in _tables(conn):
+            raise StoreError(
+                f"{path}: not a medbridge leaderboard store (no 'runs' table); "
+                "give --store a .sqlite file the leaderboard wrote"
+            )
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        raise StoreError(f"leaderboard store {path}: cannot be read ({err})") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def empty_store() -> sqlite3.Connection:
+    """An in-memory store with the schema and no runs (what a build reads when there is no store)."""
+    conn = sqlite3.connect(":memory:")
+    conn.row_factory = sqlite3.Row
+    for statement in SCHEMA_STATEMENTS:
+        conn.execute(statement)
+    return conn
+
+
+def connect(path: str | Path, *, write: bool = False) -> sqlite3.Connection:
+    """A connection to the store at ``path``.
+
+    Read (the default): opened read-only (``mode=ro``), no DDL, nothing created; a missing store,
+    a damaged one or a file that is not a store raises ``StoreError``. Write: the file is created if
+    missing, checked with ``PRAGMA quick_check`` (a damaged store raises ``CorruptStoreError`` naming
+    the file and the way to recover) and the schema is created or migrated under SQLite's write
+    lock. Autocommit mode: each run goes in through ``write_bundle``'s own transaction."""
+    path = Path(path)
+    return _connect_write(path) if write else _connect_read(path)
+
+
 @contextmanager
-def open_store(path: str | Path, *, create: bool = True) -> Iterator[sqlite3.Connection]:
-    conn = connect(path, create=create)
+def open_store(path: str | Path, *, write: bool = False, backup: bool = True) -> Iterator[sqlite3.Connection]:
+    """``connect`` as a context manager. A writing block that ends without an error saves the store
+    (checked intact when opened, then written) as ``<store>.last-good`` when it changed anything or
+    has no copy yet."""
+    conn = connect(path, write=write)
     try:
         yield conn
+        if write and backup and (conn.total_changes or not backup_path(path).is_file()):
+            _save_backup(conn, Path(path))
     finally:
         conn.close()
 
@@ -203,67 +452,56 @@ def has_run(conn: sqlite3.Connection, run_id: str) -> bool:
 
 
 def write_bundle(conn: sqlite3.Connection, bundle: RunBundle, ingested_at: str) -> int:
-    """Insert one run atomically; returns the number of result rows added (0 if already there)."""
-    if has_run(conn, bundle.run.run_id):
-        return 0
+    """Insert one run atomically; returns the number of result rows added (0 if already there).
+
+    The connection must come from ``connect(..., write=True)``. The run is checked for and written
+    inside one IMMEDIATE transaction, so two processes ingesting the same run add it once."""
     r = bundle.run
-    with conn:  # one transaction: all of the run or nothing
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if has_run(conn, r.run_id):
+            conn.execute("ROLLBACK")
+            return 0
         conn.execute(
             "INSERT INTO runs (run_id, kind, model, checkpoint, run, step, trained_on, base_model, date, ingested_at,"
             " source, partial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                r.run_id,
-                r.kind,
-                r.model,
-                r.checkpoint,
-                r.run,
-                r.step,
-                r.trained_on,
-                r.base_model,
-                r.date,
-                ingested_at,
-                r.source,
-                r.partial,
+            _storable(
+                (r.run_id, r.kind, r.model, r.checkpoint, r.run, r.step, r.trained_on, r.base_model, r.date)
+                + (ingested_at, r.source, r.partial)
             ),
         )
         cur = conn.executemany(
-            "INSERT INTO results (run_id, task, dataset, metric, value, ci_low, ci_high, n, config_hash, subset_hash,"
-            " prompt_version, judge_model, judge_prompt_version, gen_settings, provenance)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    r.run_id,
-                    x.task,
-                    x.dataset,
-                    x.metric,
-                    x.value,
-                    x.ci_low,
-                    x.ci_high,
-                    x.n,
-                    x.config_hash,
-                    x.subset_hash,
-                    x.prompt_version,
-                    x.judge_model,
-                    x.judge_prompt_version,
-                    x.gen_settings,
-                    x.provenance,
-                )
-                for x in bundle.results
-            ],
+            f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) VALUES ({','.join('?' * len(RESULT_COLUMNS))})",
+            [_storable((r.run_id,) + tuple(getattr(x, c) for c in RESULT_COLUMNS[1:])) for x in bundle.results],
         )
         added = cur.rowcount
         conn.executemany(
             "INSERT INTO items (run_id, task, item_id, first_correct, n, c) VALUES (?,?,?,?,?,?)",
-            [(r.run_id, i.task, i.item_id, i.first_correct, i.n, i.c) for i in bundle.items],
+            [_storable((r.run_id, i.task, i.item_id, i.first_correct, i.n, i.c)) for i in bundle.items],
         )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     return added
 
 
+def _rows_query(conn: sqlite3.Connection) -> str:
+    """Each result row joined with its run's fields, built from the columns this store has (an
+    older store without a column reads it as NULL), so reading needs no view and no DDL."""
+    have_results, have_runs = _columns(conn, "results"), _columns(conn, "runs")
+    picks = [f"r.{c}" if c in have_results else f"NULL AS {c}" for c in RESULT_COLUMNS]
+    picks.append("u.rowid AS run_seq")
+    picks += [f"u.{c}" if c in have_runs else f"NULL AS {c}" for c in RUN_COLUMNS]
+    return f"SELECT {', '.join(picks)} FROM results r JOIN runs u ON u.run_id = r.run_id"
+
+
 def fetch_rows(conn: sqlite3.Connection, where: str = "1", params: tuple = ()) -> list[dict[str, Any]]:
-    return [
-        dict(row)
-        for row in conn.execute(f"SELECT * FROM rows WHERE {where} ORDER BY ingested_at, run_seq, task, metric", params)
-    ]
+    """Every result row with its run's fields (model, run, step, date, source, ...), oldest ingest
+    first; ``where`` filters on those names (``"kind = 'eval'"``)."""
+    query = f"SELECT * FROM ({_rows_query(conn)}) WHERE {where} ORDER BY ingested_at, run_seq, task, metric"
+    return [dict(row) for row in conn.execute(query, params)]
 
 
 def fetch_items(

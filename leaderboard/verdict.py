@@ -145,7 +145,7 @@ def rows_for_run(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
 
 def rows_for_model(store: str | Path, name: str) -> tuple[str, list[dict[str, Any]]]:
     """The latest evaluation of a model (by name, run name, checkpoint or label) in the store."""
-    with open_store(store, create=False) as conn:
+    with open_store(store) as conn:
         view = View(fetch_rows(conn, "kind = 'eval'"))
     entry = view.find(name, last=True)
     per_task: dict[str, dict[str, Any]] = {}

@@ -148,7 +148,7 @@ def test_a_run_that_fails_midway_leaves_nothing_behind(runs, tmp_path):
     bundle.items.append(
         ItemRow(task="medmnist_mcq_breast", item_id=None, first_correct=1, n=1, c=1)
     )  # violates NOT NULL
-    with open_store(store) as conn:
+    with open_store(store, write=True) as conn:
         with pytest.raises(sqlite3.IntegrityError):
             write_bundle(conn, bundle, "now")
         assert (count(conn, "runs"), count(conn, "results"), count(conn, "items")) == (0, 0, 0)

@@ -152,6 +152,8 @@ def test_collapsed_sampling_is_flagged_on_the_page_and_in_the_verdict(tmp_path):
         "medmnist_mcq_organa": records("organa", 8, p=0.5),
         "medmnist_mcq_organa_passk": records("organa", 8, p=0.5, k=16, distinct=7),
     }
+    for r in tasks["medmnist_mcq_breast_passk"]:  # its backend recorded a sampler that cannot sample
+        r["decoding"] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 1}
     store = tmp_path / "lb.sqlite"
     _ingest(store, write_run(tmp_path / "run", tasks), model="collapser")
     with open_store(store) as conn:
@@ -280,13 +282,18 @@ def test_recorded_decoding_is_a_pin_and_partial_groups_are_not_stored(tmp_path):
     assert any("provenance.decoding" in n and "'top_k': 1" in n for n in t.notes)
 
 
-def test_the_verdict_and_the_leaderboard_import_neither_training_nor_the_demo():
+def test_the_verdict_and_the_leaderboard_load_no_training_code_and_no_demo():
+    """verdict finds recipes through the path medbridge.training exports (its __init__ loads nothing
+    heavy): no training module, TRL, torch or the demo comes with the leaderboard."""
     import subprocess
     import sys
 
     code = (
         "import sys, medbridge.leaderboard.verdict, medbridge.leaderboard.build, medbridge.leaderboard.ingest; "
-        "print(sorted(m for m in sys.modules if m.startswith(('medbridge.training', 'medbridge.demo'))))"
+        "from medbridge.leaderboard.verdict import RECIPES_DIR; from medbridge.training import RECIPES_DIR as R; "
+        "assert RECIPES_DIR == R and R.is_dir(), R; "
+        "print(sorted(m for m in sys.modules if m.startswith(('medbridge.training.', 'medbridge.demo', 'trl', "
+        "'torch', 'transformers'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -330,3 +337,362 @@ def test_ingest_of_a_real_two_process_run_beside_a_one_process_run(tmp_path):
     for r in rows:
         by_source.setdefault(Path(r["source"]).relative_to(root).parts[0], {})[r["metric"]] = (r["value"], r["n"])
     assert by_source["two_procs"] == by_source["one_proc"] and by_source["two_procs"]["acc1"][1] == 8  # 8 blood classes
+
+
+# ------------------------------------------------------------------ the store under damage and load (issue 21)
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    """The medbridge command in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from medbridge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_store_read_commands_write_nothing_and_run_no_ddl(tmp_path):
+    """build and recipe open the store read-only: not a byte of it changes (the old open dropped and
+    recreated a view on every read, so it wrote the file), and no journal is left beside it."""
+    import sqlite3
+
+    store = tmp_path / "lb.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "a", ("breast", "organa")), model="m")
+    before = _sha(store)
+    schema_before = sqlite3.connect(store).execute("PRAGMA schema_version").fetchone()[0]
+    build_leaderboard(store, tmp_path / "site")
+    recipe("m", store=store)
+    with open_store(store) as conn:
+        assert count(conn, "runs") == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("CREATE TABLE x (y)")
+    assert _sha(store) == before
+    assert sqlite3.connect(store).execute("PRAGMA schema_version").fetchone()[0] == schema_before
+    assert sorted(p.name for p in tmp_path.glob("lb.sqlite*")) == ["lb.sqlite", "lb.sqlite.last-good"]
+
+
+def test_a_store_written_by_the_old_schema_is_read_without_migration_and_migrated_by_a_write(tmp_path):
+    """A version-2 store (a 'rows' view, no provenance/partial columns) builds read-only as it is;
+    the next ingest migrates it under the write lock."""
+    import sqlite3
+
+    store = tmp_path / "old.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "a", ("breast",)), model="old-run")
+    conn = sqlite3.connect(store)
+    conn.executescript(
+        "CREATE TABLE results2 AS SELECT run_id, task, dataset, metric, value, ci_low, ci_high, n, config_hash,"
+        " subset_hash, prompt_version, judge_model, judge_prompt_version, gen_settings FROM results;"
+        "DROP TABLE results; ALTER TABLE results2 RENAME TO results;"
+        "CREATE VIEW rows AS SELECT r.* FROM results r JOIN runs u USING (run_id);"
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+    )
+    conn.commit()
+    conn.close()
+    before = _sha(store)
+    page = build_leaderboard(store, tmp_path / "site").read_text()
+    assert "old-run" in page and _sha(store) == before
+    _ingest(store, medmnist_run(tmp_path / "b", ("breast",), seed=5), model="new-run")
+    with open_store(store) as conn:
+        assert {r["name"] for r in conn.execute("PRAGMA table_info(results)")} >= {"provenance"}
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'rows'").fetchone()[0] == 0
+        assert {r["model"] for r in fetch_rows(conn)} == {"old-run", "new-run"}
+
+
+def _open_and_count(store: str) -> int:
+    with open_store(store) as conn:
+        return len(fetch_rows(conn, "metric = 'acc1'"))
+
+
+def _ingest_one(args: tuple[str, str, str]) -> int:
+    store, run, name = args
+    return ingest_run(store, run, model=name)
+
+
+def _build(args: tuple[str, str]) -> str:
+    return str(build_leaderboard(args[0], args[1]))
+
+
+@pytest.mark.slow
+def test_300_concurrent_opens_and_11_ingests_during_builds_all_succeed(tmp_path):
+    """Old code: every open ran DDL ('view rows already exists': 1 in 300 opens; 4 of 11 ingests
+    failed while a build ran). Now readers run no DDL and writers take SQLite's lock in turn."""
+    import multiprocessing
+
+    store = tmp_path / "lb.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "seed", ("breast",)), model="seed")
+    runs = [str(medmnist_run(tmp_path / f"r{i}", ("breast",), seed=i + 10, n_items=6)) for i in range(11)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        builds = [pool.apply_async(_build, ((str(store), str(tmp_path / f"site{i}")),)) for i in range(2)]
+        ingests = [pool.apply_async(_ingest_one, ((str(store), run, f"m{i}"),)) for i, run in enumerate(runs)]
+        opens = [pool.apply_async(_open_and_count, (str(store),)) for _ in range(300)]
+        results = [job.get(timeout=600) for job in builds + ingests + opens]
+    assert all(Path(p).is_file() for p in results[:2])
+    assert all(n > 0 for n in results[2:13])
+    assert all(n >= 1 for n in results[13:])
+    with open_store(store) as conn:
+        assert count(conn, "runs") == 12
+
+
+def _damage(path: Path) -> None:
+    """Noise over every page after the first (the header stays intact, so SQLite opens the file)."""
+    data = path.read_bytes()
+    path.write_bytes(data[:4096] + bytes((i * 7 + 3) % 251 for i in range(len(data) - 4096)))
+
+
+def test_a_damaged_store_is_refused_before_any_write_naming_the_file_and_its_last_good_copy(tmp_path):
+    """Old code: ingest into a damaged store printed 'rows added', exited 0 and wrote into the
+    malformed file; build and recipe took the bug path."""
+    store = tmp_path / "lb.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "a", ("breast", "organa")), model="first")
+    _ingest(store, medmnist_run(tmp_path / "b", ("breast", "organa"), seed=3), model="second")
+    backup = tmp_path / "lb.sqlite.last-good"
+    assert backup.is_file()
+    _damage(store)
+    damaged = _sha(store)
+    code, out, err = _cli(
+        ["leaderboard", "ingest", str(medmnist_run(tmp_path / "c", ("blood",))), "--store", str(store)]
+    )
+    assert code == 2 and "rows added" not in out, (out, err)
+    assert f"leaderboard store {store} is damaged" in err and f"cp {backup} {store}" in err
+    assert "rebuild from the runs" in err and "Traceback" not in err
+    assert _sha(store) == damaged  # nothing was written into the damaged file
+    for argv in (
+        ["leaderboard", "build", "--store", str(store), "--out", str(tmp_path / "site")],
+        ["recipe", "first", "--store", str(store)],
+    ):
+        code, out, err = _cli(argv)
+        assert code == 2 and "is damaged" in err and str(backup) in err, (argv, err)
+    assert not (tmp_path / "site").exists()
+    # the advice works: the last good copy holds both runs and takes new ones
+    import shutil
+
+    shutil.copy(backup, store)
+    code, out, err = _cli(["leaderboard", "ingest", str(tmp_path / "c"), "--store", str(store)])
+    assert code == 0, err
+    with open_store(store) as conn:
+        assert sorted(r["model"] for r in conn.execute("SELECT model FROM runs")) == ["first", "second", "synthetic"]
+
+
+def test_a_store_path_that_is_a_folder_or_a_fifo_is_refused_in_one_paragraph(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for store, says in ((folder, "is a folder"), (fifo, "not a regular file")):
+        # a subprocess with a timeout: an open() of a FIFO blocks forever
+        code = (
+            "import sys; from medbridge.cli import main; "
+            f"sys.exit(main(['leaderboard', 'build', '--store', {str(store)!r}, '--out', {str(tmp_path / 'site')!r}]))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_one_odd_run_is_named_and_skipped_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """Old code: `ingest good odd good` stored one good run and left on the bug path (exit 1) for a
+    run folder whose name is not UTF-8 or a checkpoint step of 10**20."""
+    import os
+
+    from medbridge.leaderboard import ingest as lb_ingest
+
+    good1 = medmnist_run(tmp_path / "good1", ("breast",), seed=1)
+    not_utf8 = medmnist_run(Path(os.fsdecode(bytes(tmp_path / "run-") + b"\xff\xfe")), ("breast",), seed=2)
+    huge_step = medmnist_run(
+        tmp_path / "huge", ("breast",), seed=3, model_args="pretrained=/ckpts/rq3/checkpoint-100000000000000000000"
+    )
+    crashes = medmnist_run(tmp_path / "crashes", ("breast",), seed=4)
+    good2 = medmnist_run(tmp_path / "good2", ("breast",), seed=5)
+    real = lb_ingest.run_identity
+
+    def identity(run):  # a bug of ours in one run (an exception nobody listed)
+        if "crashes" in str(run.results_path):
+            raise ZeroDivisionError("an unforeseen bug")
+        return real(run)
+
+    monkeypatch.setattr(lb_ingest, "run_identity", identity)
+    store = tmp_path / "lb.sqlite"
+    code, out, err = _cli(
+        ["leaderboard", "ingest", *map(str, (good1, not_utf8, huge_step, crashes, good2)), "--store", str(store)]
+    )
+    assert code == 0, err
+    assert "from 3 run(s); 2 skipped" in out
+    assert "huge" in err and "training step 100000000000000000000 is out of range" in err
+    assert "crashes" in err and "ZeroDivisionError: an unforeseen bug" in err
+    with open_store(store) as conn:
+        sources = sorted(r["source"] for r in conn.execute("SELECT source FROM runs"))
+    assert len(sources) == 3 and any("run-\\xff\\xfe" in s for s in sources)  # the odd name, stored as text
+    assert "run-\\xff\\xfe" in out
+
+
+# ------------------------------------------------------------------ the site swap (issue 21)
+
+
+def _site_with_two_builds(tmp_path: Path) -> tuple[Path, Path]:
+    store = tmp_path / "lb.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "a", ("breast", "organa"), seed=1), model="m", run="r", step=0)
+    _ingest(store, medmnist_run(tmp_path / "b", ("breast", "organa"), seed=2), model="m", run="r", step=5)
+    site = tmp_path / "site"
+    build_leaderboard(store, site)
+    return store, site
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "file-by-file"])
+def test_whatever_step_of_the_swap_is_killed_index_html_is_there(tmp_path, monkeypatch, exchange):
+    """Old code: a kill between its two renames left index.html missing (the old site only in a
+    hidden folder). Every rename/replace of the swap is made to die in turn (KeyboardInterrupt
+    stands for the kill); after each, the page is the old one or the new one."""
+    import os
+
+    store, site = _site_with_two_builds(tmp_path)
+    old_page = (site / "index.html").read_text()
+    if not exchange:
+        monkeypatch.setattr(lb_build, "_renameat2_exchange", lambda a, b: False)
+    real_rename, real_replace = os.rename, os.replace
+    for fail_at in range(1, 12):
+        calls = {"n": 0}
+
+        def dying(real, fail_at=fail_at, calls=calls):
+            def op(src, dst, *args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] == fail_at:
+                    raise KeyboardInterrupt("killed")
+                return real(src, dst, *args, **kwargs)
+
+            return op
+
+        monkeypatch.setattr(os, "rename", dying(real_rename))
+        monkeypatch.setattr(os, "replace", dying(real_replace))
+        try:
+            build_leaderboard(store, site)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.setattr(os, "rename", real_rename)
+        monkeypatch.setattr(os, "replace", real_replace)
+        page = site / "index.html"
+        assert page.is_file(), f"index.html missing after a kill at filesystem step {fail_at}"
+        text = page.read_text()
+        assert text.startswith(old_page[:60]) and text.rstrip().endswith("</html>")  # a whole page
+        for img in re.findall(r'<img src="([^"]+)"', page.read_text()):
+            assert (site / img).is_file(), (fail_at, img)
+
+
+@pytest.mark.slow
+def test_a_build_killed_at_random_moments_never_leaves_the_page_missing(tmp_path):
+    """Real SIGKILLs of a build process at moments spread over its run; then a clean build removes
+    every leftover temporary folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store, site = _site_with_two_builds(tmp_path)
+    code = (
+        "import sys; from medbridge.leaderboard.build import build_leaderboard; "
+        "build_leaderboard(sys.argv[1], sys.argv[2])"
+    )
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", code, str(store), str(site)], check=True, timeout=300)
+    full = time.monotonic() - start
+    for frac in (0.5, 0.7, 0.8, 0.9, 0.95, 1.0):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(store), str(site)])
+        time.sleep(full * frac)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert (site / "index.html").is_file(), f"index.html missing after a kill at {frac:.0%} of a build"
+    build_leaderboard(store, site)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site.")] == []
+
+
+def test_leftovers_of_killed_builds_are_cleaned_by_the_next_build_but_a_running_ones_kept(tmp_path):
+    """Old code: killed builds left `.site.building-*` folders for good."""
+    import subprocess
+    import sys
+
+    store, site = _site_with_two_builds(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = [tmp_path / ".site.building-x1y2", tmp_path / ".site.building-999999999-ab", tmp_path / ".site.old-q"]
+        running = tmp_path / f".site.building-{sleeper.pid}-cd"
+        for folder in stale + [running]:
+            folder.mkdir()
+            (folder / "index.html").write_text("half")
+        other = tmp_path / ".sites.building-1-keep"  # another site's name: not ours to remove
+        other.mkdir()
+        build_leaderboard(store, site)
+        assert [p for p in stale if p.exists()] == []
+        assert running.is_dir() and other.is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_out_is_refused_when_it_is_the_current_folder_the_stores_folder_or_above(tmp_path, monkeypatch):
+    """Old code: `--out .` copied the current folder into a temporary one and failed with EBUSY; an
+    --out of the store's folder would have moved the store aside with the old site."""
+    work = tmp_path / "work"
+    store_dir = work / "lb"
+    store = store_dir / "leaderboard.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "a", ("breast",)), model="m")
+    (work / "mine.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    for out, says in (
+        (".", "is the current folder"),
+        (str(work), "is the current folder"),
+        (str(tmp_path), "is a folder above the current folder"),
+        (str(store_dir), "is the store's folder"),
+        ("lb", "is the store's folder"),
+        (str(store), "is the store file itself"),
+    ):
+        code, stdout, err = _cli(["leaderboard", "build", "--store", str(store), "--out", out])
+        assert code == 2 and says in err and "--out" in err and "Traceback" not in err, (out, err)
+    assert (work / "mine.txt").read_text() == "keep" and store.is_file()
+    assert sorted(p.name for p in work.iterdir()) == ["lb", "mine.txt"]
+    code, stdout, err = _cli(["leaderboard", "build", "--store", str(store), "--out", "lb/site"])
+    assert code == 0 and (store_dir / "site" / "index.html").is_file(), err
+
+
+def test_the_site_is_readable_by_others(tmp_path):
+    """Old code: the site folder was mode 0700 (tempfile.mkdtemp's)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store, site = _site_with_two_builds(tmp_path)
+        build_leaderboard(store, site)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(site.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in site.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_build_without_a_store_says_so_and_still_shows_the_published_rows(tmp_path):
+    """Old code: silently a page of published rows, and the page named the machine's absolute path."""
+    store = tmp_path / "nowhere" / "leaderboard.sqlite"
+    code, out, err = _cli(["leaderboard", "build", "--store", str(store), "--out", str(tmp_path / "site")])
+    assert code == 0, err
+    assert f"no leaderboard store at {store}" in out and "published rows only" in out
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert "No leaderboard store at leaderboard.sqlite yet" in page and '<tr class="reference">' in page
+    assert str(tmp_path) not in page and str(tmp_path) not in (tmp_path / "site" / "leaderboard.md").read_text()
+    assert not store.exists() and not store.parent.exists()
