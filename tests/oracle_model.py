@@ -1,5 +1,8 @@
 """An lmms-eval model used only by the tests: it answers each item correctly with a known,
 seeded probability p, so Acc@1 and Pass@K have known expected values (p and 1-(1-p)^K).
+Its reasoning text is fixed, so two samples differ only when their answers do: a confident
+oracle (p = 0.99) repeats one response on most items, as no real reasoning model would.
+``ignore_temperature=true`` makes it a sampler that ignores the temperature (every sample greedy).
 
 It is registered by ``run_lmms_eval.py`` in the test's own subprocess, never by the package.
 Rank-aware (harness_ext/backend/distributed.py): under torchrun / accelerate launch each process
@@ -20,11 +23,14 @@ from medbridge.harness_ext.backend.distributed import DataParallel
 class OracleModel(DataParallel, lmms):
     is_simple = True
 
-    def __init__(self, p: float = 0.5, seed: int = 0, **kwargs) -> None:
+    def __init__(self, p: float = 0.5, seed: int = 0, ignore_temperature: bool = False, **kwargs) -> None:
         super().__init__()
         self.setup_data_parallel("cpu")
         self.p = float(p)
         self.seed = int(seed)
+        # A sampler that ignores the temperature (a server decoding with a checkpoint's top_k=1): every
+        # sample is the item's greedy answer, whatever the task asks.
+        self.ignore_temperature = str(ignore_temperature).lower() in ("1", "true", "yes")
         self._drawn = defaultdict(int)  # samples already drawn per (task, doc)
 
     def generate_until(self, requests) -> list[str]:
@@ -33,7 +39,7 @@ class OracleModel(DataParallel, lmms):
             _ctx, gen_kwargs, _visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
             options, answer = json.loads(doc["options"]), doc["answer_letter"]
-            if float(gen_kwargs.get("temperature") or 0) > 0:
+            if float(gen_kwargs.get("temperature") or 0) > 0 and not self.ignore_temperature:
                 # Independent draws per sample: each of the K samples is right with probability p.
                 key = f"{self.seed}:{task}:{doc_id}:{self._drawn[(task, doc_id)]}"
                 self._drawn[(task, doc_id)] += 1
