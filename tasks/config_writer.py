@@ -3,23 +3,40 @@
 Each family's ``_generate_configs.py`` describes its tasks (names, pointer rows, groups, decoding)
 and calls ``write_family``; the files it writes are checked in, and tests/test_task_configs.py
 regenerates them into a temporary folder and fails when a checked-in file drifts or a stale one
-lingers. The metric lists come from harness_ext/scoring.py and the ``generation_kwargs`` from
-harness_ext/decoding.py, so a task YAML can never disagree with the code that scores or decodes it.
+lingers. The same run rewrites the family's tables in the checkout's README.md (between
+``<!-- BEGIN generated: ... -->`` / ``<!-- END generated: ... -->`` marker lines), so the README's
+option tables can never disagree with the catalog either. The metric lists come from the metric
+registry (harness_ext/metric_registry.py) and the ``generation_kwargs`` from harness_ext/decoding.py, so
+a task YAML can never disagree with the code that scores or decodes it.
+
+The hooks every family shares (``doc_to_text``, ``process_results``, the aggregations) are referenced
+by their module path (lmms-eval imports ``!function package.module.name`` when no ``module.py`` sits
+beside the YAML); a family's own ``utils.py`` holds only what differs (``process_docs``,
+``doc_to_visual``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medbridge.harness_ext import decoding as decoding_mod
+from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext import scoring
 
 # Pointer files: one JSON row naming what process_docs loads (the items come from the real data).
 POINTER_DIR = "data_pointers"
+# The module of the hooks every family shares, as the YAMLs name it.
+SHARED_HOOKS = "medbridge.harness_ext.scoring"
+# The checkout's README (absent from an installed package, where there is nothing to keep in step).
+README_PATH = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def shared_hook(name: str) -> str:
+    return f"!function {SHARED_HOOKS}.{name}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class Family:
     groups: Sequence[GroupFile]
     extra_greedy_comment: str = ""
     metadata_version: str = "1.0"
+    readme_blocks: Mapping[str, str] = field(default_factory=dict)  # README block id -> markdown
 
 
 def _header(family: Family) -> str:
@@ -65,11 +83,12 @@ def _generation_block(decoding: decoding_mod.Decoding) -> list[str]:
     return lines
 
 
-def _metric_block(names: Sequence[str]) -> list[str]:
+def _metric_block(kind: str) -> list[str]:
+    """Every metric a greedy or sampled task reports (the registry's list, judge counts included)."""
     lines = ["metric_list:"]
-    for name in names:
-        lines += [f"  - metric: {name}", f"    aggregation: !function utils.agg_{name}",
-                  f"    higher_is_better: {'true' if scoring.HIGHER_IS_BETTER[name] else 'false'}"]
+    for name in registry.reported(kind):
+        lines += [f"  - metric: {name}", f"    aggregation: {shared_hook(scoring.AGGREGATION_PREFIX + name)}",
+                  f"    higher_is_better: {'true' if registry.higher_is_better(name) else 'false'}"]
     return lines
 
 
@@ -81,15 +100,15 @@ def _template(family: Family) -> str:
         "output_type: generate_until",
         "process_docs: !function utils.process_docs",
         "doc_to_visual: !function utils.doc_to_visual",
-        "doc_to_text: !function utils.doc_to_text",
+        f"doc_to_text: {shared_hook('doc_to_text')}",
         "doc_to_target: answer_letter",
-        "process_results: !function utils.process_greedy",
+        f"process_results: {shared_hook('process_greedy')}",
         "# Keep <think>/<answer> in what process_results sees; the extractor reads the tags itself.",
         "reasoning_tags: none",
         *family.extra_greedy_comment.rstrip("\n").splitlines(),
         "# Every decoding setting stated (harness_ext/decoding.py): nothing is left to the checkpoint.",
         *_generation_block(family.greedy),
-        *_metric_block(scoring.GREEDY_METRICS + scoring.JUDGE_REPORTED),
+        *_metric_block("greedy"),
         "metadata:",
         f"  version: {family.metadata_version}",
     ]
@@ -98,12 +117,12 @@ def _template(family: Family) -> str:
 
 def _template_passk(family: Family) -> str:
     d = family.sampled
-    k = scoring.N_SAMPLES
+    k = registry.N_SAMPLES
     lines = [
         f"# The sampled twin of _template.yaml: {k} samples per item (temperature {d.temperature}, top_p {d.top_p},",
         "# top-k off, repetition penalty 1.0, as in the paper) scored as unbiased Pass@K, maj@K and pass^K.",
         "include: _template.yaml",
-        "process_results: !function utils.process_sampled",
+        f"process_results: {shared_hook('process_sampled')}",
         f"repeats: {k}",
         "# lmms-eval's default filter keeps only the first of the repeats; keep all of them. The name",
         '# stays "none" (no answer-extraction filter) so greedy and sampled keys read alike.',
@@ -113,7 +132,7 @@ def _template_passk(family: Family) -> str:
         "      - function: take_first_k",
         f"        k: {k}",
         *_generation_block(family.sampled),
-        *_metric_block(scoring.SAMPLED_METRICS + scoring.JUDGE_REPORTED),
+        *_metric_block("sampled"),
     ]
     return _header(family) + "\n".join(lines) + "\n"
 
@@ -135,8 +154,7 @@ def _group(family: Family, group: GroupFile) -> str:
     lines.append("task:")
     lines += [f"  - {t}" for t in group.tasks]
     lines.append("aggregate_metric_list:")
-    names = scoring.GROUP_GREEDY_METRICS + (scoring.GROUP_SAMPLED_METRICS if group.sampled else ())
-    for name in names:
+    for name in registry.group_averaged(sampled=group.sampled):
         lines += [f"  - metric: {name}", "    aggregation: mean", "    weight_by_size: false"]
     lines += ["metadata:", f"  version: {family.metadata_version}"]
     return _header(family) + "\n".join(lines) + "\n"
@@ -164,6 +182,41 @@ def generated_paths(folder: Path) -> set[str]:
     return found
 
 
+def _markers(block: str) -> tuple[str, str]:
+    return f"<!-- BEGIN generated: {block} -->", f"<!-- END generated: {block} -->"
+
+
+def readme_with_blocks(text: str, blocks: Mapping[str, str], generator: str) -> str:
+    """``text`` with each block's lines between its marker lines replaced by the block; a missing or
+    doubled marker pair is a ValueError naming the block (the README must hold each pair once)."""
+    for block, body in blocks.items():
+        begin, end = _markers(block)
+        if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+            raise ValueError(f"README.md must hold the lines {begin!r} ... {end!r} once each, in that order "
+                             f"(the block {generator} writes)")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        note = f"<!-- written by {generator} from the catalog; edit the catalog and rerun it -->"
+        text = f"{head}{begin}\n{note}\n{body.rstrip()}\n{end}{tail}"
+    return text
+
+
+def readme_drift(family: Family, readme: Path = README_PATH) -> list[str]:
+    """The family's README blocks that differ from what the generator writes (empty: in step)."""
+    text = readme.read_text()
+    return [block for block, body in family.readme_blocks.items()
+            if readme_with_blocks(text, {block: body}, family.generator) != text]
+
+
+def write_readme(family: Family, readme: Path = README_PATH) -> bool:
+    """Rewrite the family's blocks in ``readme``; True when the file changed."""
+    text = readme.read_text()
+    new = readme_with_blocks(text, family.readme_blocks, family.generator)
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 def write_family(family: Family, out_dir: Path) -> list[Path]:
     """Write every file of the family under ``out_dir`` and remove generated files it no longer has."""
     files = render(family)
@@ -187,6 +240,12 @@ def generator_main(family: Family, default_out: Path, description: str, argv: li
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=default_out, help="folder to write (default: this task folder)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="README to update (default: the checkout's README.md when writing the task folder)")
     args = parser.parse_args(argv)
     for path in write_family(family, args.out):
         print(path)
+    readme = args.readme or (README_PATH if args.out.resolve() == default_out.resolve() else None)
+    if family.readme_blocks and readme is not None and readme.is_file():
+        write_readme(family, readme)
+        print(readme)

@@ -3,11 +3,12 @@ catalogs (regenerated into a temporary folder), and they state every decoding se
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-from medbridge.harness_ext import decoding, scoring
+from medbridge.harness_ext import decoding, metric_registry, scoring
 from medbridge.tasks import config_writer
 from medbridge.tasks.medmnist import _generate_configs as medmnist_gen
 from medbridge.tasks.medmnist import catalog as medmnist_catalog
@@ -71,11 +72,70 @@ def test_every_catalog_entry_has_both_tasks_with_explicit_decoding(gen, catalog)
             pointer = folder / cfg["dataset_kwargs"]["data_files"]["test"]
             assert pointer.is_file() and pointer.parent.name == config_writer.POINTER_DIR
     metrics = [m["metric"] for m in _load(folder / "_template_passk.yaml")["metric_list"]]
-    assert metrics == list(scoring.SAMPLED_METRICS + scoring.JUDGE_REPORTED)
+    assert metrics == list(metric_registry.reported("sampled"))
+
+
+@pytest.mark.parametrize("gen, catalog", FAMILIES, ids=["medmnist", "medvqa"])
+def test_the_readme_tables_are_the_generator_s(gen, catalog):
+    family = gen.family()
+    assert family.readme_blocks, "every family documents its tasks in the README"
+    drift = config_writer.readme_drift(family)
+    assert not drift, f"README blocks {drift} differ from the catalog: rerun python -m {gen.__name__}"
+    readme = config_writer.README_PATH.read_text()
+    for spec in catalog.SETS:  # every catalog entry has its row
+        assert f"| `{spec.task}` " in readme, spec.name
+
+
+def test_readme_blocks_are_rewritten_and_missing_markers_named(tmp_path):
+    family = medvqa_gen.family()
+    (block,) = family.readme_blocks
+    begin, end = config_writer._markers(block)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{begin}\n| stale | table |\n{end}\n\nafter\n")
+    medvqa_gen.main(["--out", str(tmp_path / "tasks"), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "| stale |" not in text and text.startswith("# title\n\n") and text.endswith(f"{end}\n\nafter\n")
+    assert config_writer.readme_drift(family, readme) == []
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match=block):
+        config_writer.write_readme(family, readme)
+
+
+@pytest.mark.parametrize("gen, catalog", FAMILIES, ids=["medmnist", "medvqa"])
+def test_every_hook_a_yaml_names_resolves_where_lmms_eval_looks(gen, catalog):
+    """lmms-eval resolves ``!function a.b`` to a.py beside the YAML, else to an importable module; the
+    hooks every family shares are named by module path, so they are the scoring module's own objects."""
+    import importlib
+
+    for path in sorted(gen.FOLDER.glob("*.yaml")):
+        for ref in re.findall(r"!function (\S+)", path.read_text()):
+            module, _, name = ref.rpartition(".")
+            beside = gen.FOLDER / f"{module}.py"
+            if beside.is_file():
+                assert f"def {name}(" in beside.read_text(), (path.name, ref)
+            else:
+                assert module == config_writer.SHARED_HOOKS, (path.name, ref)
+                assert callable(getattr(importlib.import_module(module), name)), (path.name, ref)
+
+
+@pytest.mark.slow  # imports lmms-eval (about 5 s)
+def test_lmms_eval_loads_every_task_config_with_our_hooks():
+    from lmms_eval.utils import load_yaml_config
+
+    for gen, catalog in FAMILIES:
+        spec = catalog.SETS[0]
+        greedy = load_yaml_config(str(gen.FOLDER / f"{spec.task}.yaml"))
+        sampled = load_yaml_config(str(gen.FOLDER / f"{spec.task_passk}.yaml"))
+        assert greedy["process_results"] is scoring.process_greedy
+        assert sampled["process_results"] is scoring.process_sampled
+        assert greedy["doc_to_text"] is scoring.doc_to_text
+        assert greedy["process_docs"].__module__ == "utils" and callable(greedy["doc_to_visual"])
+        for entry in greedy["metric_list"] + sampled["metric_list"]:
+            assert entry["aggregation"] is getattr(scoring, scoring.AGGREGATION_PREFIX + entry["metric"])
 
 
 def test_group_metric_names_match_only_their_own_metric():
     # lmms-eval's group aggregation matches by substring: no reported name may contain another.
-    names = set(scoring.GREEDY_METRICS + scoring.SAMPLED_METRICS + scoring.JUDGE_REPORTED)
+    names = set(metric_registry.reported("greedy") + metric_registry.reported("sampled"))
     clashes = [(a, b) for a in names for b in names if a != b and a in b]
     assert not clashes

@@ -22,6 +22,28 @@ TEMPLATE_COMMENT = f"""\
 """
 
 
+def readme_blocks() -> dict[str, str]:
+    """The README's group list and option table of the family, from the catalog (and medmnist's INFO
+    for the official test-split sizes)."""
+    import medmnist
+
+    groups = ", ".join(
+        f"`{MEDMNIST.group(m)}` ({', '.join(s.name for s in sets_of_modality(m))})" for m in MODALITIES
+    )
+    lines = [
+        f"Groups: {groups} and `{MEDMNIST.name}` (all {MEDMNIST.count_word}); `{MEDMNIST.group('greedy')}` runs the "
+        "greedy tasks alone. Group numbers are means of datasets (not of items), as in the paper.",
+        "",
+        "| task | MedMNIST flag | modality | official test images | options (class index: text) |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in SETS:
+        options = "; ".join(f"{i}: {text}" for i, text in enumerate(spec.classes))
+        n_test = medmnist.INFO[spec.flag]["n_samples"]["test"]
+        lines.append(f"| `{spec.task}` | {spec.flag} | {spec.modality} | {n_test} | {options} |")
+    return {"medmnist_mcq tasks": "\n".join(lines)}
+
+
 def family() -> Family:
     tasks = []
     for spec in SETS:
@@ -62,6 +84,7 @@ def family() -> Family:
         template_comment=TEMPLATE_COMMENT,
         tasks=tasks,
         groups=groups,
+        readme_blocks=readme_blocks(),
     )
 
 

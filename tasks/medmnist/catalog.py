@@ -1,8 +1,10 @@
-"""The twelve MedMNIST-v2 2D datasets as multiple-choice tasks: names, modalities, option wording.
+"""The MedMNIST-v2 2D datasets as multiple-choice tasks: names, modalities, option wording.
 
 MedMNIST's own label names (``medmnist.INFO[flag]["label"]``) are terse ("pleural", "0", "normal,
 benign"); the option texts below are the clinical names we show the model instead, one per class,
-in the class-index order of the official files. The README's table is generated from this module.
+in the class-index order of the official files. Adding a dataset is one entry in ``SETS``, then
+``python -m medbridge.tasks.medmnist._generate_configs`` (task YAMLs, pointer files, the README's
+table); task names, groups and report rows follow from tasks/families.py.
 """
 
 from __future__ import annotations
@@ -114,10 +116,3 @@ def get_set(name_or_flag: str) -> MedMNISTSet:
 
 def sets_of_modality(modality: str) -> list[MedMNISTSet]:
     return [s for s in SETS if s.modality == modality]
-
-
-def report_groups() -> dict[str, list[str]]:
-    """Deprecated: ``tasks.families.MEDMNIST.report_groups()`` (kept until report.py reads the registry)."""
-    from medbridge.tasks.families import MEDMNIST
-
-    return MEDMNIST.report_groups()

@@ -12,6 +12,7 @@ from pathlib import Path
 from medbridge.tasks.config_writer import Family, GroupFile, TaskFile, generator_main
 from medbridge.tasks.families import MEDVQA
 from medbridge.tasks.medvqa.catalog import GREEDY_DECODING, MAX_NEW_TOKENS, SAMPLED_DECODING, SETS
+from medbridge.tasks.medvqa.data import DEFAULT_SUBSET
 
 FOLDER = Path(__file__).resolve().parent
 
@@ -24,6 +25,20 @@ LENGTH_COMMENT = f"""\
 # Answer length: reasoning models write long; ours is {MAX_NEW_TOKENS} new tokens (see catalog.py).
 # Override per run with --gen_kwargs max_new_tokens=4096 (it merges into these settings).
 """
+
+
+def readme_blocks() -> dict[str, str]:
+    """The README's table of the benchmarks, from the catalog."""
+    lines = [
+        "| Task (greedy / sampled) | Benchmark | Rows in MedVLThinker-Eval | Default subset "
+        "| Original source and part |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in SETS:
+        subset = f"{spec.n_rows} (all)" if spec.n_rows <= DEFAULT_SUBSET else str(DEFAULT_SUBSET)
+        passk = spec.task_passk.removeprefix(spec.task)
+        lines.append(f"| `{spec.task}` / `{passk}` | {spec.title} | {spec.n_rows} | {subset} | {spec.original} |")
+    return {"medvqa tasks": "\n".join(lines)}
 
 
 def family() -> Family:
@@ -41,7 +56,7 @@ def family() -> Family:
     ]
     return Family(folder="medvqa", generator="tasks/medvqa/_generate_configs.py", greedy=GREEDY_DECODING,
                   sampled=SAMPLED_DECODING, template_comment=TEMPLATE_COMMENT, tasks=tasks, groups=groups,
-                  extra_greedy_comment=LENGTH_COMMENT)
+                  extra_greedy_comment=LENGTH_COMMENT, readme_blocks=readme_blocks())
 
 
 def main(argv: list[str] | None = None) -> None:

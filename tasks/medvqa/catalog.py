@@ -1,6 +1,6 @@
-"""The six medical VQA benchmarks of the paper's Table 3: names, sources, sizes.
+"""The medical VQA benchmarks of the paper's Table 3: names, sources, sizes.
 
-All six are read from MedVLThinker's evaluation set (``UCSC-VLAA/MedVLThinker-Eval``, split
+All are read from MedVLThinker's evaluation set (``UCSC-VLAA/MedVLThinker-Eval``, split
 ``test``), which stores every benchmark as multiple choice in one schema and tells them apart by
 the ``dataset_name`` column. The ``dataset_name`` strings below come from MedVLThinker's own
 data-building scripts (found by code search, not by opening the hub parquet, which is not
@@ -8,18 +8,21 @@ reachable from here): the first script writes ``pmc_vqa``, ``pathvqa_closed``, `
 and ``vqa_rad_closed`` (from ``AdaptLLM/biomed-VQA-benchmark``, test split, closed questions,
 options extracted for the yes/no questions); the second adds ``MMMU-medical`` and
 ``MedXpertQA-MM`` and renumbers ``dataset_index`` over the combined set. A third-party README
-lists the same six names as the subsets of that set. A source whose names differ can be mapped
-with ``source_names`` (every alias is accepted).
+lists the same names as the subsets of that set. A source whose names differ can be mapped
+with ``source_names`` (every alias is accepted). Adding a benchmark is one entry in ``SETS``, then
+``python -m medbridge.tasks.medvqa._generate_configs``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from medbridge.harness_ext import settings
 from medbridge.harness_ext.decoding import GREEDY, PASSK, Decoding
 
-HUB_ID = "UCSC-VLAA/MedVLThinker-Eval"
-HUB_SPLIT = "test"
+# The source's defaults live in the settings table (MEDBRIDGE_MEDVQA_SOURCE, MEDBRIDGE_MEDVQA_SPLIT).
+HUB_ID = settings.default("MEDBRIDGE_MEDVQA_SOURCE")
+HUB_SPLIT = settings.default("MEDBRIDGE_MEDVQA_SPLIT")
 
 
 # How the tasks decode (harness_ext/decoding.py). Answer length: reasoning models write long.
@@ -88,10 +91,3 @@ def get_set(name: str) -> MedVQASet:
         if name in spec.source_names:
             return spec
     raise KeyError(f"unknown medical VQA benchmark {name!r}; known: {', '.join(_BY_NAME)}")
-
-
-def report_groups() -> dict[str, list[str]]:
-    """Deprecated: ``tasks.families.MEDVQA.report_groups()`` (kept until report.py reads the registry)."""
-    from medbridge.tasks.families import MEDVQA
-
-    return MEDVQA.report_groups()

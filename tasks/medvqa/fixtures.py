@@ -5,10 +5,10 @@ is a list of image structs {bytes, path} (written through a ``datasets`` List(Im
 ``push_to_hub`` stores it), ``options`` a JSON string letter -> text, and ``answer_label``,
 ``answer``, ``dataset_name``, ``dataset_index`` (numbered over the whole set), ``reasoning``,
 ``hash``, ``misc`` as in MedVLThinker's builder. ``datasets.load_dataset(folder, split="test")``
-reads it exactly as it reads the hub id. Awkward cases are included on purpose: items with two
-images (MMMU, MedXpertQA), yes/no items with two options (PathVQA, VQA-RAD, SLAKE) and a
-MedXpertQA item with ten options A-J. Pixels depend on the correct answer (hue by letter, stripes
-by benchmark), so the images are not random noise. ``bad`` adds broken rows for error tests.
+reads it exactly as it reads the hub id. Every benchmark of the catalog gets the same item shapes in
+turn (``SHAPES``: yes/no as two options, four options, five options over two images, ten options
+A-J), so a new catalog entry needs nothing here. Pixels depend on the correct answer (hue by letter,
+stripes by benchmark), so the images are not random noise. ``bad`` adds broken rows for error tests.
 """
 
 from __future__ import annotations
@@ -26,31 +26,15 @@ from medbridge.tasks.medvqa.catalog import SETS, MedVQASet, get_set
 BAD_KINDS = ("undecodable_image", "missing_image", "malformed_options", "answer_not_in_options", "no_options")
 IMAGE_SIZE = 64
 
-_TEXTS = {
-    "pmc": ("What imaging modality is shown?", ["CT", "MRI", "Ultrasound", "X-ray"]),
-    "mmmu": (
-        "Which structure is marked by the arrow?",
-        ["Aorta", "Pulmonary trunk", "Left atrium", "Esophagus", "Trachea"],
-    ),
-    "medxpertqa": (
-        "What is the most likely diagnosis?",
-        ["Sarcoidosis", "Tuberculosis", "Lymphoma", "Histoplasmosis", "Silicosis"],
-    ),
-    "slake": ("Which organ is abnormal?", ["Liver", "Lung", "Heart"]),
-}
-_LONG_OPTIONS = [
-    "Pneumothorax",
-    "Pleural effusion",
-    "Atelectasis",
-    "Pneumonia",
-    "Pulmonary edema",
-    "Lung abscess",
-    "Bronchiectasis",
-    "Emphysema",
-    "Pulmonary embolism",
-    "Lung cancer",
-]
-_YES_NO = ["Yes", "No"]
+# Item shapes every benchmark cycles through, whatever the catalog holds (item i has SHAPES[i % 4]):
+# (number of options, number of images). Yes/no as two options (PathVQA, SLAKE, VQA-RAD), four (PMC-VQA),
+# five options over two images (MMMU, MedXpertQA) and ten options A-J, the most a loader must carry.
+SHAPES = ((2, 1), (4, 1), (5, 2), (10, 1))
+_OPTION_TEXTS = (
+    "Pneumothorax", "Pleural effusion", "Atelectasis", "Pneumonia", "Pulmonary edema", "Lung abscess",
+    "Bronchiectasis", "Emphysema", "Pulmonary embolism", "Lung cancer",
+)
+_YES_NO = ("Yes", "No")
 
 
 def answer_image(letter: str, benchmark: str, variant: int = 0) -> bytes:
@@ -69,22 +53,15 @@ def answer_image(letter: str, benchmark: str, variant: int = 0) -> bytes:
 
 
 def _item(spec: MedVQASet, i: int, rng: np.random.Generator) -> dict[str, Any]:
-    """The i-th good item of one benchmark."""
-    name = spec.name
-    n_images = 1
-    if name in ("pathvqa", "vqarad") or (name == "slake" and i % 2 == 0):
-        question, texts = f"Is there evidence of an abnormality in this image? (case {i})", list(_YES_NO)
-    elif name == "medxpertqa" and i == 0:
-        question, texts, n_images = "Given the two views, what is the most likely diagnosis?", list(_LONG_OPTIONS), 2
-    else:
-        question, texts = _TEXTS[name]
-        question, texts = f"{question} (case {i})", list(texts)
-        if name == "mmmu" and i == 0:
-            n_images = 2
+    """The i-th good item of one benchmark: the same shapes for every benchmark (nothing hand-written
+    per benchmark), numbered and titled by the catalog entry."""
+    n_options, n_images = SHAPES[i % len(SHAPES)]
+    texts = list(_YES_NO if n_options == 2 else _OPTION_TEXTS[:n_options])
+    question = f"{spec.title} fixture item {i}: which option does the image show?"
     rng.shuffle(texts)
     options = dict(zip(string.ascii_uppercase, texts))
     label = list(options)[int(rng.integers(len(options)))]
-    images = [{"bytes": answer_image(label, name, v), "path": f"{name}_{i}_{v}.png"} for v in range(n_images)]
+    images = [{"bytes": answer_image(label, spec.name, v), "path": f"{spec.name}_{i}_{v}.png"} for v in range(n_images)]
     misc = {"fixture": True, "n_options": len(options)}
     return {
         "images": images,

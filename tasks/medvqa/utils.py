@@ -1,30 +1,8 @@
-"""lmms-eval hooks of the medvqa tasks (referenced from _template.yaml)."""
+"""lmms-eval hooks of the medvqa tasks (referenced from _template.yaml).
 
-# Referenced by the task YAMLs as utils.<name>; defined once in harness_ext/scoring.py.
-from medbridge.harness_ext.scoring import (  # noqa: F401
-    agg_acc1,
-    agg_all_at_16,
-    agg_distinct_per_item,
-    agg_maj_at_16,
-    agg_n_by_judge,
-    agg_n_by_rules,
-    agg_n_judge_down,
-    agg_n_judge_invalid,
-    agg_n_request_failed,
-    agg_n_unparseable,
-    agg_pass_at_01,
-    agg_pass_at_02,
-    agg_pass_at_04,
-    agg_pass_at_08,
-    agg_pass_at_16,
-    agg_rule_judge_agree,
-    agg_rule_judge_kappa,
-    agg_unparsed_greedy,
-    agg_unparsed_sampled,
-    doc_to_text,
-    process_greedy,
-    process_sampled,
-)
+Only what this family does its own way; the hooks every family shares (doc_to_text, process_results,
+the aggregations) are named in the YAMLs by their module path, medbridge.harness_ext.scoring."""
+
 from medbridge.tasks.medvqa.data import build_items, doc_images, to_dataset
 
 
