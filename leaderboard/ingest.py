@@ -1,36 +1,39 @@
 """Ingest lmms-eval runs into the leaderboard store.
 
-A run is read back with ``harness_ext.report.load_run`` and summarised with ``summarize`` (the
-same numbers and bootstrap CIs as ``medbridge report``); every per-dataset and per-group metric
+A run is read back with ``harness_ext.report.load_run`` and summarised with ``summarize_run`` (the
+same numbers, bootstrap CIs and partial-run checks as ``medbridge report``: items with a failed
+request or a failed judge verdict refuse the run unless ``allow_partial``); every per-dataset and per-group metric
 becomes one row pinned to what makes it comparable, and every item's outcome is kept for paired
 tests between checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext import limited_io, metrics
+from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext.answers import EXTRACTOR_VERSION
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import INSTRUCTION, PROMPT_VERSION
 from medbridge.harness_ext.report import (
-    SAMPLED_SUFFIX,
     Run,
-    describe_failures,
     find_all_results,
     find_results,
     groups_for,
     load_run,
-    summarize,
+    summarize_run,
 )
 from medbridge.leaderboard.store import (
     CorruptStoreError,
@@ -49,12 +52,15 @@ from medbridge.leaderboard.store import (
     subset_hash,
     write_bundle,
 )
+from medbridge.tasks.families import passk_twin
 
-# Metrics taken from the greedy task, from the sampled twin, or from both.
-GREEDY_ROW_METRICS = ("acc1",)
-SAMPLED_ROW_METRICS = ("pass_at_01", "pass_at_02", "pass_at_04", "pass_at_08", "pass_at_16", "maj_at_16", "all_at_16")
-# How diverse a sampled task's samples were: mean distinct responses per item, and 1.0 when the
-# sampling collapsed to one response per item (then Pass@K is Acc@1 and draws no verdict).
+# Scores (the metric registry's): taken from the greedy task or from its sampled twin.
+GREEDY_ROW_METRICS = tuple(m.name for m in registry.scores("greedy"))
+SAMPLED_ROW_METRICS = tuple(m.name for m in registry.scores("sampled"))
+# Per-dataset report rows that span both tasks: the paired gap and the unparsed rate.
+BOTH_ROW_METRICS = (registry.GAP.name, "unparsed")
+# What the report says about a sampled task's sampler: mean distinct responses per item, and 1.0
+# when the sampler collapsed (then Pass@K is Acc@1 and draws no verdict).
 DIVERSITY_METRICS = ("distinct", "collapsed")
 TRAINING_MARKERS = ("medbridge_training.json", "medbridge_run.json")
 # A training step is stored in an SQLite INTEGER (signed 64 bits).
@@ -129,8 +135,8 @@ def _training_marker(pretrained: str | None) -> dict[str, Any]:
             f = folder / name
             if f.is_file():
                 try:
-                    data = json.loads(f.read_text())
-                except (OSError, ValueError):
+                    data = limited_io.load_json(f, what="training marker", limit=limited_io.CONFIG_LIMIT_BYTES)
+                except MedbridgeError:
                     continue
                 if isinstance(data, dict):
                     return data
@@ -322,8 +328,8 @@ def _tasks_of(base: str, run: Run) -> dict[str, str]:
     out = {}
     if base in run.records:
         out["greedy"] = base
-    if base + SAMPLED_SUFFIX in run.records:
-        out["sampled"] = base + SAMPLED_SUFFIX
+    if passk_twin(base) in run.records:
+        out["sampled"] = passk_twin(base)
     return out
 
 
@@ -384,13 +390,13 @@ def result_rows(run: Run, summary: Mapping[str, Any], groups: Mapping[str, Seque
         kinds = _tasks_of(base, run)
         recs = [r for t in kinds.values() for r in run.records[t]]
         dataset = recs[0].get("dataset") if recs else None
-        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + ("gap", "unparsed") + DIVERSITY_METRICS:
+        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + BOTH_ROW_METRICS + DIVERSITY_METRICS:
             if row.get(metric) is None:
                 continue
             tasks = _metric_tasks(metric, kinds)
             if not tasks:
                 continue
-            if metric == "gap":
+            if metric == registry.GAP.name:
                 common = {r["item_id"] for r in run.records[kinds["greedy"]]} & {
                     r["item_id"] for r in run.records[kinds["sampled"]]
                 }
@@ -405,7 +411,7 @@ def result_rows(run: Run, summary: Mapping[str, Any], groups: Mapping[str, Seque
         if grow.get("partial"):
             continue  # a mean over part of a group is not the group's number; its datasets have rows
         members = [m for m in groups.get(label, []) if m in summary["datasets"]]
-        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + ("gap",):
+        for metric in GREEDY_ROW_METRICS + SAMPLED_ROW_METRICS + (registry.GAP.name,):
             if metric not in grow:
                 continue
             tasks = [t for m in members for t in _metric_tasks(metric, _tasks_of(m, run))]
@@ -436,11 +442,12 @@ def item_rows(run: Run) -> list[ItemRow]:
 def run_identity(run: Run) -> str:
     """A content hash of the results file and every sample log it names: two runs whose results
     files happen to match (a 16-item and a 20,012-item run) are still two runs."""
-    h = hashlib.sha256(run.results_path.read_bytes())
+    h = hashlib.sha256()
     stamp = run.results_path.name[: -len("_results.json")]
-    for path in sorted(run.results_path.parent.glob(f"{stamp}_samples_*.jsonl")):
-        h.update(b"\0" + path.name.encode() + b"\0")
-        with path.open("rb") as fh:
+    for i, path in enumerate([run.results_path, *sorted(run.results_path.parent.glob(f"{stamp}_samples_*.jsonl"))]):
+        if i:
+            h.update(b"\0" + os.fsencode(path.name) + b"\0")
+        with limited_io.open_regular(path, what="run file") as fh:  # never a FIFO or a device
             while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
@@ -491,11 +498,14 @@ def bundle_from_run(
         if who["step"] is None and marker.get("step") is not None:
             who["step"] = int(marker["step"])
         groups = groups_for(loaded.records)
-        summary = summarize(
-            loaded.records, groups=groups, iters=iters, allow_partial=allow_partial, source=str(results_path)
+        summary = summarize_run(loaded, iters=iters, allow_partial=allow_partial)
+        # What was scored: items left out for a failed request or judge verdict have no number, no
+        # pins and no per-item outcome (a paired test must not count them as wrong answers).
+        scored = dataclasses.replace(
+            loaded, records={t: kept for t, recs in loaded.records.items() if (kept := metrics.scorable(recs))}
         )
-        rows = result_rows(loaded, summary, groups)
-        items = item_rows(loaded)
+        rows = result_rows(scored, summary, groups)
+        items = item_rows(scored)
         check_values(results_path, rows)
         digest = run_identity(loaded)
     except IngestError:
@@ -511,7 +521,6 @@ def bundle_from_run(
             f"{display_path(results_path)}: training step {who['step']} is out of range "
             f"(0 to {MAX_STEP}); give the checkpoint's real step with --step"
         )
-    failed = summary.get("request_failed") or {}
     run_row = RunRow(
         run_id=f"eval-{digest[:24]}",
         kind="eval",
@@ -523,7 +532,7 @@ def bundle_from_run(
         base_model=base_model or _base_model(marker),
         date=_run_date(res),
         source=display_path(results_path),
-        partial=describe_failures(failed) if failed else None,
+        partial=summary.get("partial") or None,
     )
     return RunBundle(run_row, rows, items)
 

@@ -145,6 +145,28 @@ def test_failed_requests_refuse_ingest_unless_partial_and_the_row_says_so(tmp_pa
     assert "| served (partial) |" in md
 
 
+def test_judge_failures_refuse_ingest_unless_partial_and_are_never_scored(tmp_path):
+    """Issue 20 item 3, ingest side: a judge outage used to be stored as a complete 0% row. Items
+    whose verdict failed are left out (report's own check), the run is refused without
+    --allow-partial, and with it the row is marked partial and computed over the answered items."""
+    greedy = records("breast", 10, p=1.0)
+    for r in greedy[:4]:
+        r["outcomes"] = ["judge_failed"]
+        r["c"] = 0
+    run = write_run(tmp_path / "run", {"medmnist_mcq_breast": greedy})
+    store = tmp_path / "lb.sqlite"
+    with pytest.raises(IngestError, match=r"failed judge verdicts"):
+        _ingest(store, run)
+    code, out, err = _cli(["leaderboard", "ingest", str(run), "--store", str(store)])
+    assert code == 2 and "failed judge verdicts" in err and "--allow-partial" in err
+    assert _ingest(store, run, model="judged", allow_partial=True) > 0
+    with open_store(store) as conn:
+        row = fetch_rows(conn, "metric = 'acc1'")[0]
+        partial = conn.execute("SELECT partial FROM runs").fetchone()[0]
+    assert "failed judge verdicts" in partial and "medmnist_mcq_breast: 4" in partial
+    assert row["value"] == 1.0 and row["n"] == 6  # the 6 answered items, all correct; not 60%
+
+
 def test_collapsed_sampling_is_flagged_on_the_page_and_in_the_verdict(tmp_path):
     tasks = {
         "medmnist_mcq_breast": records("breast", 8, p=0.5),
