@@ -323,12 +323,19 @@ def format_table(summary: Mapping[str, Any], *, ks: Iterable[int] = registry.PAS
         " distinct = distinct responses per item among its samples."
     )
     lines += _decoding_lines(summary)
-    collapsed = {name: row.get("sampler") for name, row in summary["datasets"].items() if row.get("collapsed")}
-    for name, why in collapsed.items():
-        lines.append(
-            f"COLLAPSED sampling in {name}: {why}. Pass@K there is Acc@1 in disguise and shows no support; no verdict "
-            "is drawn from it (check the sampled task's decoding: an inherited top_k=1 or a tiny top_p does this)."
-        )
+    checks: dict[tuple[bool, str], list[str]] = {}  # tasks that share a sampler share its check
+    for name, row in summary["datasets"].items():
+        if row.get("collapsed") is not None:
+            checks.setdefault((row["collapsed"], row["sampler"]), []).append(name)
+    for (collapsed, why), names in checks.items():
+        if not collapsed:
+            lines.append(f"Sampler check ({', '.join(names)}): {why}.")
+        else:
+            lines.append(
+                f"COLLAPSED sampling in {', '.join(names)}: {why}. Pass@K there is Acc@1 in disguise and shows no "
+                "support; no verdict is drawn from it (check the sampled task's decoding: an inherited top_k=1 or a "
+                "tiny top_p does this)."
+            )
     if summary.get("excluded"):
         lines.append(f"PARTIAL RUN: {describe_excluded(summary['excluded'])} were left out of every number above.")
     if summary.get("missing_tasks"):
