@@ -30,14 +30,13 @@ def parse_size(value: int | str, *, name: str, what: str, full_word: str) -> int
     return value
 
 
-def size_from_env(value: int | str | None, *, env: str, default: int | str, what: str, full_word: str) -> int | None:
-    """``value`` when given, else $env (through settings), else ``default``; parsed by parse_size."""
+def size_from_env(value: int | str | None, *, env: str, what: str, full_word: str) -> int | None:
+    """``value`` when given, else $env or its default in the settings table; parsed by parse_size."""
     if value is None:
         value = settings.get_str(env)
-        if value is None:
-            value = default
     return parse_size(value, name=env, what=what, full_word=full_word)
 
 
-def seed_from_env(seed: int | None, *, env: str, default: int) -> int:
-    return settings.get_int(env, default) if seed is None else int(seed)
+def seed_from_env(seed: int | None, *, env: str) -> int:
+    """``seed`` when given, else $env or its default in the settings table."""
+    return settings.get_int(env) if seed is None else int(seed)

@@ -51,8 +51,8 @@ CREATE TABLE IF NOT EXISTS verdicts_v2 (
 
 
 def default_cache_path() -> Path:
-    default = Path(settings.SETTINGS["MEDBRIDGE_JUDGE_CACHE"].default).expanduser()
-    return settings.get_path("MEDBRIDGE_JUDGE_CACHE") or default
+    """$MEDBRIDGE_JUDGE_CACHE, else its default in the settings table."""
+    return settings.get_path("MEDBRIDGE_JUDGE_CACHE")
 
 
 def verdict_key(judge_id: str, prompt_version: str, inputs: Mapping[str, Any]) -> str:

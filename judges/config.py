@@ -64,13 +64,14 @@ class JudgeConfig:
     # model name, the base URL and what the server's /v1/models reports (see client.py).
     judge_id: str | None = None
     mode: str = "rules"
-    concurrency: int = 16
-    timeout_s: float = 120.0  # one HTTP request
-    max_attempts: int = 8
+    # Defaults from harness_ext/settings.py's table (env={}: the table's value, not the environment's).
+    concurrency: int = settings.get_int("MEDBRIDGE_JUDGE_CONCURRENCY", env={})
+    timeout_s: float = settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", env={})  # one HTTP request
+    max_attempts: int = settings.get_int("MEDBRIDGE_JUDGE_MAX_ATTEMPTS", env={})
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 60.0  # a server's Retry-After is honoured up to this long
-    deadline_s: float = 7200.0  # all judging of one run (one pool); 0: no deadline
+    deadline_s: float = settings.get_float("MEDBRIDGE_JUDGE_DEADLINE", env={})  # all judging of one run; 0: none
     breaker_failures: int = 5  # verdicts failed in a row (after retries) that open the breaker; 0: off
     max_tokens: int = 16
     cache_path: str | None = None  # None: the default path; "off" (or ""): no cache
@@ -110,16 +111,16 @@ class JudgeConfig:
     ) -> JudgeConfig:
         """Merge explicit args > task metadata (``metadata["judge"]`` or the mapping itself) > environment."""
         values: dict[str, Any] = {}
+        # Only what the environment sets: the rest keeps the dataclass defaults (the settings table's).
         for name, var in _ENV_STR.items():
-            value = settings.get_str(var, env)
-            if value is not None:
-                values[name] = value
+            if settings.is_set(var, env=env):
+                values[name] = settings.get_str(var, env=env)
         for name, var in _ENV_INT.items():
-            if settings.get_str(var, env) is not None:
-                values[name] = settings.get_int(var, 0, minimum=1, env=env)
+            if settings.is_set(var, env=env):
+                values[name] = settings.get_int(var, minimum=1, env=env)
         for name, var in _ENV_FLOAT.items():
-            if settings.get_str(var, env) is not None:
-                values[name] = settings.get_float(var, 0.0, minimum=0.0, env=env)
+            if settings.is_set(var, env=env):
+                values[name] = settings.get_float(var, minimum=0.0, env=env)
         env_key, env_url = values.get("api_key"), values.get("base_url")
 
         meta = dict((metadata or {}).get("judge", metadata or {}))

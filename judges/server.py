@@ -36,11 +36,9 @@ __all__ = [
     "wait_healthy",
 ]
 
-DEFAULT_VENV = Path(settings.SETTINGS["MEDBRIDGE_VLLM_VENV"].default).expanduser()
-
-
 def vllm_venv() -> Path:
-    return settings.get_path("MEDBRIDGE_VLLM_VENV") or DEFAULT_VENV
+    """$MEDBRIDGE_VLLM_VENV, else its default in the settings table."""
+    return settings.get_path("MEDBRIDGE_VLLM_VENV")
 
 
 def vllm_python(explicit: str | None = None) -> str:

@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext import settings
 from medbridge.harness_ext.errors import MedbridgeError
-from medbridge.harness_ext.settings import get_path
 
 STORE_ENV = "MEDBRIDGE_LEADERBOARD"
-DEFAULT_STORE = Path("medbridge_leaderboard") / "leaderboard.sqlite"
+DEFAULT_STORE = Path(settings.default(STORE_ENV))  # ./medbridge_leaderboard/leaderboard.sqlite
 SCHEMA_VERSION = 3  # 3: no "rows" view (readers run no DDL)
 
 SCHEMA = """
@@ -143,8 +143,8 @@ class CorruptStoreError(StoreError):
 
 
 def default_store_path() -> Path:
-    """$MEDBRIDGE_LEADERBOARD, else ./medbridge_leaderboard/leaderboard.sqlite."""
-    return get_path(STORE_ENV) or DEFAULT_STORE
+    """$MEDBRIDGE_LEADERBOARD, else its default in the settings table (./medbridge_leaderboard/leaderboard.sqlite)."""
+    return settings.get_path(STORE_ENV)
 
 
 def storable_text(text: str) -> str:

