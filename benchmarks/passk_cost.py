@@ -384,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     figures["overhead"] = harness_overhead
     figures["items_per_s_batch1"] = items / figures["ours_generate_seconds"]
     figures[f"items_per_s_batch{args.batch_size}"] = items / figures["ours_batched_generate_seconds"]
+    from medbridge.harness_ext import metric_registry
+
     for name in ("baseline", "ours"):
         run = base if name == "baseline" else ours
-        figures[f"{name}_acc1"] = run["results"][tasks[0]].get("acc1,none")
-        figures[f"{name}_pass_at_16"] = run["results"][tasks[1]].get("pass_at_16,none")
+        for task, metric in ((tasks[0], metric_registry.acc1()), (tasks[1], metric_registry.pass_at(16))):
+            figures[f"{name}_{metric.name}"] = run["results"][task].get(f"{metric.name},none")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     for k, v in figures.items():

@@ -77,3 +77,22 @@ def test_scoring_builds_one_lmms_eval_aggregation_per_registered_metric():
         scoring.agg_pass_at_32  # noqa: B018
     with pytest.raises(KeyError, match="not reported by a task"):
         scoring.aggregation("gap")
+
+
+def test_no_metric_name_is_spelled_outside_the_registry():
+    """``maj_at_16``-style names live in metric_registry.py alone; code elsewhere builds or looks them up."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=root, capture_output=True, text=True, check=True)
+    spelled = re.compile(r"\b(?:pass|maj|all)_at_(?:\d+\b|\{)")  # a literal name, or one built by an f-string
+    found = []
+    for rel in files.stdout.split():
+        if rel.startswith("tests/") or rel == "harness_ext/metric_registry.py" or not (root / rel).is_file():
+            continue
+        for lineno, line in enumerate((root / rel).read_text(encoding="utf-8").splitlines(), 1):
+            if spelled.search(line.split("#", 1)[0]):
+                found.append(f"{rel}:{lineno}: {line.strip()}")
+    assert not found, "metric names spelled outside the registry:\n" + "\n".join(found)
