@@ -20,27 +20,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         enforce_eager=args.enforce_eager,
         extra_args=list(args.vllm_args or []),
     )
-    print("starting:", " ".join(vllm_server.serve_command(opts, args.vllm_python)), file=sys.stderr)
-    proc = vllm_server.start_server(opts, log_path=args.log, python=args.vllm_python)
-    try:
-        seconds = vllm_server.wait_healthy(opts.base_url, timeout_s=args.timeout, proc=proc)
-    except (RuntimeError, TimeoutError) as err:
-        vllm_server.stop_server(proc)
-        where = f" (see {args.log})" if args.log else ""
-        print(f"judge server failed to start: {err}{where}", file=sys.stderr)
-        return 1
-    print(f"judge server healthy after {seconds:.0f} s (pid {proc.pid})", file=sys.stderr)
-    # The endpoint, as the environment the tasks read.
-    print(f"MEDBRIDGE_JUDGE_BASE_URL={opts.base_url}")
+    gpus = [g for g in args.gpus.split(",") if g.strip()] if args.gpus else vllm_server.visible_gpus()
+    replicas = vllm_server.replica_options(opts, args.replicas, gpus)
+    procs = []
+    for i, replica in enumerate(replicas):
+        log = f"{args.log}.{i}" if args.log and len(replicas) > 1 else args.log
+        devices = f" on GPU(s) {','.join(replica.gpus)}" if replica.gpus else ""
+        command = " ".join(vllm_server.serve_command(replica, args.vllm_python))
+        print(f"starting replica {i}{devices}: {command}", file=sys.stderr)
+        procs.append((replica, log, vllm_server.start_server(replica, log_path=log, python=args.vllm_python)))
+    for replica, log, proc in procs:
+        try:
+            seconds = vllm_server.wait_healthy(replica.base_url, timeout_s=args.timeout, proc=proc)
+        except (RuntimeError, TimeoutError) as err:
+            for _, _, other in procs:
+                vllm_server.stop_server(other)
+            where = f" (see {log})" if log else ""
+            print(f"judge server {replica.base_url} failed to start: {err}{where}", file=sys.stderr)
+            return 1
+        print(f"judge server {replica.base_url} healthy after {seconds:.0f} s (pid {proc.pid})", file=sys.stderr)
+    # The endpoint(s), as the environment the tasks read (several replicas: one comma-separated list).
+    print(f"MEDBRIDGE_JUDGE_BASE_URL={','.join(r.base_url for r in replicas)}")
     print(f"MEDBRIDGE_JUDGE_MODEL={opts.name}")
     sys.stdout.flush()
     if args.detach:
         return 0
     try:
-        return proc.wait()
+        codes = [proc.wait() for _, _, proc in procs]
     except KeyboardInterrupt:
-        vllm_server.stop_server(proc)
+        for _, _, proc in procs:
+            vllm_server.stop_server(proc)
         return 0
+    return max(codes)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -52,23 +63,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config = JudgeConfig.resolve(
         explicit={"base_url": args.base_url, "model": args.model, "api_key": args.api_key, "mode": "rules"}
     )
-    if not config.base_url:
+    if not config.base_urls:
         print("no judge endpoint configured: pass --base-url or set MEDBRIDGE_JUDGE_BASE_URL", file=sys.stderr)
         return 2
-    ok, message = vllm_server.check_endpoint(config.base_url, config.model, config.api_key)
-    print(message)
+    ok = True
+    for url in config.base_urls:  # every replica, through the judge's one HTTP client
+        up, message = vllm_server.check_endpoint(url, config.model, config.api_key)
+        print(message)
+        ok = ok and up
     if ok and args.probe:
         if not config.model:
             print("--probe needs the judge model: pass --model or set MEDBRIDGE_JUDGE_MODEL", file=sys.stderr)
             return 2
-        # A question whose answer is unambiguous: the judge must reply exactly "VERDICT: A".
+        # A question whose answer is unambiguous: the judge must reply exactly "VERDICT: A". With several
+        # replicas the probe also checks that they all serve one model (else the verdict is refused).
         pool = JudgePool(replace(config, mode="judge", cache_path="off", max_attempts=3), cache=False)
         try:
             probe = choice_inputs("Which option is a color?", {"A": "red", "B": "seven"}, "<answer>A</answer>")
             verdict = pool.judge_many(MCQ_CHOICE, [probe])[0]
+            refused = pool.client.refused
         finally:
             pool.close()
         print(f"probe verdict: {verdict.status} {verdict.letter or verdict.error or ''} (reply {verdict.raw!r:.80})")
+        if refused:
+            print(f"judge refused: {refused}", file=sys.stderr)
         ok = verdict.status == "letter" and verdict.letter == "A"
         if not ok:
             print(
@@ -89,7 +107,12 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--served-name", help="name clients ask for (default: --model)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--tensor-parallel-size", type=int, default=1)
+    serve.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per replica")
+    serve.add_argument(
+        "--replicas", type=int, default=1,
+        help="servers of the same model on ports --port, --port+1, ...; each on its own --tensor-parallel-size GPUs",
+    )
+    serve.add_argument("--gpus", help="GPUs to spread the replicas over (default: CUDA_VISIBLE_DEVICES, else all)")
     serve.add_argument("--max-model-len", type=int, default=4096)
     serve.add_argument("--dtype", default="auto", help="auto on GPU; float32 for the CPU build")
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation (CPU, tests)")
@@ -103,7 +126,7 @@ def add_parser(subparsers) -> None:
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser("check", help="is the configured judge endpoint up and serving the expected model?")
-    check.add_argument("--base-url", help="default: $MEDBRIDGE_JUDGE_BASE_URL")
+    check.add_argument("--base-url", help="default: $MEDBRIDGE_JUDGE_BASE_URL (several replicas: comma-separated)")
     check.add_argument("--model", help="default: $MEDBRIDGE_JUDGE_MODEL")
     check.add_argument("--api-key", help="default: $MEDBRIDGE_JUDGE_API_KEY (never printed)")
     check.add_argument("--probe", action="store_true", help="also send one verdict request and show the parsed verdict")

@@ -1,34 +1,40 @@
-"""One async client for any OpenAI-compatible judge endpoint (vLLM by default).
+"""One async client for any OpenAI-compatible judge endpoint (vLLM by default), over one or more replicas.
 
 ``JudgeClient.judge(template, inputs)`` asks one question of a ``PromptTemplate`` (prompts.py):
 MCQ choice, free-text grading and modality classification all go through it. Per question: the
 verdict cache first, then in-flight de-duplication (identical questions share one request), then
-a request under bounded concurrency with tenacity retries.
+a request to the least busy replica (replicas.py) with tenacity retries. Every byte goes through
+http.py's ``JudgeHTTP`` (no redirect to another origin, a whole-request deadline, a reply-size
+cap, transient errors raised, secrets scrubbed).
 
 What a question can end as (``Verdict.status``): one of the template's settled statuses, or
 ``invalid`` (the judge answered, but not in the template's exact format; counted; cached when the
 reply was text, asked again next run when it was any other shape: a number, a list, null, empty,
-a lone surrogate, no choices), or ``failed`` (no usable answer:
-retries exhausted, a 4xx, the run's deadline passed, the circuit breaker open; never cached,
-so the next run asks again). Nothing raises out of ``judge`` for a bad reply.
+a lone surrogate, no choices, a body that is not JSON), ``unknown`` (a well-formed label outside
+the template's list; counted, never cached), or ``failed`` (no usable answer: retries exhausted,
+a 4xx, a refused redirect, a reply over the size cap, the run's deadline passed, the circuit
+breaker open, replicas serving different models; never cached, so the next run asks again).
+Nothing raises out of ``judge`` for a bad reply.
 
-Faults: 429/5xx, timeouts and connection errors are retried with jittered exponential backoff;
-a ``Retry-After`` (or ``retry-after-ms``) header on 429/503 is honoured, capped at
+Faults: 408/429/5xx, timeouts, connection errors and a 200 that carries a server error ("Error:
+upstream model overloaded") are retried with jittered exponential backoff, on another replica when
+one is up; a ``Retry-After`` (or ``retry-after-ms``) header on 429/503 is honoured, capped at
 ``retry_after_max_s``; every request and wait is cut to the run's ``deadline_s``; after
 ``breaker_failures`` verdicts in a row fail (or that many verdicts' worth of attempts, see
 ``_record_failure``), the breaker opens and the rest fail at once. A judge that is expected to
 restart mid-run needs ``breaker_failures=0`` and a retry budget that outlasts the restart.
 
 Judge identity (the verdict cache key): ``judge_id`` when configured, else the served model
-name + base URL + the server's own description of that model from ``/v1/models`` (its root
-path, owner, parent, max length), fetched once per client.
+name + the public base URL(s) + the server's own description of that model from ``/v1/models``
+(its root path, owner, parent, max length), fetched once per client. With several replicas every
+one must describe the same model (checked before its first verdict counts); otherwise the judge
+is refused, naming each replica and what it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import json
 import logging
 import threading
@@ -38,11 +44,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.judges.cache import VerdictCache, default_cache_path, storable_text, verdict_key
 from medbridge.judges.config import JudgeConfig
+from medbridge.judges.http import (
+    HTTPStatusError,
+    JudgeHTTP,
+    JudgeHTTPError,
+    NotJSON,
+    TransientReply,
+    looks_like_server_error,
+    retry_after_s,
+)
 from medbridge.judges.prompts import MCQ_CHOICE, PromptTemplate, reply_text
+from medbridge.judges.replicas import Replica, ReplicaSet
 
-__all__ = ["TEMPLATE_HEADER", "JudgeClient", "JudgePool", "Verdict", "get_pool", "retry_after_s"]
+__all__ = [
+    "TEMPLATE_HEADER",
+    "JudgeClient",
+    "JudgePool",
+    "JudgeRefused",
+    "Verdict",
+    "get_pool",
+    "retry_after_s",
+]
 
 TEMPLATE_HEADER = "X-Medbridge-Judge-Prompt"  # "<template name>/v<version>" on every chat request
 
@@ -58,7 +83,7 @@ class Verdict:
     value: str | None = None
     raw: str | None = None
     cached: bool = False
-    error: str | None = None  # why a verdict failed (exception class or reason); never the request or the key
+    error: str | None = None  # why a verdict failed (a short reason); never the request, the URL's secrets or the key
 
     @property
     def letter(self) -> str | None:
@@ -74,40 +99,19 @@ class _Stop(Exception):
     """A verdict given up without a request: deadline passed or breaker open."""
 
 
+class JudgeRefused(MedbridgeError):
+    """The judge cannot be used as configured (its replicas serve different models)."""
+
+
 def _retryable(exc: BaseException) -> bool:
-    import openai
-
-    if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError)):  # APITimeoutError is a connection error
-        return True
-    return isinstance(exc, openai.APIStatusError) and (exc.status_code >= 500 or exc.status_code == 408)
+    return isinstance(exc, JudgeHTTPError) and exc.retryable
 
 
-def retry_after_s(exc: BaseException) -> float | None:
-    """Seconds a 429/503 reply asked us to wait (``retry-after-ms`` or ``Retry-After``: seconds or an HTTP date)."""
-    response = getattr(exc, "response", None)
-    if getattr(exc, "status_code", None) not in (429, 503) or response is None:
-        return None
-    headers = response.headers
+def _reply_content(reply: Any) -> Any:
+    """The first choice's message content, whatever its shape; None when the reply has no such thing."""
     try:
-        if headers.get("retry-after-ms"):
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if not value:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _reply_content(completion: Any) -> Any:
-    """The first choice's content, whatever its shape; None when the reply has no such thing."""
-    try:
-        return completion.choices[0].message.content
-    except (AttributeError, IndexError, KeyError, TypeError):
+        return reply["choices"][0]["message"]["content"]
+    except (IndexError, KeyError, TypeError):
         return None
 
 
@@ -115,40 +119,50 @@ class JudgeClient:
     """Async judge client. Must be used from one event loop.
 
     ``stats`` counts chat requests (``requests``; ``identity_requests`` for /v1/models),
-    ``cache_hits``, ``deduplicated``, ``settled``, ``invalid``, ``failed``, ``short_circuited``
-    (failed without a request), ``retry_after_waits`` and the peak number of requests in flight
-    (``peak_inflight``).
+    ``cache_hits``, ``deduplicated``, ``settled``, ``invalid``, ``unknown``, ``failed``, ``short_circuited``
+    (failed without a request), ``retry_after_waits``, ``transient_replies`` (errors in a 200),
+    ``replica_failures`` and the peak number of requests in flight (``peak_inflight``).
+    ``replicas.summary()`` gives each replica's sent / answered / failed requests.
     """
 
     def __init__(self, config: JudgeConfig, cache: VerdictCache | None | bool = True):
         if not config.configured:
             raise ValueError("no judge endpoint configured (set MEDBRIDGE_JUDGE_BASE_URL and MEDBRIDGE_JUDGE_MODEL)")
-        import openai
-
         self.config = config
-        # Retries are ours (tenacity, with jitter and Retry-After); the SDK's own would multiply them.
-        self._client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key or "EMPTY",
-            timeout=config.timeout_s,
-            max_retries=0,
+        self.replicas = ReplicaSet(
+            [
+                JudgeHTTP(
+                    url,
+                    config.api_key,
+                    timeout_s=config.timeout_s,
+                    max_reply_bytes=config.max_reply_bytes,
+                    max_connections=config.concurrency,
+                )
+                for url in config.base_urls
+            ],
+            per_replica=config.concurrency,
         )
         if cache is True:
             cache = VerdictCache(config.cache_path or default_cache_path()) if config.cache_enabled else None
         self.cache: VerdictCache | None = cache or None
-        self._sem = asyncio.Semaphore(config.concurrency)
         self._inflight: dict[str, asyncio.Future] = {}
         self._active = 0
         self._failed_in_a_row = 0
         self._failed_attempts = 0
         self.breaker_open = False
+        self.refused: str | None = None  # why the judge cannot be used (replicas serving different models)
         self._deadline = time.monotonic() + config.deadline_s if config.deadline_s else None
         self._identity: str | None = None
+        self._card: dict[str, Any] | None = None
         self._identity_lock = asyncio.Lock()
         self.stats = Counter()
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self.replicas.aclose()
+
+    @property
+    def public_urls(self) -> list[str]:
+        return [r.url for r in self.replicas.replicas]
 
     # ------------------------------------------------------------------ identity
 
@@ -158,27 +172,65 @@ class JudgeClient:
             return self._identity
         async with self._identity_lock:
             if self._identity is None:
+                if self.refused:
+                    raise JudgeRefused(self.refused)
+                if self.config.judge_id and len(self.replicas) == 1:
+                    self._identity = f"id:{self.config.judge_id}"
+                    return self._identity
+                self._card = await self._with_retries(lambda: self._attempt(self._fetch_card))
+                self._record_reply()
+                # The other replicas are asked once now; one that does not answer is checked before its
+                # first request (_attempt), never used unchecked.
+                others = [r for r in self.replicas.replicas if r.card is None]
+                await asyncio.gather(*(self._check_replica(r, quiet=True) for r in others))
                 if self.config.judge_id:
                     self._identity = f"id:{self.config.judge_id}"
                 else:
-                    card = await self._with_retries(self._model_card)
-                    self._record_reply()
+                    urls = self.public_urls
                     self._identity = json.dumps(
-                        {"served": self.config.model, "base_url": self.config.base_url.rstrip("/"), "card": card},
+                        {"served": self.config.model, "base_url": urls[0] if len(urls) == 1 else sorted(urls),
+                         "card": self._card},
                         sort_keys=True,
                     )
         return self._identity
 
-    async def _model_card(self) -> dict[str, Any]:
+    async def _fetch_card(self, replica: Replica) -> dict[str, Any]:
+        """What ``replica``'s /v1/models says about the judge model (LookupError when it does not serve it)."""
         self.stats["identity_requests"] += 1
-        page = await self._client.models.list(timeout=self._request_timeout())
-        for model in page.data:
-            if model.id == self.config.model:
-                card = model.model_dump() if hasattr(model, "model_dump") else dict(model)
+        page = await replica.http.request_json("GET", "/models", timeout_s=self._request_timeout())
+        models = page.get("data") if isinstance(page, dict) else None
+        if not isinstance(models, list):
+            raise TransientReply(f"{replica.http.where('/models')}: not a model list ({type(page).__name__})")
+        for model in models:
+            if isinstance(model, dict) and model.get("id") == self.config.model:
                 # "created" is the time of the request on vLLM, permissions are per request.
-                return {k: card.get(k) for k in ("id", "root", "parent", "owned_by", "max_model_len")}
-        served = [m.id for m in page.data]
-        raise LookupError(f"{self.config.base_url} serves {served}, not {self.config.model!r}")
+                card = {k: model.get(k) for k in ("id", "root", "parent", "owned_by", "max_model_len")}
+                self._accept_card(replica, card)
+                return card
+        served = [m.get("id") for m in models if isinstance(m, dict)]
+        raise LookupError(f"{replica.url} serves {served}, not {self.config.model!r}")
+
+    def _accept_card(self, replica: Replica, card: dict[str, Any]) -> None:
+        """One judge identity: a replica describing another model than the first refuses the judge."""
+        first = self._card or next((r.card for r in self.replicas.replicas if r.card is not None), None)
+        if first is not None and card != first:
+            holders = [r for r in self.replicas.replicas if r.card == first]
+            self.refused = (
+                f"judge replicas serve different models under the name {self.config.model!r}: "
+                + "; ".join(f"{r.url} serves {_card_text(first)}" for r in holders)
+                + f"; {replica.url} serves {_card_text(card)}. Point every replica at one model (or drop one)"
+            )
+            log.error("%s", self.refused)
+            raise JudgeRefused(self.refused)
+        replica.card = card
+
+    async def _check_replica(self, replica: Replica, quiet: bool = False) -> None:
+        try:
+            await self._fetch_card(replica)
+        except JudgeHTTPError as exc:
+            self.replicas.failed(replica, exc.reason)
+            if not quiet:
+                raise
 
     # ------------------------------------------------------------------ limits
 
@@ -190,6 +242,8 @@ class JudgeClient:
         return self.config.timeout_s if remaining is None else max(0.01, min(self.config.timeout_s, remaining))
 
     def _check_limits(self) -> None:
+        if self.refused:
+            raise _Stop("JudgeRefused")
         if self.breaker_open:
             raise _Stop("CircuitOpen")
         remaining = self._remaining_s()
@@ -216,7 +270,7 @@ class JudgeClient:
             log.error(
                 "judge at %s: %d verdicts and %d attempts failed in a row: circuit breaker open, the rest of this "
                 "run is judge_failed (rerun to judge them; nothing failed is cached)",
-                self.config.base_url,
+                ",".join(self.public_urls),
                 self._failed_in_a_row,
                 self._failed_attempts,
             )
@@ -236,11 +290,14 @@ class JudgeClient:
             self.stats["short_circuited"] += 1
             self.stats["failed"] += 1
             return Verdict("failed", error=str(stop))
+        except JudgeRefused:
+            self.stats["failed"] += 1
+            return Verdict("failed", error="JudgeRefused")
         except Exception as exc:  # noqa: BLE001 -- identity unknown (judge down or wrong model): failed, never cached
             self._record_failure()
             self.stats["failed"] += 1
-            log.warning("judge identity could not be fetched: %s: %s", type(exc).__name__, exc)
-            return Verdict("failed", error=type(exc).__name__)
+            log.warning("judge identity could not be fetched: %s", self._describe(exc))
+            return Verdict("failed", error=_reason(exc))
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -265,24 +322,47 @@ class JudgeClient:
             del self._inflight[key]
 
     async def _judge_uncached(self, key: str, template: PromptTemplate, inputs: Mapping[str, Any]) -> Verdict:
-        import openai
-
         messages = template.build(inputs)
+        body = {
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": 0,
+            "max_tokens": max(template.max_tokens, self.config.max_tokens),
+        }
+
+        async def chat(replica: Replica) -> Any:
+            self.stats["requests"] += 1
+            # The template header says which prompt asks (a test judge answers by it; a proxy can route by it).
+            reply = await replica.http.request_json(
+                "POST", "/chat/completions", body=body, headers={TEMPLATE_HEADER: template.key},
+                timeout_s=self._request_timeout(),
+            )
+            content = _reply_content(reply)
+            # A server's error message in place of an answer is transient: retried, never a verdict.
+            if isinstance(content, str) and looks_like_server_error(content):
+                if template.parse(content, inputs)[0] not in template.statuses:
+                    self.stats["transient_replies"] += 1
+                    where = replica.http.where("/chat/completions")
+                    raise TransientReply(f"{where}: HTTP 200 carrying an error: {replica.http.scrub(content[:120])!r}")
+            return content
+
         try:
-            completion = await self._with_retries(lambda: self._create(messages, template))
-        except (ValueError, openai.APIResponseValidationError):
-            completion = None  # a 200 whose body is not a chat completion (not JSON, wrong schema): invalid
+            content = await self._with_retries(lambda: self._attempt(chat))
+        except NotJSON:
+            content = None  # a 200 whose body is not JSON: invalid, and asked again next run (not cached)
         except _Stop as stop:
             self.stats["short_circuited"] += 1
             self.stats["failed"] += 1
             return Verdict("failed", error=str(stop))
+        except JudgeRefused:
+            self.stats["failed"] += 1
+            return Verdict("failed", error="JudgeRefused")
         except Exception as exc:  # noqa: BLE001 -- after the retries: judge_failed, never cached
             self._record_failure()
             self.stats["failed"] += 1
-            log.warning("judge request failed after retries: %s", type(exc).__name__)
-            return Verdict("failed", error=type(exc).__name__)
+            log.warning("judge request failed after retries: %s", self._describe(exc))
+            return Verdict("failed", error=_reason(exc))
         self._record_reply()
-        content = _reply_content(completion)
         try:
             status, value = template.parse(content, inputs)
         except Exception:  # noqa: BLE001 -- a parser must not lose the run over an odd reply
@@ -301,33 +381,32 @@ class JudgeClient:
             self.cache.put(key, await self.identity(), template.key, status, value, raw)
         return Verdict(status, value, raw)
 
-    async def _create(self, messages: list[dict[str, Any]], template: PromptTemplate) -> Any:
-        from openai.types.chat import ChatCompletion
-
-        # The semaphore is held only while a request is on the wire, not during backoff.
-        async with self._sem:
-            self._check_limits()
-            self._active += 1
-            self.stats["peak_inflight"] = max(self.stats["peak_inflight"], self._active)
-            self.stats["requests"] += 1
-            try:
-                # The SDK's low-level post: our messages are plain JSON already, and the typed
-                # create() re-walks them through its TypedDict transform (about a quarter of the
-                # client's CPU per request, measured with benchmarks/judge_throughput.py).
-                return await self._client.post(
-                    "/chat/completions",
-                    body={
-                        "model": self.config.model,
-                        "messages": messages,
-                        "temperature": 0,
-                        "max_tokens": max(template.max_tokens, self.config.max_tokens),
-                    },
-                    cast_to=ChatCompletion,
-                    # Which template asks (a test judge answers by it, a proxy can route or log by it).
-                    options={"timeout": self._request_timeout(), "headers": {TEMPLATE_HEADER: template.key}},
-                )
-            finally:
-                self._active -= 1
+    async def _attempt(self, call) -> Any:
+        """One try of ``call(replica)`` on the least busy replica that is up; its outcome marks the replica."""
+        replica = await self.replicas.acquire()
+        self._active += 1
+        self.stats["peak_inflight"] = max(self.stats["peak_inflight"], self._active)
+        try:
+            self._check_limits()  # raises _Stop (not retryable) once the run is over
+            if replica.card is None and self._card is not None:
+                await self._check_replica(replica)  # never a verdict from a replica whose model is unchecked
+            result = await call(replica)
+        except NotJSON:
+            self.replicas.answered(replica)
+            raise
+        except JudgeHTTPError as exc:
+            asked = getattr(exc, "retry_after", None)
+            if asked is not None:
+                self.replicas.rest(replica, min(asked, self.config.retry_after_max_s))
+            elif exc.retryable and getattr(exc, "status", None) != 429:
+                self.stats["replica_failures"] += 1
+                self.replicas.failed(replica, exc.reason)
+            raise
+        finally:
+            self._active -= 1
+            await self.replicas.release(replica)
+        self.replicas.answered(replica)
+        return result
 
     async def _with_retries(self, call) -> Any:
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -335,8 +414,11 @@ class JudgeClient:
         backoff = wait_random_exponential(multiplier=self.config.backoff_initial_s, max=self.config.backoff_max_s)
 
         def wait(state) -> float:
-            asked = retry_after_s(state.outcome.exception())
-            if asked is not None:
+            exc = state.outcome.exception()
+            asked = getattr(exc, "retry_after", None) if isinstance(exc, HTTPStatusError) else None
+            if len(self.replicas) > 1 and self.replicas.another_is_up():
+                seconds = 0.0  # another replica can take the retry now
+            elif asked is not None:
                 self.stats["retry_after_waits"] += 1
                 seconds = min(asked, self.config.retry_after_max_s)
             else:
@@ -352,7 +434,6 @@ class JudgeClient:
         )
         async for attempt in retrying:
             with attempt:
-                self._check_limits()  # raises _Stop (not retryable) once the run is over
                 try:
                     return await call()
                 except Exception as exc:
@@ -361,6 +442,10 @@ class JudgeClient:
                     raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
+    def _describe(self, exc: BaseException) -> str:
+        """An error as it may be logged: its reason and message, with every secret of the judge's URLs removed."""
+        return self.replicas.scrub(f"{_reason(exc)}: {exc}")
+
     async def judge_many(self, template: PromptTemplate, inputs: Sequence[Mapping[str, Any]]) -> list[Verdict]:
         """Ask many questions concurrently; results in input order."""
         return list(await asyncio.gather(*(self.judge(template, i) for i in inputs)))
@@ -368,6 +453,14 @@ class JudgeClient:
     async def judge_choice(self, question: str, options: Mapping[str, str], response: str) -> Verdict:
         """Which option ``response`` finally chose, per the judge (template MCQ_CHOICE)."""
         return await self.judge(MCQ_CHOICE, choice_inputs(question, options, response))
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, JudgeHTTPError) else type(exc).__name__
+
+
+def _card_text(card: dict[str, Any]) -> str:
+    return f"{card.get('root') or card.get('id')} (max_model_len {card.get('max_model_len')})"
 
 
 def choice_inputs(question: str, options: Mapping[str, str], response: str) -> dict[str, Any]:
@@ -405,12 +498,15 @@ class JudgePool:
 
     def judge_name(self) -> str:
         """A readable judge identity for records and leaderboard pins: the configured judge id, else the
-        model the server reports behind its served name (the card's root, once fetched), else name@URL."""
+        model the server reports behind its served name (the card's root, once fetched), else name@URL
+        (public URLs: no credentials, no query values)."""
         if self.config.judge_id:
             return self.config.judge_id
-        identity = self.client._identity  # set by the first verdict; never fetched here
-        root = json.loads(identity).get("card", {}).get("root") if identity else None
-        return str(root) if root else f"{self.config.model}@{self.config.base_url}"
+        card = self.client._card  # set by the first verdict; never fetched here
+        root = card.get("root") if card else None
+        if root:
+            return self.client.replicas.scrub(str(root))
+        return f"{self.config.model}@{','.join(self.client.public_urls)}"
 
     def close(self) -> None:
         if self._loop.is_running():

@@ -9,10 +9,14 @@ Highest precedence first:
    ``MEDBRIDGE_JUDGE_MODE``, ``MEDBRIDGE_JUDGE_CONCURRENCY``, ``MEDBRIDGE_JUDGE_TIMEOUT``,
    ``MEDBRIDGE_JUDGE_MAX_ATTEMPTS``, ``MEDBRIDGE_JUDGE_DEADLINE``, ``MEDBRIDGE_JUDGE_CACHE``.
 
-The API key is bound to the base URL it was given with: the environment's key goes only to the
-environment's base URL, so a task file that points ``base_url`` elsewhere gets no key (a task
+``base_url`` may name several replicas of one judge: comma-separated in the environment or a
+flag (``http://a:8000/v1,http://b:8000/v1``), or a list in a task's judge block; ``base_urls`` is
+the tuple. Requests are spread over them (replicas.py); ``concurrency`` is per replica.
+
+The API key is bound to the base URL(s) it was given with: the environment's key goes only to the
+environment's base URLs, so a task file that points ``base_url`` elsewhere gets no key (a task
 file may never carry a key itself). The key is excluded from ``repr`` and never logged, cached
-or written to a record.
+or written to a record; so are URL credentials and query values (``repr`` shows ``public_url``s).
 
 Modes: ``rules`` (our extractor only), ``judge`` (every sample judged; rules still recorded to
 measure agreement), ``cascade`` (rules settle what they can read, the judge the rest). The
@@ -29,8 +33,9 @@ from typing import Any
 
 from medbridge.harness_ext import settings
 from medbridge.harness_ext.errors import SettingError
+from medbridge.judges.http import DEFAULT_MAX_REPLY_BYTES, public_url
 
-__all__ = ["MODES", "JudgeConfig", "active_config"]
+__all__ = ["MODES", "JudgeConfig", "active_config", "split_urls"]
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +51,22 @@ _ENV_STR = {
 }
 _ENV_INT = {"concurrency": "MEDBRIDGE_JUDGE_CONCURRENCY", "max_attempts": "MEDBRIDGE_JUDGE_MAX_ATTEMPTS"}
 _ENV_FLOAT = {"timeout_s": "MEDBRIDGE_JUDGE_TIMEOUT", "deadline_s": "MEDBRIDGE_JUDGE_DEADLINE"}
-_INTS = ("concurrency", "max_attempts", "max_tokens", "breaker_failures")
+_INTS = ("concurrency", "max_attempts", "max_tokens", "breaker_failures", "max_reply_bytes")
 _FLOATS = ("timeout_s", "backoff_initial_s", "backoff_max_s", "retry_after_max_s", "deadline_s")
 _warned: set[tuple[str, str]] = set()
 
 
-def _same_url(a: str | None, b: str | None) -> bool:
-    return bool(a and b) and a.strip().rstrip("/") == b.strip().rstrip("/")
+def split_urls(value: Any) -> tuple[str, ...]:
+    """Base URLs from a comma-separated string or a list (blank entries dropped)."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _same_url(a: Any, b: Any) -> bool:
+    urls_a = {u.rstrip("/") for u in split_urls(a)}
+    return bool(urls_a) and urls_a == {u.rstrip("/") for u in split_urls(b)}
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,18 @@ class JudgeConfig:
     breaker_failures: int = 5  # verdicts failed in a row (after retries) that open the breaker; 0: off
     max_tokens: int = 16
     cache_path: str | None = None  # None: the default path; "off" (or ""): no cache
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES  # one reply, as sent and as inflated
+
+    def __repr__(self) -> str:
+        shown = ",".join(public_url(u) for u in self.base_urls) or None
+        return (
+            f"JudgeConfig(base_url={shown!r}, model={self.model!r}, judge_id={self.judge_id!r}, mode={self.mode!r}, "
+            f"concurrency={self.concurrency}, timeout_s={self.timeout_s}, deadline_s={self.deadline_s})"
+        )
 
     def __post_init__(self) -> None:
+        if self.base_url is not None and not isinstance(self.base_url, str):  # a list of replicas
+            object.__setattr__(self, "base_url", ",".join(split_urls(self.base_url)) or None)
         if self.mode not in MODES:
             raise SettingError(f"judge mode must be one of {MODES}, got {self.mode!r} (MEDBRIDGE_JUDGE_MODE)")
         if self.mode != "rules" and not self.configured:
@@ -84,19 +108,29 @@ class JudgeConfig:
                 f"judge mode {self.mode!r} needs a judge base_url and model "
                 "(set MEDBRIDGE_JUDGE_BASE_URL and MEDBRIDGE_JUDGE_MODEL)"
             )
-        if self.base_url and not _is_http_url(self.base_url):
-            raise SettingError(
-                f"judge base_url {self.base_url!r} is not an http(s) URL "
-                "(MEDBRIDGE_JUDGE_BASE_URL or --base-url, e.g. http://127.0.0.1:8000/v1)"
-            )
+        for url in self.base_urls:
+            if not _is_http_url(url):
+                raise SettingError(
+                    f"judge base_url {public_url(url)!r} is not an http(s) URL (MEDBRIDGE_JUDGE_BASE_URL or "
+                    "--base-url, e.g. http://127.0.0.1:8000/v1; several replicas separated by commas)"
+                )
+        if len({u.rstrip("/") for u in self.base_urls}) != len(self.base_urls):
+            raise SettingError(f"judge base_url lists a replica twice: {[public_url(u) for u in self.base_urls]}")
         if self.concurrency < 1 or self.max_attempts < 1:
             raise SettingError("judge concurrency and max_attempts must be >= 1")
+        if self.max_reply_bytes < 1024:
+            raise SettingError(f"judge max_reply_bytes must be >= 1024, got {self.max_reply_bytes}")
         if self.timeout_s <= 0 or self.deadline_s < 0 or self.breaker_failures < 0:
             raise SettingError("judge timeout_s must be > 0, deadline_s and breaker_failures >= 0")
 
     @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The judge's replicas (one URL when there is one server)."""
+        return split_urls(self.base_url)
+
+    @property
     def configured(self) -> bool:
-        return bool(self.base_url and self.model)
+        return bool(self.base_urls and self.model)
 
     @property
     def cache_enabled(self) -> bool:
@@ -134,6 +168,8 @@ class JudgeConfig:
                     raise SettingError(f"unknown judge setting {name!r} in {where} (known: {sorted(known)})")
                 if value is None:
                     continue
+                if name == "base_url" and isinstance(value, (list, tuple)):
+                    value = ",".join(split_urls(value))
                 try:
                     values[name] = int(value) if name in _INTS else float(value) if name in _FLOATS else value
                 except (TypeError, ValueError):
@@ -148,8 +184,8 @@ class JudgeConfig:
                 _warned.add(warn)
                 log.warning(
                     "not sending MEDBRIDGE_JUDGE_API_KEY to %s: it was given for MEDBRIDGE_JUDGE_BASE_URL=%s",
-                    values.get("base_url"),
-                    env_url,
+                    ",".join(public_url(u) for u in split_urls(values.get("base_url"))),
+                    ",".join(public_url(u) for u in split_urls(env_url)),
                 )
         if "mode" not in values:
             values["mode"] = "cascade" if values.get("base_url") and values.get("model") else "rules"

@@ -8,17 +8,20 @@ question>`` (or none; "PET" gets the out-of-vocabulary ``MODALITY: pet``); ``fre
 ``VERDICT: CORRECT`` when the reference answer appears in the response; any other template gets its
 fixed reply from ``template_replies``, or a 400. ``/stats`` counts requests per template. Faults are injected
 by flags: the first N attempts of every distinct prompt fail with a status code (429, 500, 503,
-400), optionally with a ``Retry-After`` header; replies can be odd shapes (garbage text, empty,
+400; 200 sends a gateway's "Error: upstream model overloaded" as the reply), optionally with a
+``Retry-After`` header; replies can be odd shapes (garbage text, empty,
 a number, a list, a dict, null, a lone surrogate, no choices, a body that is not JSON); each
 reply can be delayed (requests are answered in parallel, so concurrency shows in wall time and
-in ``max_inflight``) or hang. ``root`` is what ``/v1/models`` reports as the served model's
-path, as vLLM does. ``GET /stats`` returns request counts. Run in a thread (``FakeJudgeServer``) or as a process
+in ``max_inflight``) or hang; ``capacity`` caps the requests answered at once (the rest queue).
+``root`` is what ``/v1/models`` reports as the served model's path, as vLLM does. ``GET /stats``
+returns request counts. Run in a thread (``FakeJudgeServer``) or as a process
 (``python -m medbridge.tests.fake_judge_server --port P ...``) that a test can kill.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import threading
@@ -74,6 +77,7 @@ class _State:
         hang_s: float = 0.0,
         root: str = "/models/fake-judge-a",
         template_replies: dict[str, str] | None = None,
+        capacity: int = 0,
     ):
         if reply not in REPLIES:
             raise ValueError(f"reply must be one of {REPLIES}")
@@ -85,6 +89,8 @@ class _State:
         self.hang_s = hang_s
         self.root = root
         self.template_replies = dict(template_replies or {})  # fixed replies for templates beyond ANSWERS
+        # Requests answered at once (0: no limit); a fixed capacity per server is what replicas multiply.
+        self.capacity = threading.BoundedSemaphore(capacity) if capacity else contextlib.nullcontext()
         self.request_times: list[float] = []
         self.lock = threading.Lock()
         self.counts = Counter()
@@ -123,6 +129,21 @@ def _mcq_choice_for(prompt: str) -> str:
     return f"VERDICT: {letter}" if letter else "VERDICT: NONE"
 
 
+OVERLOADED = "Error: upstream model overloaded"  # what some gateways put in a 200 instead of an answer
+
+
+def _completion(content, no_choices: bool = False) -> dict:
+    choices = [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
+    return {
+        "id": "cmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": MODEL_NAME,
+        "choices": [] if no_choices else choices,
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
 # The deterministic answer per template name (the client's TEMPLATE_HEADER says which template asks).
 ANSWERS = {"mcq_choice": _mcq_choice_for, "free_text": _free_text_for, "modality": _modality_for}
 
@@ -155,13 +176,18 @@ def make_handler(state: _State):
                 pass
 
         def do_GET(self):
-            if self.path == "/health":
+            path = self.path.split("?", 1)[0]  # a judge URL may carry a query (a token): ignored here
+            with state.lock:
+                state.counts["gets"] += 1
+                if self.headers.get("Authorization", "") not in ("", "Bearer EMPTY"):
+                    state.counts["get_with_key"] += 1
+            if path == "/health":
                 self._send(200, {})
-            elif self.path == "/v1/models":
+            elif path == "/v1/models":
                 card = {"id": MODEL_NAME, "object": "model", "created": int(time.time()), "owned_by": "fake"}
                 card["root"] = state.root
                 self._send(200, {"object": "list", "data": [card]})
-            elif self.path == "/stats":
+            elif path == "/stats":
                 with state.lock:
                     self._send(200, {"counts": dict(state.counts), "max_inflight": state.max_inflight})
             else:
@@ -189,47 +215,43 @@ def make_handler(state: _State):
                 if self.headers.get("Authorization", "") not in ("", "Bearer EMPTY"):
                     state.counts["with_key"] += 1
             try:
-                if state.hang_s:
-                    time.sleep(state.hang_s)
-                if state.delay_s:
-                    time.sleep(state.delay_s)
-                if attempt <= state.fail_first:
-                    with state.lock:
-                        state.counts[f"failed_{state.fail_status}"] += 1
-                    headers = {"Retry-After": state.retry_after} if state.retry_after else {}
-                    error = {"error": {"message": "injected failure", "code": state.fail_status}}
-                    self._send(state.fail_status, error, headers)
-                    return
-                if state.reply == "not_json":
-                    self._send_raw(200, b"<html>upstream proxy error</html>")
-                    return
-                if state.reply in _ODD_CONTENT:
-                    content = _ODD_CONTENT[state.reply]
-                elif template in state.template_replies:
-                    content = state.template_replies[template]
-                elif template in ANSWERS:
-                    content = ANSWERS[template](prompt)
-                else:
-                    message = f"no answer for judge template {template!r} (header {TEMPLATE_HEADER})"
-                    self._send(400, {"error": {"message": message, "code": 400}})
-                    return
-                choices = [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
-                with state.lock:
-                    state.counts["ok"] += 1
-                self._send(
-                    200,
-                    {
-                        "id": f"cmpl-{state.counts['requests']}",
-                        "object": "chat.completion",
-                        "created": int(time.time()),
-                        "model": MODEL_NAME,
-                        "choices": [] if state.reply == "no_choices" else choices,
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    },
-                )
+                with state.capacity:  # a server answers at most `capacity` requests at once; the rest queue
+                    self._answer(prompt, template, attempt)
             finally:
                 with state.lock:
                     state.inflight -= 1
+
+        def _answer(self, prompt: str, template: str | None, attempt: int) -> None:
+            if state.hang_s:
+                time.sleep(state.hang_s)
+            if state.delay_s:
+                time.sleep(state.delay_s)
+            if attempt <= state.fail_first:
+                with state.lock:
+                    state.counts[f"failed_{state.fail_status}"] += 1
+                if state.fail_status == 200:  # a gateway's error text in place of an answer
+                    self._send(200, _completion(OVERLOADED))
+                    return
+                headers = {"Retry-After": state.retry_after} if state.retry_after else {}
+                error = {"error": {"message": "injected failure", "code": state.fail_status}}
+                self._send(state.fail_status, error, headers)
+                return
+            if state.reply == "not_json":
+                self._send_raw(200, b"<html>upstream proxy error</html>")
+                return
+            if state.reply in _ODD_CONTENT:
+                content = _ODD_CONTENT[state.reply]
+            elif template in state.template_replies:
+                content = state.template_replies[template]
+            elif template in ANSWERS:
+                content = ANSWERS[template](prompt)
+            else:
+                message = f"no answer for judge template {template!r} (header {TEMPLATE_HEADER})"
+                self._send(400, {"error": {"message": message, "code": 400}})
+                return
+            with state.lock:
+                state.counts["ok"] += 1
+            self._send(200, _completion(content, no_choices=state.reply == "no_choices"))
 
     return Handler
 
@@ -245,7 +267,8 @@ class FakeJudgeServer:
     def __init__(self, port: int = 0, **state_kwargs):
         self.state = _State(**state_kwargs)
         self.httpd = _Server(("127.0.0.1", port), make_handler(self.state))
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, once per test.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -268,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply", choices=REPLIES, default="extractor")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--root", default="/models/fake-judge-a", help="the served model's path in /v1/models")
+    parser.add_argument("--capacity", type=int, default=0, help="requests answered at once (0: no limit)")
     args = parser.parse_args(argv)
     server = FakeJudgeServer(
         args.port, fail_first=args.fail_first, fail_status=args.fail_status, reply=args.reply, delay_s=args.delay,
-        root=args.root,
+        root=args.root, capacity=args.capacity,
     )
     server.httpd.serve_forever()
     return 0

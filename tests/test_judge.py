@@ -185,6 +185,7 @@ def test_cache_is_safe_under_concurrent_writer_processes(tmp_path):
         cache.put("k9999", "m", "p", "failed", None, None)
 
 
+@pytest.mark.slow
 def test_cohen_kappa_known_values():
     assert judge.cohen_kappa(list("AABB"), list("ABBB")) == pytest.approx(0.5)
     assert judge.cohen_kappa(list("ABCD"), list("ABCD")) == 1.0
@@ -233,7 +234,7 @@ def test_client_errors_are_not_retried_and_fail_resumably(tmp_path):
         verdicts, _ = _run(cfg, jobs)
         assert _stats(server)["counts"]["requests"] == 5  # one attempt each
     assert [v.status for v in verdicts] == ["failed"] * 5
-    assert all(v.error == "BadRequestError" for v in verdicts)
+    assert all(v.error == "HTTP 400" for v in verdicts)
     assert VerdictCache(tmp_path / "cache.sqlite").count() == 0  # failures are never cached
     with FakeJudgeServer() as server:  # a healthy server: the rerun judges what was missing
         verdicts, stats = _run(_config(server.base_url, tmp_path), jobs)

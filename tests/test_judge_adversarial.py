@@ -124,17 +124,12 @@ def test_adversarial_retry_after_http_date_and_cap(tmp_path):
         elapsed = time.monotonic() - start
     assert [v.status for v in verdicts] == ["letter", "letter"] and elapsed < 5
 
-    class _Exc(Exception):
-        status_code = 429
-
-        class response:  # noqa: N801 -- the shape of an httpx response
-            headers = {"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"}
-
-    assert judge.client.retry_after_s(_Exc()) > 3600
-    _Exc.response.headers = {"retry-after-ms": "1500"}
-    assert judge.client.retry_after_s(_Exc()) == 1.5
+    assert judge.client.retry_after_s(429, {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}) > 3600
+    assert judge.client.retry_after_s(503, {"retry-after-ms": "1500"}) == 1.5
+    assert judge.client.retry_after_s(500, {"retry-after": "5"}) is None  # only 429 and 503 ask for time
 
 
+@pytest.mark.slow
 def test_adversarial_hung_judge_is_cut_by_the_run_deadline(tmp_path):
     with FakeJudgeServer(hang_s=30) as server:
         cfg = stub_judge_config(
@@ -285,6 +280,7 @@ def test_adversarial_deepcopy_settles_and_a_lost_pending_copy_is_an_error(tmp_pa
         judge.settle_records([raw_copy])
 
 
+@pytest.mark.slow
 def test_adversarial_torch_object_gather_path_carries_final_verdicts(tmp_path):
     torch_c10d = pytest.importorskip("torch.distributed.distributed_c10d")
     to_tensor, from_tensor = torch_c10d._object_to_tensor, torch_c10d._tensor_to_object
@@ -361,3 +357,247 @@ def test_adversarial_check_probe_fails_on_an_invalid_reply(capsys):
             assert main(["judge", "check", "--base-url", server.base_url, "--model", MODEL_NAME, "--probe"]) == 1
         captured = capsys.readouterr()
         assert "probe verdict: invalid" in captured.out and "probe FAILED" in captured.err
+
+
+# ------------------------------------------------------------------- hostile HTTP servers (issue 21)
+# Each case below ran against the client before it had one HTTP policy (openai's client, urllib in
+# `judge check`): the trickle held a verdict until the server stopped, the bomb was inflated whole and
+# accepted, a redirect's verdict was taken and cached, an "overloaded" 200 was cached as invalid, and a
+# token in the judge URL landed in the cache, the records and the log.
+
+TOKEN = "qtok-SECRET-in-the-query"
+PASSWORD = "pw-SECRET-in-the-url"
+BOMB_INFLATED = 200 << 20  # 200 MiB of JSON whitespace, about 200 KB gzipped
+_BOMB: list[bytes] = []
+
+
+def _bomb() -> bytes:
+    """A gzip body that is a valid chat completion of 200 MiB once inflated (built once, in 1 MiB steps)."""
+    if not _BOMB:
+        import zlib
+
+        packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        head = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "VERDICT: B"}}]})
+        parts = [packer.compress(head[:-1].encode() + b",")]
+        spaces = b" " * (1 << 20)
+        parts += [packer.compress(spaces) for _ in range(BOMB_INFLATED >> 20)]
+        parts.append(packer.compress(b'"object": "chat.completion"}') + packer.flush())
+        _BOMB.append(b"".join(parts))
+    return _BOMB[0]
+
+
+class HostileJudge:
+    """A judge server on 127.0.0.1 that misbehaves on purpose. ``mode``: "normal" (always ``VERDICT: B``),
+    "trickle" (the reply's bytes one every 0.5 s, for at most ``trickle_s``), "bomb" (gzip bomb), "big"
+    (2 MiB, not compressed), "redirect" (chat requests answered with ``redirect_status`` to ``target``;
+    /v1/models too when ``redirect_models``), "overloaded" (a 200 saying "Error: upstream model
+    overloaded" for the first ``fail_first`` tries of each question), "models_list" (/v1/models is a
+    JSON list). ``seen`` holds (method, path, Authorization) of every request."""
+
+    def __init__(self, mode="normal", *, target=None, redirect_status=307, redirect_models=False, fail_first=2,
+                 trickle_s=15.0, root="/models/hostile"):
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[tuple[str, str, str]] = []
+        tries: Counter = Counter()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, body: bytes, headers=None):
+                self.send_response(code)
+                for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                                    **(headers or {})}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+            def _redirect(self):
+                self._reply(redirect_status, b"", {"Location": target + self.path})
+
+            def do_GET(self):
+                owner.seen.append(("GET", self.path, self.headers.get("Authorization", "")))
+                if mode == "redirect" and redirect_models:
+                    return self._redirect()
+                if mode == "models_list":
+                    return self._reply(200, json.dumps([{"id": MODEL_NAME}]).encode())
+                card = {"id": MODEL_NAME, "object": "model", "owned_by": "hostile", "root": root}
+                self._reply(200, json.dumps({"object": "list", "data": [card]}).encode())
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.seen.append(("POST", self.path, self.headers.get("Authorization", "")))
+                tries[body] += 1
+                answer = "VERDICT: B"
+                if mode == "redirect":
+                    return self._redirect()
+                if mode == "overloaded" and tries[body] <= fail_first:
+                    answer = "Error: upstream model overloaded"
+                completion = json.dumps({"object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
+                if mode == "bomb":
+                    return self._reply(200, _bomb(), {"Content-Encoding": "gzip"})
+                if mode == "big":
+                    return self._reply(200, b" " * (2 << 20) + completion.encode())
+                if mode != "trickle":
+                    return self._reply(200, completion.encode())
+                data = completion.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                stop = time.monotonic() + trickle_s
+                for byte in data:
+                    if time.monotonic() > stop:
+                        break
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(0.5)
+                self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + "/v1"
+
+    def __enter__(self) -> HostileJudge:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _b_jobs(n: int) -> list[dict]:
+    return [choice_inputs(QUESTION, OPTIONS, f"case {i}: my final answer is <answer>B</answer>") for i in range(n)]
+
+
+@pytest.mark.slow
+def test_adversarial_trickling_judge_is_cut_by_the_whole_request_deadline(tmp_path):
+    with HostileJudge("trickle", trickle_s=12) as server:
+        cfg = stub_judge_config(server.base_url, tmp_path, timeout_s=2, deadline_s=6, max_attempts=2)
+        start = time.monotonic()
+        verdicts, stats = _run(cfg, _b_jobs(1))
+        elapsed = time.monotonic() - start
+    assert verdicts[0].status == "failed" and verdicts[0].error in ("RequestTimeout", "DeadlineExceeded")
+    assert elapsed < 6.5, elapsed  # two whole-request timeouts of 2 s (not one byte every 0.5 s until the end)
+    assert stats["requests"] == 2 and VerdictCache(tmp_path / "cache.sqlite").count() == 0
+
+
+@pytest.mark.parametrize("mode", ["bomb", "big"])
+def test_adversarial_reply_size_is_capped_compressed_and_inflated(tmp_path, mode):
+    import tracemalloc
+
+    with HostileJudge(mode) as server:
+        if mode == "bomb":
+            _bomb()  # built before measuring
+        tracemalloc.start()
+        try:
+            verdicts, stats = _run(stub_judge_config(server.base_url, tmp_path, max_attempts=2), _b_jobs(1))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert verdicts[0].status == "failed" and verdicts[0].error == "ReplyTooLarge"
+    assert stats["requests"] == 1  # a reply over the cap is not asked for again in this run ...
+    assert VerdictCache(tmp_path / "cache.sqlite").count() == 0  # ... and never a verdict
+    assert peak < 24 << 20, f"peak {peak / 2**20:.0f} MiB"  # the cap (1 MiB) and the client, not 200 MiB
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_adversarial_cross_origin_redirect_is_refused_and_the_key_never_leaves(tmp_path, status):
+    with HostileJudge("normal", root="/models/elsewhere") as other:
+        with HostileJudge("redirect", target=other.origin, redirect_status=status) as judge_server:
+            cfg = stub_judge_config(judge_server.base_url, tmp_path, api_key=SECRET)
+            verdicts, _ = _run(cfg, _b_jobs(2))
+    assert [v.status for v in verdicts] == ["failed", "failed"]
+    assert {v.error for v in verdicts} == {"RedirectRefused"}
+    assert other.seen == []  # nothing was sent to the other origin: no request, no key
+    assert VerdictCache(tmp_path / "cache.sqlite").count() == 0
+
+
+def test_adversarial_judge_check_never_follows_a_redirect_or_leaks_the_key(tmp_path, capsys, monkeypatch):
+    from medbridge.cli import main
+
+    monkeypatch.setenv("MEDBRIDGE_LOG_DIR", str(tmp_path / "logs"))
+    with HostileJudge("normal") as other:
+        with HostileJudge("redirect", target=other.origin, redirect_status=302, redirect_models=True) as server:
+            code = main(["judge", "check", "--base-url", server.base_url, "--model", MODEL_NAME, "--api-key", SECRET])
+    captured = capsys.readouterr()
+    assert code == 1 and "RedirectRefused" in captured.out
+    assert other.seen == [] and SECRET not in captured.out + captured.err
+    # A /v1/models of another shape (a JSON list) is a one-line answer, not the bug path with its log file.
+    with HostileJudge("models_list") as server:
+        code = main(["judge", "check", "--base-url", server.base_url, "--model", MODEL_NAME, "--api-key", SECRET])
+    captured = capsys.readouterr()
+    assert code == 1 and "not an OpenAI model list" in captured.out
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
+    assert SECRET not in captured.out + captured.err
+
+
+def test_adversarial_overloaded_200_is_retried_and_never_cached(tmp_path):
+    with HostileJudge("overloaded", fail_first=2) as server:
+        verdicts, stats = _run(stub_judge_config(server.base_url, tmp_path), _b_jobs(3))
+    assert [v.letter for v in verdicts] == ["B"] * 3 and stats["transient_replies"] == 6
+    with HostileJudge("overloaded", fail_first=99) as server:  # overloaded all run long: failed, not "invalid"
+        cfg = stub_judge_config(server.base_url, tmp_path / "other", max_attempts=3)
+        (tmp_path / "other").mkdir()
+        verdicts, _ = _run(cfg, _b_jobs(2))
+        assert [(v.status, v.error) for v in verdicts] == [("failed", "TransientReply")] * 2
+        assert VerdictCache(tmp_path / "other" / "cache.sqlite").count() == 0
+    with HostileJudge("normal") as server:  # a healthy judge later: asked again, answered
+        cfg = stub_judge_config(server.base_url, tmp_path / "other")
+        verdicts, stats = _run(cfg, _b_jobs(2))
+    assert [v.letter for v in verdicts] == ["B", "B"] and stats["requests"] == 2
+
+
+def test_adversarial_url_credentials_and_query_tokens_are_never_stored_or_logged(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    with HostileJudge("normal") as server:
+        url = f"http://judgeuser:{PASSWORD}@127.0.0.1:{server.httpd.server_address[1]}/v1?token={TOKEN}"
+        cfg = stub_judge_config(url, tmp_path, mode="cascade")
+        pool = judge.JudgePool(cfg)
+        try:
+            record = judge.score_doc_judged(_doc(0), ["<answer>B</answer>", "B or C?"], OPTIONS, cfg, pool=pool)
+            judge.settle_records([record])
+            name = pool.judge_name()
+        finally:
+            pool.close()
+        assert record["judge_choices"] == [None, "B"]
+        # The credentials were used (Basic auth), and the query reached the server ...
+        assert all(auth.startswith("Basic ") for _, _, auth in server.seen)
+        assert all(TOKEN in path for _, path, _ in server.seen)
+    # ... and are nowhere else: not in the cache file, the record, the judge's name, the config's repr, the log.
+    stored = (tmp_path / "cache.sqlite").read_bytes() + json.dumps(record).encode() + name.encode()
+    for secret in (TOKEN, PASSWORD):
+        assert secret.encode() not in stored and secret not in repr(cfg) and secret not in caplog.text
+    # A judge that is down with such a URL: its errors are logged without them too.
+    caplog.clear()
+    down = f"http://judgeuser:{PASSWORD}@127.0.0.1:{_free_port()}/v1?token={TOKEN}"
+    verdicts, _ = _run(stub_judge_config(down, tmp_path, max_attempts=2, judge_id="down"), _b_jobs(1))
+    _run(stub_judge_config(down, tmp_path, max_attempts=2), _b_jobs(1))
+    assert verdicts[0].status == "failed" and "REDACTED" in caplog.text
+    assert TOKEN not in caplog.text and PASSWORD not in caplog.text
