@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from medbridge.tasks.medmnist import data
 from medbridge.tasks.medmnist.catalog import MODALITIES, SETS, get_set
-from medbridge.tasks.medmnist.fixtures import build_all, build_medmnist_fixture
+from medbridge.tasks.medmnist.fixtures import build_all
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +17,15 @@ def root(tmp_path_factory):
 def test_catalog_matches_medmnist_info():
     import medmnist
 
-    assert len(SETS) == 12
     for spec in SETS:
         info = medmnist.INFO[spec.flag]
         assert len(info["label"]) == spec.n_classes, spec.flag
         assert (info["n_channels"] == 3) == spec.rgb, spec.flag
+        # The answer rule follows medmnist's own task type.
+        want = {"multi-label, binary-class": "multilabel_exactly_one", "ordinal-regression": "ordinal"}
+        assert spec.rule == want.get(info["task"], "single"), spec.flag
         assert spec.modality in MODALITIES
-    assert [s.name for s in SETS if s.modality == "microscopy"] == ["blood", "path", "tissue"]
-    assert [s.name for s in SETS if s.modality == "photography"] == ["derma", "oct", "retina"]
+    assert all(any(s.modality == m for s in SETS) for m in MODALITIES)
 
 
 def test_fixture_files_have_the_real_layout(root):
@@ -34,7 +35,7 @@ def test_fixture_files_have_the_real_layout(root):
             img = npz["test_images"]
             assert img.dtype == np.uint8
             assert img.shape[1:] == ((224, 224, 3) if spec.rgb else (224, 224))
-            assert npz["test_labels"].shape[1] == (14 if spec.flag == "chestmnist" else 1)
+            assert npz["test_labels"].shape[1] == (spec.n_classes if spec.rule == "multilabel_exactly_one" else 1)
 
 
 def test_items_are_read_through_medmnist_and_balanced(root):
@@ -173,16 +174,21 @@ def test_file_errors_are_user_errors():
 # Lazy images: a memory-mapped cache next to the npz, decoded per doc
 
 
-def test_images_are_read_lazily_from_a_stamped_memory_mapped_cache(tmp_path):
+def _cache_file(npz, split="test"):
+    from medbridge.tasks.content_hash import hash_file
+
+    return npz.parent / data.cache_name(npz, split, hash_file(npz))
+
+
+def test_images_are_read_lazily_from_a_content_keyed_memory_mapped_cache(tmp_path):
     import os
 
     build_all(tmp_path, test_per_class=2, train_per_class=1, val_per_class=1)
     npz = data.npz_path("dermamnist", tmp_path)
     images, labels = data.load_split("dermamnist", "test", tmp_path)
     assert isinstance(images, np.memmap) and images.mode == "r"
-    npy, stamp_path = data.cache_paths(npz, "test")
-    stamp = json.loads(stamp_path.read_text())
-    assert stamp["npz_size"] == npz.stat().st_size and len(stamp["npz_md5"]) == 32
+    cache = _cache_file(npz)
+    assert cache.is_file() and str(images.filename) == str(cache)
     with np.load(npz) as arrays:
         assert np.array_equal(images, arrays["test_images"])
 
@@ -191,17 +197,202 @@ def test_images_are_read_lazily_from_a_stamped_memory_mapped_cache(tmp_path):
     for item in items[:3]:
         assert np.array_equal(np.asarray(data.doc_image(item)), images[item["index"]])
 
-    # A replaced npz (different content, same name) makes the cache stale: it is rebuilt.
-    built = npy.stat().st_mtime_ns
-    build_medmnist_fixture(get_set("dermamnist"), tmp_path, {"train": 1, "val": 1, "test": 3}, seed=5)
-    os.utime(npz, ns=(built + 10**9, built + 10**9))
-    again, _ = data.load_split("dermamnist", "test", tmp_path)
-    assert again.shape[0] == 7 * 3 and json.loads(stamp_path.read_text())["npz_md5"] != stamp["npz_md5"]
-    # Touching the file without changing it keeps the cache (the MD5 decides).
-    before = npy.stat().st_mtime_ns
+    # Touching the file without changing it keeps the cache (the content hash decides).
+    before = cache.stat().st_mtime_ns
     os.utime(npz, ns=(before + 2 * 10**9, before + 2 * 10**9))
     data.load_split("dermamnist", "test", tmp_path)
-    assert npy.stat().st_mtime_ns == before
+    assert cache.stat().st_mtime_ns == before
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory, monkeypatch):
+    """Each test's own hash memo and fallback cache folder (never the user's ~/.cache)."""
+    folder = tmp_path_factory.mktemp("data_cache")
+    monkeypatch.setenv("MEDBRIDGE_DATA_CACHE", str(folder))
+    from medbridge.tasks import content_hash
+
+    monkeypatch.setattr(content_hash, "_MEMO", {})
+    data._open_split.cache_clear()
+    return folder
+
+
+def _same_size_replacement(npz, seed, in_place):
+    """Another npz of exactly the same byte size (stored, not compressed), given the old mtime."""
+    import os
+
+    st = npz.stat()
+    with np.load(npz) as old:
+        arrays = {k: old[k] for k in old.files}
+    rng = np.random.default_rng(seed)
+    arrays["test_images"] = rng.integers(0, 256, arrays["test_images"].shape, dtype=np.uint8)
+    new = npz.with_name("replacement.npz")
+    np.savez(new, **arrays)
+    assert new.stat().st_size == st.st_size
+    if in_place:  # the same inode, rewritten
+        npz.write_bytes(new.read_bytes())
+        new.unlink()
+    else:
+        os.replace(new, npz)
+    os.utime(npz, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (npz.stat().st_size, npz.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    return arrays["test_images"]
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["replaced", "rewritten_in_place"])
+def test_adversarial_replaced_npz_with_the_same_size_and_mtime_serves_the_new_images(tmp_path, in_place):
+    path = data.npz_path("octmnist", tmp_path)
+    arrays = {f"{s}_images": np.full((4, 224, 224), 7, np.uint8) for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": np.arange(4).reshape(4, 1) for s in ("train", "val", "test")})
+    np.savez(path, **arrays)
+    old, _ = data.load_split("octmnist", "test", tmp_path)
+    assert np.all(np.asarray(old) == 7)
+    del old
+    want = _same_size_replacement(path, seed=3, in_place=in_place)
+    data._open_split.cache_clear()
+    again, _ = data.load_split("octmnist", "test", tmp_path)
+    assert np.array_equal(np.asarray(again), want)
+    items = data.build_items("octmnist", root=tmp_path, per_class="all", with_images=False)
+    assert np.array_equal(np.asarray(data.doc_image(items[0])), want[items[0]["index"]])
+    # Only the current version's cache stays next to the npz.
+    assert sorted(p.name for p in tmp_path.glob("octmnist_224.test_images.*")) == [_cache_file(path).name]
+
+
+def _damage_member(npz, member, damage):
+    """Damage one member's stored data in place (what a bad disk or a cut copy does): ``middle`` flips
+    bytes in the middle of it, ``block_type`` sets the first deflate block's type to the reserved value
+    (the stream itself breaks: zlib.error)."""
+    import zipfile
+
+    with zipfile.ZipFile(npz) as zf:
+        info = zf.getinfo(member)
+    raw = bytearray(npz.read_bytes())
+    name_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    if damage == "block_type":
+        raw[start] |= 0b110
+    else:
+        middle = start + info.compress_size // 2
+        for i in range(middle, middle + min(64, info.compress_size // 4)):
+            raw[i] ^= 0xA5
+    npz.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("member", ["test_images.npy", "test_labels.npy"])
+@pytest.mark.parametrize(
+    "compressed, damage",
+    [(True, "block_type"), (True, "middle"), (False, "middle")],
+    ids=["deflate_stream_broken", "deflate_bytes_flipped", "stored_bytes_flipped"],
+)
+def test_adversarial_damaged_npz_names_the_file_and_the_member(tmp_path, member, compressed, damage):
+    path = data.npz_path("bloodmnist", tmp_path)
+    # Smooth pictures, as real ones are (deflate codes them with Huffman tables).
+    ramp = np.add.outer(np.arange(224), np.arange(224)).astype(np.uint8)
+    picture = np.stack([np.stack([ramp + k] * 3, axis=-1) for k in range(6)])
+    arrays = {f"{s}_images": picture for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": np.arange(6).reshape(6, 1) % 8 for s in ("train", "val", "test")})
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    _damage_member(path, member, damage)
+    for _ in range(2):  # and again: nothing half-written is served the second time
+        with pytest.raises(data.MedMNISTFileError) as err:
+            data.load_split("bloodmnist", "test", tmp_path)
+        assert str(path) in str(err.value) and f"member '{member}'" in str(err.value)
+    assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob(".*tmp"))
+
+
+def _refuse_writes_under(monkeypatch, *folders):
+    """Every open for writing under ``folders`` fails with EROFS, as on a read-only mount."""
+    import builtins
+    import errno
+    import os
+
+    real_open = builtins.open
+    real_mkdir = type(folders[0]).mkdir
+
+    def inside(path):
+        return any(os.path.abspath(path).startswith(os.path.abspath(f)) for f in folders)
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and inside(file):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_mkdir(self, *args, **kwargs):
+        if inside(self) and not self.is_dir():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(type(folders[0]), "mkdir", fake_mkdir)
+
+
+def test_adversarial_read_only_data_folder_caches_in_the_data_cache(tmp_path, monkeypatch, data_cache):
+    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    npz = data.npz_path("pathmnist", tmp_path)
+    _refuse_writes_under(monkeypatch, tmp_path)
+    images, _ = data.load_split("pathmnist", "test", tmp_path)
+    assert isinstance(images, np.memmap) and str(images.filename).startswith(str(data_cache / "medmnist"))
+    with np.load(npz) as arrays:
+        assert np.array_equal(images, arrays["test_images"])
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_adversarial_nothing_writable_reads_into_memory(tmp_path, monkeypatch, data_cache, caplog):
+    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    _refuse_writes_under(monkeypatch, tmp_path, data_cache)
+    items = data.build_items("retinamnist", root=tmp_path, per_class="all")
+    assert len(items) == 5 and "Read-only file system" in caplog.text
+    with np.load(data.npz_path("retinamnist", tmp_path)) as arrays:
+        assert np.array_equal(np.asarray(items[0]["image"]), arrays["test_images"][items[0]["index"]])
+
+
+@pytest.mark.slow  # a subprocess in its own mount namespace (about 3 s)
+def test_adversarial_a_real_read_only_mount_works(tmp_path):
+    """The data folder bind-mounted read-only (EROFS from the kernel, not a simulation); skipped where
+    the machine cannot make a mount namespace."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("unshare/mount not available")
+    src, ro, cache = tmp_path / "src", tmp_path / "ro", tmp_path / "cache"
+    for d in (src, ro, cache):
+        d.mkdir()
+    build_all(src, test_per_class=1, train_per_class=1, val_per_class=1)
+    script = (
+        "import numpy as np; from medbridge.tasks.medmnist import data; "
+        f"im, _ = data.load_split('octmnist', 'test', {str(ro)!r}); "
+        "print(type(im).__name__, im.shape[0], im.filename if isinstance(im, np.memmap) else '-')"
+    )
+    cmd = (f"mount --bind {src} {ro} && mount -o remount,ro,bind {ro} && touch {ro}/probe 2>/dev/null; "
+           f"test $? -ne 0 && MEDBRIDGE_DATA_CACHE={cache} {sys.executable} -c \"{script}\"")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "mount" in proc.stderr and "Traceback" not in proc.stderr:
+        pytest.skip(f"no read-only bind mount here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kind, n, where = proc.stdout.split()
+    assert kind == "memmap" and int(n) == 4 and where.startswith(str(cache))
+
+
+def test_items_carry_the_sha256_of_the_file_they_were_read_from_hashed_once(tmp_path, monkeypatch):
+    import hashlib
+
+    from medbridge.tasks import content_hash
+
+    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    npz = data.npz_path("breastmnist", tmp_path)
+    calls = []
+    real = content_hash.hash_file
+    monkeypatch.setattr(content_hash, "hash_file", lambda p: calls.append(p) or real(p))
+    items = data.build_items("breastmnist", root=tmp_path, with_images=False)
+    assert {it["data_sha256"] for it in items} == {hashlib.sha256(npz.read_bytes()).hexdigest()}
+    assert len(calls) == 1
+    # A new process (no in-process memo) reads the digest from the memo on disk: still no second hash.
+    monkeypatch.setattr(content_hash, "_MEMO", {})
+    data._open_split.cache_clear()
+    data.build_items("breastmnist", root=tmp_path, with_images=False)
+    assert len(calls) == 1
 
 
 def test_process_docs_carries_no_pixels(tmp_path, monkeypatch):
@@ -220,8 +411,8 @@ def test_adversarial_corrupt_cache_is_rebuilt(tmp_path):
     build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
     images, _ = data.load_split("octmnist", "test", tmp_path)
     expected = np.array(images)
-    npy, _ = data.cache_paths(data.npz_path("octmnist", tmp_path), "test")
+    npy = _cache_file(data.npz_path("octmnist", tmp_path))
     del images
-    npy.write_bytes(b"garbage")  # a truncated cache: its size no longer matches the stamp
+    npy.write_bytes(b"garbage")  # a truncated cache: not the array its name promises
     again, _ = data.load_split("octmnist", "test", tmp_path)
     assert np.array_equal(again, expected)

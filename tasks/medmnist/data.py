@@ -9,12 +9,10 @@ image into a question with one option per class. Evaluation (the lmms-eval tasks
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
 import random
-import shutil
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -27,6 +25,7 @@ from medbridge.harness_ext import settings
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt, lettered
 from medbridge.harness_ext.subsets import seed_from_env, size_from_env
+from medbridge.tasks.content_hash import data_cache_dir, file_sha256
 from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
 
 log = logging.getLogger(__name__)
@@ -84,8 +83,8 @@ def load_split(
     try:
         with np.load(path, allow_pickle=False) as npz:
             labels = npz[f"{split}_labels"]
-    except Exception as err:  # zip, key and format errors of a bad file
-        raise MedMNISTFileError(f"cannot read MedMNIST file ({type(err).__name__}: {err}): {hint}") from err
+    except Exception as err:  # zip, key, decompression and format errors of a bad file
+        raise _damaged(path, f"{split}_labels.npy", err, hint) from err
     images = split_images(path, split, hint)
     _check_arrays(spec, split, images, labels, hint)
     return images, labels
@@ -103,110 +102,167 @@ def _download(spec: MedMNISTSet, root: Path, split: str, hint: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Lazily read images: a once-decompressed, memory-mapped copy of each split's image array
+# Lazily read images: a once-decompressed, memory-mapped copy of each split's image array, named by
+# the npz's content hash, next to the npz or (read-only data folder) under $MEDBRIDGE_DATA_CACHE
 
-CACHE_VERSION = 1
-
-
-def cache_paths(npz: Path, split: str) -> tuple[Path, Path]:
-    """(the .npy copy of ``{split}_images``, its JSON stamp), next to the npz."""
-    stem = npz.name.removesuffix(".npz")
-    return npz.with_name(f"{stem}.{split}_images.npy"), npz.with_name(f"{stem}.{split}_images.stamp.json")
+CACHE_SUFFIX = ".npy"
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+class _CacheWriteError(Exception):
+    """Writing a cache copy failed (a read-only folder, a full disk, EROFS, ...): try the next folder."""
 
 
-def _stamp_is_fresh(npz: Path, npy: Path, stamp_path: Path) -> bool:
-    """True when the cache belongs to this npz (same size and MD5; an unchanged mtime skips the hash)."""
-    if not npy.is_file() or not stamp_path.is_file():
-        return False
+def cache_name(npz: Path, split: str, digest: str) -> str:
+    """The cache file of ``{split}_images`` of the npz whose bytes hash to ``digest``."""
+    return f"{npz.name.removesuffix('.npz')}.{split}_images.{digest[:32]}{CACHE_SUFFIX}"
+
+
+def cache_dirs(npz: Path) -> list[Path]:
+    """Where a split's cache may live, in order: next to the npz, then the data cache folder."""
+    return [npz.parent, data_cache_dir() / "medmnist"]
+
+
+def _damaged(npz: Path, member: str, err: BaseException, hint: str) -> MedMNISTFileError:
+    return MedMNISTFileError(
+        f"MedMNIST file {npz}: its member '{member}' cannot be read ({type(err).__name__}: {err}); the file is "
+        f"damaged or not the official one. Fetch it again; {hint}"
+    )
+
+
+def _copy_member(npz: Path, member: str, dest: Path, hint: str) -> None:
+    """Stream one member of the npz (a member of an npz is a complete .npy file) into ``dest``, never
+    holding the array in memory. Anything that goes wrong reading the npz is a MedMNISTFileError naming
+    the file and the member; anything that goes wrong writing ``dest`` is a _CacheWriteError."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        stamp = json.loads(stamp_path.read_text())
-    except (OSError, ValueError):
-        return False
-    st = npz.stat()
-    if not isinstance(stamp, dict) or stamp.get("version") != CACHE_VERSION or stamp.get("npz_size") != st.st_size:
-        return False
-    if stamp.get("npy_size") != npy.stat().st_size:  # a truncated or foreign cache file
-        return False
-    if stamp.get("npz_mtime_ns") == st.st_mtime_ns:
-        return True
-    if stamp.get("npz_md5") != _md5(npz):
-        return False
-    stamp["npz_mtime_ns"] = st.st_mtime_ns  # touched but unchanged: remember, so the next check is cheap
-    _write_atomic(stamp_path, json.dumps(stamp).encode())
-    return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _build_cache(npz: Path, split: str, npy: Path, stamp_path: Path) -> None:
-    """Stream the ``{split}_images.npy`` member out of the zip (a member of an npz is a complete .npy
-    file), never holding the array in memory."""
-    member = f"{split}_images.npy"
-    tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
-    try:
-        with zipfile.ZipFile(npz) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, length=1 << 22)
-        os.replace(tmp, npy)
-    finally:
-        tmp.unlink(missing_ok=True)
-    st = npz.stat()
-    stamp = {
-        "version": CACHE_VERSION,
-        "npz": npz.name,
-        "member": member,
-        "npz_size": st.st_size,
-        "npz_mtime_ns": st.st_mtime_ns,
-        "npz_md5": _md5(npz),
-        "npy_size": npy.stat().st_size,
-    }
-    _write_atomic(stamp_path, json.dumps(stamp).encode())
-
-
-def split_images(npz: Path, split: str, hint: str = "") -> np.ndarray:
-    """The split's image array as a read-only memory map of its cache (built or rebuilt when stale).
-
-    Where the folder is not writable, the array is read into memory instead (with a warning)."""
-    npy, stamp_path = cache_paths(npz, split)
-    try:
-        if not _stamp_is_fresh(npz, npy, stamp_path):
-            _build_cache(npz, split, npy, stamp_path)
-    except PermissionError as err:
-        log.warning("cannot write the image cache next to %s (%s); reading %s_images into memory", npz, err, split)
         try:
-            with np.load(npz, allow_pickle=False) as arrays:
-                return arrays[f"{split}_images"]
-        except Exception as read_err:
-            raise MedMNISTFileError(
-                f"cannot read MedMNIST file ({type(read_err).__name__}: {read_err}): {hint}"
-            ) from None
-    except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise MedMNISTFileError(
-            f"cannot read '{split}_images' of MedMNIST file ({type(err).__name__}: {err}): {hint}"
-        ) from err
+            out = open(tmp, "wb")
+        except OSError as err:
+            raise _CacheWriteError(err) from err
+        with out:
+            try:
+                archive = zipfile.ZipFile(npz)
+                src = archive.open(member)
+            except Exception as err:  # not a zip, no such member, an unsupported compression, ...
+                raise _damaged(npz, member, err, hint) from err
+            with archive, src:
+                while True:
+                    try:
+                        chunk = src.read(1 << 22)
+                    except Exception as err:  # zlib.error (flipped bits), bad CRC, truncation, I/O
+                        raise _damaged(npz, member, err, hint) from err
+                    if not chunk:
+                        break
+                    try:
+                        out.write(chunk)
+                    except OSError as err:
+                        raise _CacheWriteError(err) from err
+        try:
+            os.replace(tmp, dest)
+        except OSError as err:
+            raise _CacheWriteError(err) from err
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+class _BadCache(Exception):
+    """A cache file that is not the complete plain array its header promises."""
+
+
+def _open_cache(path: Path) -> np.ndarray | None:
+    """The cache as a read-only memory map; None when absent; _BadCache when its header is not a
+    plain array's or its size is not what the header promises (truncated, foreign, garbage)."""
     try:
-        with open(npy, "rb") as fh:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    try:
+        with fh:
             version = np.lib.format.read_magic(fh)
             read_header = (
                 np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             )
-            shape, _, _ = read_header(fh)
+            shape, _, dtype = read_header(fh)
+            offset = fh.tell()
+            size = os.fstat(fh.fileno()).st_size
+        if dtype.hasobject or size != offset + int(np.prod(shape)) * dtype.itemsize:
+            raise _BadCache(f"{path}: {size} bytes, not the {dtype} array of shape {shape} its header promises")
         if int(np.prod(shape)) == 0:  # a zero-size array cannot be memory-mapped
-            return np.load(npy, allow_pickle=False)
-        return np.load(npy, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:  # object arrays, broken headers
-        raise MedMNISTFileError(f"'{split}_images' of MedMNIST file is not a plain array ({err}): {hint}") from err
+            return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:  # broken magic or header, unreadable
+        raise _BadCache(f"{path}: {type(err).__name__}: {err}") from err
+
+
+def _remove_stale(folder: Path, npz: Path, split: str, keep: str) -> None:
+    """Best effort: this split's caches of other versions of the npz (and of the old size/mtime scheme)."""
+    stem = npz.name.removesuffix(".npz")
+    for old in [*folder.glob(f"{stem}.{split}_images.*{CACHE_SUFFIX}"), folder / f"{stem}.{split}_images.stamp.json"]:
+        if old.name != keep:
+            try:
+                old.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _read_in_memory(npz: Path, split: str, hint: str) -> np.ndarray:
+    member = f"{split}_images.npy"
+    try:
+        with np.load(npz, allow_pickle=False) as arrays:
+            return arrays[f"{split}_images"]
+    except Exception as err:
+        raise _damaged(npz, member, err, hint) from err
+
+
+def npz_sha256(npz: Path, hint: str = "") -> str:
+    """The npz's content hash (hashed once per version of the file, see tasks/content_hash.py)."""
+    try:
+        return file_sha256(npz)
+    except OSError as err:
+        raise MedMNISTFileError(f"cannot read MedMNIST file {npz} ({type(err).__name__}: {err}): {hint}") from err
+
+
+def split_images(npz: Path, split: str, hint: str = "") -> np.ndarray:
+    """The split's image array as a read-only memory map of its cache, built when missing.
+
+    The cache is named by the npz's sha256, so a replaced npz (whatever its size and mtime) never
+    serves the old images. It is written next to the npz, else under $MEDBRIDGE_DATA_CACHE/medmnist;
+    where neither can be written (any OSError: read-only file system, permissions, full disk), the
+    array is read into memory instead, with a warning."""
+    member = f"{split}_images.npy"
+    name = cache_name(npz, split, npz_sha256(npz, hint))
+    for folder in cache_dirs(npz):
+        try:
+            found = _open_cache(folder / name)
+        except _BadCache as err:
+            log.warning("rebuilding a damaged image cache (%s)", err)
+            continue
+        if found is not None:
+            return found
+    failures = []
+    for folder in cache_dirs(npz):
+        try:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise _CacheWriteError(err) from err
+            _copy_member(npz, member, folder / name, hint)
+        except _CacheWriteError as err:
+            failures.append(f"{folder}: {err}")
+            continue
+        if folder == npz.parent:
+            _remove_stale(folder, npz, split, keep=name)
+        try:
+            built = _open_cache(folder / name)
+        except _BadCache as err:  # freshly copied, so the member itself is not a plain array
+            raise MedMNISTFileError(f"'{split}_images' of MedMNIST file is not a plain array ({err}): {hint}") from err
+        assert built is not None
+        return built
+    log.warning("cannot write an image cache for %s (%s); reading %s into memory", npz, "; ".join(failures), member)
+    return _read_in_memory(npz, split, hint)
 
 
 @functools.lru_cache(maxsize=16)
@@ -329,13 +385,15 @@ def build_items(
     """
     spec = get_set(name_or_flag)
     images, labels = load_split(spec.flag, split, root)
+    source = npz_path(spec.flag, root if root is not None else default_root())
+    digest = npz_sha256(source)  # remembered by load_split's cache lookup: no second pass over the file
     info = SubsetInfo(resolve_per_class(per_class), resolve_seed(seed))
     y = single_labels(spec, labels)
     question = question_text(spec)
     chosen = balanced_indices(spec, labels, info.per_class, info.seed)
     if chosen.size == 0:
         raise MedMNISTFileError(
-            f"no {split} image of {npz_path(spec.flag, root if root is not None else default_root())} has a "
+            f"no {split} image of {source} has a "
             f"single answer ({spec.rule} rule): the task would be empty. Check the file's '{split}_labels'."
         )
     items = []
@@ -360,7 +418,8 @@ def build_items(
             "prompt": format_mcq_prompt(question, options),
             "prompt_version": PROMPT_VERSION,
             "subset": info.tag,
-            "source_file": str(npz_path(spec.flag, root if root is not None else default_root())),
+            "source_file": str(source),
+            "data_sha256": digest,  # provenance: the bytes the item was read from
         }
         if with_images:
             item["image"] = to_pil(images[idx])

@@ -81,7 +81,7 @@ def subset_tag(subset: int | None, seed: int) -> str:
 def load_source(source: str, split: str = HUB_SPLIT, revision: str | None = None):
     """The whole evaluation set in Arrow format (rows are checked one by one later).
 
-    Cached per process: the twelve tasks of the group all read the same source.
+    Cached per process: all tasks of the group read the same source.
     """
     import datasets
 
