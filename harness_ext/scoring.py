@@ -35,7 +35,7 @@ GROUP_GREEDY_METRICS = registry.group_averaged(sampled=False)
 GROUP_SAMPLED_METRICS = tuple(n for n in registry.group_averaged(sampled=True) if n not in GROUP_GREEDY_METRICS)
 # Copied from the doc into each record when present: lmms-eval drops the doc from the sample log, and a
 # logged run must still say which subset it scored and how many bad source rows were skipped.
-PROVENANCE = ("subset", "source", "n_skipped_in_source")
+PROVENANCE = ("subset", "source", "n_skipped_in_source", "data_sha256")  # data_sha256: data file -> sha256
 AGGREGATION_PREFIX = "agg_"
 
 

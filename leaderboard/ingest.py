@@ -244,13 +244,14 @@ def _decoding_of(records: Sequence[Mapping[str, Any]]) -> Any:
 def task_provenance(results: Mapping[str, Any], task: str, records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """What, besides the task's own config, decides a task's numbers: backend, output-changing
     model_args, the effective decoding the backend recorded, the extractor version, and the data
-    source and revision (with the subset tag the records carry)."""
+    source and revision (with the subset tag and the data files' sha256 the records carry)."""
     config = results.get("config") if isinstance(results.get("config"), Mapping) else {}
     args = _model_args(results)
     cfg = ((results.get("configs") or {}).get(task) or {}) if isinstance(results.get("configs"), Mapping) else {}
     kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), Mapping) else {}
     subsets = sorted({str(r["subset"]) for r in records if r.get("subset") is not None})
     sources = sorted({str(r["source"]) for r in records if r.get("source") is not None})
+    digests = sorted({canonical_json(r["data_sha256"]) for r in records if r.get("data_sha256")})  # file -> sha256
     data = {
         "path": cfg.get("dataset_path"),
         "name": cfg.get("dataset_name"),
@@ -258,6 +259,7 @@ def task_provenance(results: Mapping[str, Any], task: str, records: Sequence[Map
         "files": _scrub(kwargs.get("data_files")),
         "subset": subsets[0] if len(subsets) == 1 else (subsets or None),
         "source": sources[0] if len(sources) == 1 else (sources or None),
+        "sha256": json.loads(digests[0]) if len(digests) == 1 else ([json.loads(d) for d in digests] or None),
     }
     return {
         "backend": str(config.get("model") or "unrecorded"),

@@ -236,6 +236,11 @@ def test_lmms_eval_hooks_on_the_pointer_file(source, monkeypatch):
         scored = scoring.process_greedy(doc, [f"<think>x</think><answer>{doc['answer_letter']}</answer>"])
         assert scored["acc1"]["outcomes"] == ["correct"] and scored["acc1"]["item_id"] == doc["item_id"]
         assert scored["acc1"]["subset"] == "seeded2-seed1234" and scored["acc1"]["n_skipped_in_source"] == 0
+        # Provenance: the sha256 of the files the item was read from reaches the record and the leaderboard pin.
+        assert scored["acc1"]["data_sha256"] == doc["data_sha256"] and len(doc["data_sha256"]) >= 1
+        from medbridge.leaderboard.ingest import task_provenance
+
+        assert task_provenance({}, doc["task"], [scored["acc1"]])["data"]["sha256"] == doc["data_sha256"]
         sampled = scoring.process_sampled(doc, [["<answer>A</answer>", "no idea"] * 8])
         assert sampled["pass_at_16"]["n"] == 16 and sampled["pass_at_16"]["source"] == str(source)
     # The subset of 2 out of 3 MMMU rows is seeded; the two-image item is in the full set.
@@ -347,3 +352,22 @@ def test_adversarial_image_path_resolves_only_inside_the_dataset_folder(tmp_path
     # A hub source never reads a bare path from the local disk.
     with pytest.raises(data.BadRow, match="not found in the dataset folder"):
         data.checked_image({"bytes": None, "path": str(secret)}, 0, None)
+
+
+def test_items_carry_the_sha256_of_the_arrow_files_they_were_read_from(source, monkeypatch, tmp_path):
+    import hashlib
+
+    from medbridge.tasks import content_hash
+
+    monkeypatch.setenv("MEDBRIDGE_DATA_CACHE", str(tmp_path / "data_cache"))
+    monkeypatch.setattr(content_hash, "_MEMO", {})
+    calls = []
+    real = content_hash.hash_file
+    monkeypatch.setattr(content_hash, "hash_file", lambda p: calls.append(p) or real(p))
+    items, _ = data.build_items("pathvqa", source=source, subset="full")
+    files = [Path(f["filename"]) for f in data.load_source(str(source), "test", None).cache_files]
+    want = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert want and all(it["data_sha256"] == want for it in items)
+    data.build_items("slake", source=source, subset="full")  # the same files: hashed once per version
+    assert len(calls) == len(files)
+

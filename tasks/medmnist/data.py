@@ -419,7 +419,7 @@ def build_items(
             "prompt_version": PROMPT_VERSION,
             "subset": info.tag,
             "source_file": str(source),
-            "data_sha256": digest,  # provenance: the bytes the item was read from
+            "data_sha256": {source.name: digest},  # provenance: the bytes the item was read from (file -> sha256)
         }
         if with_images:
             item["image"] = to_pil(images[idx])

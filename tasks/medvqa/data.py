@@ -26,6 +26,7 @@ from medbridge.harness_ext import settings
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
 from medbridge.harness_ext.subsets import seed_from_env, size_from_env
+from medbridge.tasks.content_hash import file_sha256
 from medbridge.tasks.medvqa.catalog import HUB_ID, HUB_SPLIT, MedVQASet, get_set
 
 SOURCE_ENV = "MEDBRIDGE_MEDVQA_SOURCE"  # hub id or local folder; MEDBRIDGE_MEDVQA_SOURCE_<NAME> per benchmark
@@ -104,6 +105,23 @@ def load_source(source: str, split: str = HUB_SPLIT, revision: str | None = None
     # Rows are read as raw Arrow values (images stay stored bytes; the row check decodes them),
     # which needs no cast pass over a multi-GB image table.
     return ds.with_format("arrow")
+
+
+def source_sha256(source: str, split: str = HUB_SPLIT, revision: str | None = None) -> dict[str, str]:
+    """Provenance: the sha256 of every Arrow file the source's split is read from (file name -> hex).
+
+    ``datasets`` reads a hub or local source through Arrow files it writes once from the source's
+    files; those are the bytes every item comes from. Each is hashed once per version of the file
+    (tasks/content_hash.py), so a repeated run does not re-read gigabytes."""
+    ds = load_source(source, split, revision)
+    files = [Path(f["filename"]) for f in ds.cache_files]
+    if not files:
+        raise MedVQADataError(f"medical VQA source {source!r} (split {split!r}) is held in memory only: "
+                              "there is no file to hash for the records' provenance")
+    try:
+        return {f.name: file_sha256(f) for f in files}
+    except OSError as err:
+        raise MedVQADataError(f"cannot hash the Arrow files of {source!r} ({type(err).__name__}: {err})") from err
 
 
 def benchmark_rows(ds, spec: MedVQASet, source: str) -> list[int]:
@@ -336,8 +354,10 @@ def build_items(
         raise MedVQADataError(f"no usable items of {spec.title} in {src!r} ({len(bad)} bad row(s) skipped)")
 
     items.sort(key=lambda it: (it["dataset_index"], it["item_id"]))
+    digests = source_sha256(src, split, revision)
     for it in items:
         it.update(
+            data_sha256=digests,
             subset=info.tag,
             source=src,
             split=split,
