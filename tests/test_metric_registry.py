@@ -96,3 +96,20 @@ def test_no_metric_name_is_spelled_outside_the_registry():
             if spelled.search(line.split("#", 1)[0]):
                 found.append(f"{rel}:{lineno}: {line.strip()}")
     assert not found, "metric names spelled outside the registry:\n" + "\n".join(found)
+
+
+def test_a_new_metric_is_one_registry_entry(monkeypatch):
+    """maj@8 added once: tasks report it, lmms-eval aggregates it, the report bootstraps it."""
+    from medbridge.harness_ext import scoring
+    from medbridge.harness_ext.report import summarize
+
+    from .synthetic_runs import records
+
+    maj8 = mr.maj_at(8)
+    monkeypatch.setattr(mr, "_ALL", (*mr._ALL, maj8))
+    monkeypatch.setitem(mr.METRICS, maj8.name, maj8)
+    assert "maj_at_08" in mr.reported("sampled") and "maj_at_08" in mr.group_averaged(sampled=True)
+    recs = records("breast", 6, p=0.5, k=16)
+    assert scoring.agg_maj_at_08(recs) == pytest.approx(sum(maj8.per_item(r) for r in recs) / 6)
+    row = summarize({"medmnist_mcq_breast_passk": recs}, iters=50)["datasets"]["medmnist_mcq_breast"]
+    assert row["maj_at_08"] == pytest.approx(scoring.agg_maj_at_08(recs)) and len(row["maj_at_08_ci"]) == 2
