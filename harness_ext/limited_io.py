@@ -13,6 +13,10 @@ API (``what`` names the input in the message, e.g. ``"--config"`` or ``"results 
 - ``load_yaml(path, what=..., limit=...) -> Any`` (``yaml.safe_load``; a syntax error names the position)
 - ``open_regular(path, what=...) -> BinaryIO``: an open binary handle on a regular file, for streaming
   readers (JSONL sample logs) that must not be capped but must not read a device or a FIFO either.
+- ``write_text(path, text, what=...) -> Path``: an output file the user named (``--json``, ``--out``),
+  written atomically (a temporary file beside it, then a rename) and refused when the path is a folder,
+  a device (``/dev/full``) or a FIFO; a failed write (disk full, read-only) raises ``OutputFileError``
+  naming the file and leaves any older file there untouched.
 
 ``CONFIG_LIMIT_BYTES`` suits hand-written configs and recipes; ``DEFAULT_LIMIT_BYTES`` machine-written
 JSON (lmms-eval results files). A missing file raises ``InputFileNotFound``, which is also a
@@ -21,10 +25,12 @@ JSON (lmms-eval results files). A missing file raises ``InputFileNotFound``, whi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,14 +41,22 @@ CONFIG_LIMIT_BYTES = 4 * MIB  # recipes, task and judge configs: written by hand
 DEFAULT_LIMIT_BYTES = 256 * MIB  # machine-written JSON (results files with per-task configs)
 
 
-class InputFileError(MedbridgeError):
-    """A file the user named cannot be used as input; the message names it and says why."""
+class FileArgumentError(MedbridgeError):
+    """A file the user named cannot be used; the message names it (and what it was for) and says why."""
 
     def __init__(self, path: str | os.PathLike[str], what: str, problem: str) -> None:
         self.path = Path(path)
         self.what = what
-        label = f"{what} {path}" if what else str(path)
+        label = f"{what} {os.fspath(path)}" if what else os.fspath(path)
         super().__init__(f"{label}: {problem}")
+
+
+class InputFileError(FileArgumentError):
+    """A file the user named cannot be read as input."""
+
+
+class OutputFileError(FileArgumentError):
+    """A file the user named cannot be written."""
 
 
 class InputFileNotFound(InputFileError, FileNotFoundError):
@@ -147,3 +161,43 @@ def load_yaml(path: str | os.PathLike[str], *, what: str = "", limit: int = CONF
         raise InputFileError(path, what, f"is not valid YAML ({problem}{position})") from None
     except RecursionError:
         raise InputFileError(path, what, "is not usable YAML (nested too deeply)") from None
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def write_text(path: str | os.PathLike[str], text: str, *, what: str = "") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; see the module docstring for what is refused."""
+    target = Path(path)
+    try:
+        mode = os.stat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # a new file (or a folder that is a file: said below)
+        mode = None
+    except OSError as err:
+        raise OutputFileError(target, what, f"cannot be written ({err.strerror or err})") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputFileError(target, what, f"is {_kind_of(mode)}, not a regular file; pass a file path to write")
+    parent = target.parent
+    if not parent.is_dir():
+        problem = f"its folder {parent} is a file" if parent.exists() else f"its folder {parent} does not exist"
+        raise OutputFileError(target, what, problem)
+    tmp_name = None
+    try:
+        # A short temporary name: the target's own name may already be at the file system's length limit.
+        fd, tmp_name = tempfile.mkstemp(prefix=".medbridge-", suffix=".tmp", dir=parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        # mkstemp makes the file 0600; give it the mode a plain open() would have (or the old file's).
+        os.chmod(tmp_name, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
+        os.replace(tmp_name, target)
+        tmp_name = None
+    except OSError as err:
+        raise OutputFileError(target, what, f"cannot be written ({err.strerror or err})") from None
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+    return target

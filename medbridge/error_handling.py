@@ -10,6 +10,7 @@ and exits 1.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import sys
@@ -26,8 +27,9 @@ USER_ERROR_EXIT = 2  # argparse's code for a usage error; ours for every error t
 BUG_EXIT = 1
 LOG_DIR_ENV = "MEDBRIDGE_LOG_DIR"
 
-# OSErrors that mean "the path you gave is wrong", when they carry the path.
-_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+# OSErrors without a path that still mean "your machine or your output target", not a bug in medbridge.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "the disk quota is used up",
+                       errno.EROFS: "write somewhere else", errno.EMFILE: "raise the open-file limit (ulimit -n)"}
 
 
 def _one_paragraph(text: str) -> str:
@@ -38,10 +40,14 @@ def user_error_message(err: BaseException) -> str | None:
     """The one-paragraph message for an error the user can fix, or None when ``err`` is a bug."""
     if isinstance(err, MedbridgeError):
         return _one_paragraph(str(err)) or type(err).__name__
-    if isinstance(err, _PATH_ERRORS) and err.filename is not None:
+    if isinstance(err, OSError) and err.filename is not None:
+        # Any OSError on a path (missing, a folder, a name too long, no permission, a read-only disk...)
+        # is about a path the user gave or the machine; the message names the path.
         reason = err.strerror or type(err).__name__
         target = f" -> {err.filename2}" if err.filename2 is not None else ""
         return _one_paragraph(f"{reason}: {err.filename}{target}")
+    if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS:
+        return _one_paragraph(f"{err.strerror or os.strerror(err.errno)} ({_ENVIRONMENT_ERRNOS[err.errno]})")
     if isinstance(err, json.JSONDecodeError):
         return _one_paragraph(f"invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})")
     yaml = sys.modules.get("yaml")

@@ -104,3 +104,64 @@ def test_the_command_prints_it_as_one_paragraph_exit_2(capsys):
     err = capsys.readouterr().err
     assert err.strip() == "medbridge: error: --config /dev/zero: is a character device, not a regular file; " \
                           "pass a file path"
+
+
+def test_write_text_is_atomic_and_keeps_a_plain_files_mode(tmp_path):
+    from medbridge.harness_ext.limited_io import write_text
+
+    out = write_text(tmp_path / "summary.json", '{"a": 1}', what="--json")
+    assert out.read_text() == '{"a": 1}'
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+    out.chmod(0o640)
+    write_text(out, "second")
+    assert out.read_text() == "second" and out.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temporary file left
+
+
+def _current_umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("/dev/full", "--json /dev/full: is a character device, not a regular file; pass a file path to write"),
+    ("{tmp}", "--json {tmp}: is a folder, not a regular file"),
+    ("{tmp}/missing/out.json", "--json {tmp}/missing/out.json: its folder {tmp}/missing does not exist"),
+    ("{tmp}/file.txt/out.json", "its folder {tmp}/file.txt is a file"),
+    ("{tmp}/" + "n" * 300, "cannot be written (File name too long)"),
+])
+def test_write_text_refuses_what_it_cannot_write_naming_the_file(tmp_path, target, message):
+    from medbridge.harness_ext.limited_io import OutputFileError, write_text
+
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(OutputFileError) as err:
+        write_text(target.format(tmp=tmp_path), "{}", what="--json")
+    assert message.format(tmp=tmp_path) in str(err.value)
+    assert isinstance(err.value, MedbridgeError)
+
+
+def test_write_text_to_a_fifo_is_refused_without_blocking(tmp_path):
+    from medbridge.harness_ext.limited_io import OutputFileError, write_text
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OutputFileError, match="FIFO"):
+        write_text(tmp_path / "pipe", "{}")
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """What ENOSPC does halfway through: the old summary stays whole."""
+    import errno
+
+    from medbridge.harness_ext.limited_io import OutputFileError, write_text
+
+    out = tmp_path / "summary.json"
+    out.write_text("old")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OutputFileError, match=r"summary.json: cannot be written \(No space left on device\)"):
+        write_text(out, "new")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
