@@ -12,7 +12,6 @@ import hashlib
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -85,22 +84,6 @@ def mean_over_datasets(
     if not points or len(points) != len(draws):
         raise ValueError(f"need one set of draws per dataset, got {len(points)} means and {len(draws)} draws")
     return float(np.mean(points)), interval(np.mean(np.stack(draws), axis=0), alpha)
-
-
-def metric_with_ci(
-    records: Sequence[Mapping[str, Any]], name: str, *, iters: int = ITERS, seed: int = 0
-) -> dict[str, float]:
-    """Point estimate and 95% percentile-bootstrap CI of a per-item metric over records."""
-    from medbridge.harness_ext.metric_registry import get
-
-    per_item = list(get(name).item_values(records).values())
-    lo, hi = bootstrap_ci(per_item, iters=iters, seed=seed)
-    return {
-        "value": float(np.mean(per_item)) if per_item else math.nan,
-        "ci_low": lo,
-        "ci_high": hi,
-        "n": len(per_item),
-    }
 
 
 # ------------------------------------------------------------------ paired comparisons
