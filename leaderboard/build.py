@@ -6,7 +6,8 @@ The page is view -> tables -> figures -> render: ``view.View`` reads the store, 
 server, no CDN) from one list of sections, ``SECTIONS`` below:
 
 * Table 1: linear-probe accuracy of the frozen vision tower per MedMNIST dataset;
-* Table 2: Acc@1 per MedMNIST dataset grouped by modality, with the support gap beside it;
+* Table 2: Acc@1 per MedMNIST dataset grouped by modality, and the modality means;
+* the support gap Pass@16 - Acc@1 in the same layout;
 * Pass@K curves per modality (``passk_<modality>.png``) and their numbers;
 * Table 3: the six medical VQA benchmarks and their average;
 * checkpoints of each training run over steps (``steps_<run>.png``) with paired tests;
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.leaderboard import comparisons, figures, tables
+from medbridge.leaderboard.cells import Table
 from medbridge.leaderboard.reference import ReferenceRow, load_references
 from medbridge.leaderboard.render import Section, render_html, render_markdown
 from medbridge.leaderboard.store import connect, default_store_path, display_path, empty_store, fetch_rows
@@ -56,7 +58,7 @@ class Context:
     transfer: list[comparisons.TransferPair]
 
 
-def _table(fn: Callable[[Context], tables.Table]) -> Callable[[Context], list[Section]]:
+def _table(fn: Callable[[Context], Table]) -> Callable[[Context], list[Section]]:
     def make(ctx: Context) -> list[Section]:
         t = fn(ctx)
         return [Section(t.id, t.title, table=t)]
@@ -65,10 +67,10 @@ def _table(fn: Callable[[Context], tables.Table]) -> Callable[[Context], list[Se
 
 
 def _figures(
-    title: str, empty: str, fig_id: str, draw: Callable[[Context], list[tuple[str, Path]]]
+    title: str, empty: Callable[[Context], str], fig_id: str, draw: Callable[[Context], list[tuple[str, Path]]]
 ) -> Callable[[Context], list[Section]]:
     def make(ctx: Context) -> list[Section]:
-        return [Section(fig_id, title, figures=draw(ctx), empty=empty)]
+        return [Section(fig_id, title, figures=draw(ctx), empty=empty(ctx))]
 
     return make
 
@@ -109,9 +111,10 @@ def _transfer_sections(ctx: Context) -> list[Section]:
 SECTIONS: list[Callable[[Context], list[Section]]] = [
     _table(lambda c: tables.table1(c.view, c.refs)),
     _table(lambda c: tables.table2(c.view, c.refs)),
+    _table(lambda c: tables.gap_table(c.view)),
     _figures(
         "Pass@K curves per modality",
-        "no sampled (_passk) results yet",
+        lambda c: tables.no_curves_message(c.view),
         "passk-figures",
         lambda c: figures.passk_figures(c.view, c.out),
     ),

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext import metrics
-from medbridge.harness_ext.report import SAMPLED_SUFFIX
 from medbridge.harness_ext.statistics import PairedResult, paired_difference
+from medbridge.leaderboard.cells import DASH, Cell, Table, pct, short_path
 from medbridge.leaderboard.figures import slug
 from medbridge.leaderboard.store import fetch_items
-from medbridge.leaderboard.tables import DASH, Cell, Table, mcq_task, pct
 from medbridge.leaderboard.view import Entry, View, entry_of
+from medbridge.tasks.families import MEDMNIST, is_sampled, passk_twin
 from medbridge.tasks.medmnist.catalog import SETS, get_set
+
+K = registry.N_SAMPLES  # Pass@16: the support an item's 16 samples show
 
 ItemKey = tuple[str, str]  # (task, item_id)
 
@@ -32,7 +35,7 @@ def item_acc1(row: Mapping[str, Any]) -> float:
 
 
 def item_pass16(row: Mapping[str, Any]) -> float:
-    return metrics.pass_at_k(int(row["n"]), int(row["c"]), 16)
+    return metrics.pass_at_k(int(row["n"]), int(row["c"]), K)
 
 
 def paired(
@@ -46,11 +49,11 @@ def paired(
 
 
 def greedy_items(items: Mapping[ItemKey, Mapping[str, Any]]) -> dict:
-    return {k: v for k, v in items.items() if not k[0].endswith(SAMPLED_SUFFIX)}
+    return {k: v for k, v in items.items() if not is_sampled(k[0])}
 
 
 def sampled_items(items: Mapping[ItemKey, Mapping[str, Any]]) -> dict:
-    return {k: v for k, v in items.items() if k[0].endswith(SAMPLED_SUFFIX) and v["n"] >= 16}
+    return {k: v for k, v in items.items() if is_sampled(k[0]) and v["n"] >= K}
 
 
 def same_settings(view: View, a: Entry, b: Entry) -> bool:
@@ -61,7 +64,7 @@ def same_settings(view: View, a: Entry, b: Entry) -> bool:
         return {
             (r["task"], r["prompt_version"], r["gen_settings"], r["judge_model"], r.get("provenance"))
             for r in view.rows
-            if entry_of(r) == e and r["metric"] == "acc1" and r["dataset"]
+            if entry_of(r) == e and r["metric"] == registry.acc1().name and r["dataset"]
         }
 
     pa, pb = pins(a), pins(b)
@@ -128,7 +131,7 @@ def checkpoint_table(
         curve.pass16.append(p)
         cells = [
             Cell(str(e.step), e.step),
-            Cell(Path(e.checkpoint).name or e.model, e.checkpoint, e.checkpoint),
+            Cell(Path(e.checkpoint).name or e.model, Path(e.checkpoint).name or e.model, short_path(e.checkpoint)),
             Cell(pct(a), a),
             Cell(pct(p), p),
         ]
@@ -169,11 +172,10 @@ class TransferPair:
 
 
 def normalise_dataset(name: str) -> str:
+    """The catalog name of a MedMNIST dataset given as a task name, a medmnist flag or its short name."""
     name = name.strip()
-    for prefix in ("medmnist_mcq_", "medmnist_"):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-    return get_set(name).name
+    entry = MEDMNIST.entry(name)
+    return entry.name if entry is not None else get_set(name).name
 
 
 def auto_pairs(view: View) -> list[TransferPair]:
@@ -245,11 +247,11 @@ def transfer_table(view: View, conn: sqlite3.Connection, pair: TransferPair) -> 
             if s.name == home.name
             else ("within-modality" if s.modality == home.modality else "cross-modality")
         )
-        g_task, s_task = mcq_task(s.name), mcq_task(s.name) + SAMPLED_SUFFIX
+        g_task, s_task = MEDMNIST.task(s), passk_twin(MEDMNIST.task(s))
         ga = {k: v for k, v in items_b.items() if k[0] == g_task}
         gb = {k: v for k, v in items_r.items() if k[0] == g_task}
-        sa = {k: v for k, v in items_b.items() if k[0] == s_task and v["n"] >= 16}
-        sb = {k: v for k, v in items_r.items() if k[0] == s_task and v["n"] >= 16}
+        sa = {k: v for k, v in items_b.items() if k[0] == s_task and v["n"] >= K}
+        sb = {k: v for k, v in items_r.items() if k[0] == s_task and v["n"] >= K}
         acc = paired(ga, gb) if ga and gb else None
         p16 = paired(sa, sb, pass16=True) if sa and sb else None
         if acc is None and p16 is None:

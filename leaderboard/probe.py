@@ -30,6 +30,7 @@ from medbridge.leaderboard.store import (
     subset_hash,
     write_bundle,
 )
+from medbridge.leaderboard.view import PROBE_METRIC, probe_task
 from medbridge.tasks.medmnist.catalog import get_set
 from medbridge.tasks.medmnist.data import default_root, load_split, npz_path, single_labels
 
@@ -287,9 +288,9 @@ def probe_bundle(
     for r in results:
         rows.append(
             ResultRow(
-                task=f"medmnist_probe_{r.dataset}",
+                task=probe_task(r.dataset),
                 dataset=r.dataset,
-                metric="probe_acc",
+                metric=PROBE_METRIC,
                 value=r.accuracy,
                 ci_low=r.ci[0],
                 ci_high=r.ci[1],

@@ -42,7 +42,9 @@ class ReferenceRow:
 
 def _task(table: str, key: str) -> str:
     if table == "table1":
-        return f"medmnist_probe_{key}"
+        from medbridge.leaderboard.view import probe_task
+
+        return probe_task(key)
     from medbridge.tasks.families import MEDMNIST, MEDVQA
     from medbridge.tasks.medvqa.catalog import get_set
 
@@ -91,16 +93,53 @@ def unreachable_values(row: ReferenceRow) -> list[str]:
     """Table 2 values that no count of correct answers over the whole official test split can
     give (to the two printed decimals): they come from a subset whose items the paper does not
     list, so no run of ours is over the same items."""
-    if row.table != "table2":
+    from medbridge.tasks.families import MEDMNIST
+
+    if row.table != MEDMNIST.leaderboard_table:
         return []
     import medmnist
-    from medbridge.tasks.medmnist.catalog import get_set
 
     out = []
     for task, value in row.values.items():
-        spec = get_set(task.removeprefix("medmnist_mcq_"))
+        spec = MEDMNIST.entry(task)
         n = int(medmnist.INFO[spec.flag]["n_samples"]["test"])
         k = round(value / 100 * n)
         if abs(100 * k / n - value) >= 0.005:
             out.append(f"{spec.name} {value:.2f}% (test split: {n} images)")
+    return out
+
+
+def average_mismatches(rows: list[ReferenceRow] | tuple[ReferenceRow, ...]) -> list[tuple[str, float, float]]:
+    """(label, printed average, mean of the printed values) for each row whose printed average is not
+    the mean of its values to the printed precision (Table 3 "Ours": printed 64.91, mean 64.82)."""
+    out = []
+    for ref in rows:
+        stated = ref.extra.get("average")
+        if stated is None or not ref.values:
+            continue
+        mean = sum(ref.values.values()) / len(ref.values)
+        if abs(mean - stated) > 0.005 + 1e-9:  # more than the rounding of a two-decimal print
+            out.append((ref.label, stated, mean))
+    return out
+
+
+def _fits(value: float, n: int) -> bool:
+    """True when ``value`` (a percentage printed with two decimals) is k/n for a whole k."""
+    return abs(100 * round(value / 100 * n) / n - value) <= 0.005 + 1e-9
+
+
+def implied_item_counts(rows: list[ReferenceRow] | tuple[ReferenceRow, ...], max_n: int = 1000) -> dict[str, int]:
+    """task -> the smallest item count n such that every published value of that column is k/n.
+    Empty unless every column has one up to ``max_n``: then the values rest on so few items that
+    their sampling error matters (Table 3: 200 items per benchmark, MMMU 170)."""
+    columns: dict[str, list[float]] = {}
+    for ref in rows:
+        for task, value in ref.values.items():
+            columns.setdefault(task, []).append(value)
+    out = {}
+    for task, values in columns.items():
+        n = next((n for n in range(1, max_n + 1) if all(_fits(v, n) for v in values)), None)
+        if n is None or len(values) < 3:  # too few values to say anything
+            return {}
+        out[task] = n
     return out

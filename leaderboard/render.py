@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from medbridge.leaderboard.tables import Table
+from medbridge.leaderboard.cells import Table, no_paths
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -57,6 +57,8 @@ def _environment(markdown: bool) -> Any:
         autoescape=not markdown,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        # Every value printed on the page passes here: a machine's absolute path never reaches it.
+        finalize=lambda value: no_paths(value) if isinstance(value, str) else value,
     )
     env.filters["md"] = md_escape
     env.globals.update(zip=zip, sortable=_sortable)

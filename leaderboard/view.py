@@ -15,6 +15,14 @@ from typing import Any
 
 from medbridge.leaderboard.store import PIN_FIELDS
 
+# Table 1's rows: ``medbridge probe`` stores one per MedMNIST dataset under this task name and metric
+# (the probe is no lmms-eval task, so it has no name in tasks/families.py).
+PROBE_METRIC = "probe_acc"
+
+
+def probe_task(dataset: str) -> str:
+    return f"medmnist_probe_{dataset}"
+
 
 @dataclass(frozen=True, order=True)
 class Entry:

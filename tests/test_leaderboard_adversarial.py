@@ -16,7 +16,7 @@ from medbridge.leaderboard.cli import add_parser
 from medbridge.leaderboard.ingest import IngestError, ingest_many, ingest_run
 from medbridge.leaderboard.reference import REFERENCE_FILE, load_references
 from medbridge.leaderboard.store import count, fetch_rows, open_store
-from medbridge.leaderboard.tables import table2
+from medbridge.leaderboard.tables import gap_table, table2
 from medbridge.leaderboard.verdict import COLLAPSED, recipe
 from medbridge.leaderboard.view import View
 
@@ -50,8 +50,10 @@ def test_adversarial_hostile_names_are_text_in_html_markdown_and_figures(tmp_pat
     assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
     assert r"\$\\bogus{\$" in md and r"\| \*b\* \_u\_ \[l\](http://e)" in md
     # one table row per model line: the name's "|" did not add a column
-    row = next(line for line in md.splitlines() if line.startswith("| ") and "@ step 10" in line)
-    header = next(line for line in md.splitlines() if line.startswith("| Model | breast Acc@1"))
+    lines = md.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| ") and "@ step 10" in line)
+    row = lines[at]
+    header = next(line for line in reversed(lines[:at]) if line.startswith("| Model |"))  # its own table's
     assert len(re.findall(r"(?<!\\)\|", row)) == len(re.findall(r"(?<!\\)\|", header))
     png = next((tmp_path / "site").glob("steps_*.png"))
     assert png.read_bytes()[:4] == b"\x89PNG" and "$" not in png.name and "<" not in png.name
@@ -180,9 +182,10 @@ def test_collapsed_sampling_is_flagged_on_the_page_and_in_the_verdict(tmp_path):
     _ingest(store, write_run(tmp_path / "run", tasks), model="collapser")
     with open_store(store) as conn:
         view = View(fetch_rows(conn))
-    t = table2(view, [])
-    cells = dict(zip(t.columns, [c.text for c in t.rows[0]]))
-    assert cells["breast gap"].endswith("(collapsed)") and "collapsed" not in cells["organa gap"]
+    t = gap_table(view)
+    cells = {head.split()[0]: c.text for head, c in zip(t.columns, t.rows[0])}
+    assert cells["breast"].endswith("(collapsed)") and "collapsed" not in cells["organa"]
+    assert "breast †" in t.columns  # top_k 1 is not the paper's sampler, and the column says so
     _, verdicts = recipe("collapser", store=store)
     by_task = {v.task: v.verdict for v in verdicts}
     assert by_task["medmnist_mcq_breast"] == COLLAPSED and by_task["medmnist_mcq_organa"] != COLLAPSED
@@ -209,7 +212,7 @@ def test_rows_whose_provenance_differs_never_share_a_column(tmp_path):
     assert prov["m-small"]["extractor_version"] and prov["m-small"]["data"]["path"] == "json"
     assert prov["m-small"] == prov["m-small-gpu1"]  # the device does not change answers
     heads = table2(view, []).columns
-    assert "breast Acc@1 [A]" in heads and "breast Acc@1 [B]" in heads and "breast Acc@1 [C]" not in heads
+    assert "breast [A]" in heads and "breast [B]" in heads and "breast [C]" not in heads
     assert any("max_pixels" in n for n in table2(view, []).notes)
 
 
@@ -222,9 +225,37 @@ def test_empty_store_shows_the_papers_tables_with_their_settings(tmp_path):
         body = page.split(f'id="{table_id}"', 1)[1].split("</table>", 1)[0]
         assert body.count('<tr class="reference">') == n_rows, table_id
     assert "Published: MedBridgeRL (Ours, 7B): OctoMed-7B + GRPO-CARE on PMC-VQA 8k" in page
-    assert "64.9" in page  # Table 3's printed average
+    assert "64.91" in page  # Table 3's printed average
     assert "breast 54.99% (test split: 156 images)" in page  # no k/156 gives 54.99%
     assert "answer verified by Qwen2.5-VL-32B-Instruct" in page  # the paper's stated setting
+
+
+def test_published_values_are_shown_as_printed_with_the_papers_own_inconsistency_and_item_counts(tmp_path):
+    """Issue 20 item 8. Old code showed one decimal: 70 of 133 values lost their second decimal
+    (54.99 -> 55.0) with inconsistent rounding (80.95 -> 81.0, 93.35 -> 93.3)."""
+    import html
+
+    index = build_leaderboard(tmp_path / "none.sqlite", tmp_path / "site")
+    page = html.unescape(index.read_text())
+    refs = load_references()
+    shown = 0
+    for ref in refs:
+        body = page.split(f'id="{ref.table}"', 1)[1].split("</table>", 1)[0]
+        row = body.split(f"Published: {ref.label}", 1)[1].split("</tr>", 1)[0]
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+        for value in [*ref.values.values(), *ref.extra.values()]:  # Table 3's printed Avg too
+            assert f"{value:.2f}" in cells, (ref.table, ref.label, value)
+            shown += 1
+    assert shown == 133
+    for printed in ("54.99", "8.70", "80.95", "93.35", "88.00", "91.00"):
+        assert f">{printed}<" in page, printed
+    table3 = page.split('id="table3"', 1)[1].split('<h2', 1)[0]
+    assert "The paper prints Avg 64.91 for MedBridgeRL (Ours, 7B)" in table3
+    assert "the mean of its printed values is 64.82" in table3
+    assert "multiple of 1/200 (MMMU (medical): 1/170)" in table3 and "about ±7 points" in table3
+    assert "±6.9 over 200" in table3 and "±7.5 over 170" in table3
+    # only Table 3 gets the caveat: Tables 1 and 2 rest on subsets the paper does not size
+    assert "multiple of 1/" not in page.split('id="table3"', 1)[0]
 
 
 def test_published_rows_get_deltas_for_a_run_of_the_same_model(tmp_path):
@@ -237,7 +268,7 @@ def test_published_rows_get_deltas_for_a_run_of_the_same_model(tmp_path):
         view = View(fetch_rows(conn))
     t = table2(view, load_references())
     delta = next(cells for cells, cls in zip(t.rows, t.row_classes) if cls == "delta")
-    col = t.columns.index("breast Acc@1")
+    col = t.columns.index("breast")
     ours = next(r["value"] for r in view.rows if r["task"] == "medmnist_mcq_breast" and r["metric"] == "acc1")
     assert delta[col].sort == pytest.approx(ours - 0.5499)
     assert delta[0].text.startswith("Δ Qwen/Qwen2.5-VL-7B-Instruct")
@@ -269,7 +300,7 @@ def test_ingest_finds_every_run_in_a_multi_node_output_tree(tmp_path, capsys):
 
 
 def test_a_new_table_is_one_function_and_one_entry_in_both_outputs(tmp_path, monkeypatch):
-    from medbridge.leaderboard.tables import Cell, Table
+    from medbridge.leaderboard.cells import Cell, Table
 
     def extra(ctx):
         t = Table("extra", "Extra table <b>", "caption", ["Model", "Runs"])
@@ -298,10 +329,12 @@ def test_recorded_decoding_is_a_pin_and_partial_groups_are_not_stored(tmp_path):
         assert (
             conn.execute("SELECT COUNT(*) FROM results WHERE task LIKE 'medmnist %'").fetchone()[0] == 0
         )  # 1 of 12: no group row
-    t = table2(view, [])
-    assert "breast Acc@1" in t.columns  # greedy records carry no decoding difference: one column
-    assert "breast gap [A]" in t.columns and "breast gap [B]" in t.columns
+    assert "breast" in table2(view, []).columns  # greedy records carry no decoding difference: one column
+    t = gap_table(view)
+    assert "breast [A]" in t.columns and "breast [B] †" in t.columns  # B: top_k 1, not the paper's sampler
     assert any("provenance.decoding" in n and "'top_k': 1" in n for n in t.notes)
+    assert any(n.startswith("† Decoding differs") and re.search(r"breast \[B\]: top_k 1(\.0)? \(paper: off\)", n)
+               for n in t.notes)
 
 
 def test_the_verdict_and_the_leaderboard_load_no_training_code_and_no_demo():
@@ -718,3 +751,69 @@ def test_build_without_a_store_says_so_and_still_shows_the_published_rows(tmp_pa
     assert "No leaderboard store at leaderboard.sqlite yet" in page and '<tr class="reference">' in page
     assert str(tmp_path) not in page and str(tmp_path) not in (tmp_path / "site" / "leaderboard.md").read_text()
     assert not store.exists() and not store.parent.exists()
+
+
+# ------------------------------------------------------------------ the page reads like the paper (issue 24)
+
+
+def test_table2_is_acc1_only_in_16_columns_and_the_gap_has_its_own_table(tmp_path):
+    """Old code: Table 2 interleaved Acc@1 and gap in 33 columns (only radiology visible at 1400 px)."""
+    from medbridge.tasks.families import MEDMNIST
+
+    store = tmp_path / "lb.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "all", [s.name for s in MEDMNIST.entries], n_items=4), model="m")
+    with open_store(store) as conn:
+        view = View(fetch_rows(conn))
+    t2 = table2(view, load_references())
+    names = [s.name for s in MEDMNIST.entries]
+    assert t2.columns == ["Model", *names, *MEDMNIST.modalities] and len(t2.columns) == 16
+    assert [band for band, _ in t2.groups] == ["", *MEDMNIST.modalities, "modality means"]
+    gaps = gap_table(view)
+    assert gaps.columns == t2.columns and gaps.rows[0][1].text.startswith(("+", "-", "−", "0"))
+    values = [c.sort for c in gaps.rows[0][1:]]
+    assert all(isinstance(v, float) and -1 <= v <= 1 for v in values)
+
+
+def test_the_page_has_no_absolute_paths_and_dates_in_utc(tmp_path):
+    """Old code: the header showed the store's absolute path, and 'Date' was lmms-eval's
+    Asia/Singapore time without a zone."""
+    ckpt = tmp_path / "secret-home" / "ckpts" / "rq3_organa" / "checkpoint-10"
+    ckpt.mkdir(parents=True)
+    store = tmp_path / "secret-home" / "lb" / "leaderboard.sqlite"
+    run = medmnist_run(
+        tmp_path / "secret-home" / "out", ("breast",), stamp="20260301_120000", model_args=f"pretrained={ckpt}"
+    )
+    _ingest(store, run)
+    index = build_leaderboard(store, tmp_path / "site")
+    for text in (index.read_text(), (tmp_path / "site" / "leaderboard.md").read_text()):
+        assert str(tmp_path) not in text
+        assert "2026-03-01 04:00 UTC" in text  # 12:00 in Singapore (UTC+8)
+    assert "Run date (UTC)" in index.read_text()
+
+
+def test_with_one_dataset_per_modality_the_page_says_what_the_store_holds(tmp_path):
+    """Old code: 'no sampled results yet' while the gap column showed Pass@K."""
+    store = tmp_path / "lb.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "one", ("breast", "blood", "derma")), model="m")
+    page = build_leaderboard(store, tmp_path / "site").read_text()
+    assert "no sampled" not in page
+    assert "sampled results for 3 dataset(s) (breast, blood, derma)" in page
+    assert "radiology 1 of 6, microscopy 1 of 3, photography 1 of 3" in page
+    gap = page.split('id="gap"', 1)[1].split("</table>", 1)[0]
+    assert gap.count('<td data-v="') >= 3  # the three gaps are there
+
+
+def test_passk_axis_fits_the_data_and_the_legend_is_outside_the_plot(tmp_path):
+    """Old code: a 0-100 axis for a curve near 2% and the legend over the CI band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [{"value": v, "ci_low": v - 0.01, "ci_high": v + 0.01} for v in (0.01, 0.015, 0.02, 0.025, 0.03)]
+    lines = [(f"model {i}", rows, {"value": 0.01}) for i in range(3)]
+    fig = figures.passk_figure("t", lines)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert low == 0 and high <= 10, (low, high)
+    fig.canvas.draw()
+    legend, plot = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.y1 <= plot.y0, (legend, plot)  # entirely below the plot area
