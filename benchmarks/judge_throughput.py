@@ -6,6 +6,7 @@ MedMNIST run's answers the rules settle (the answers the cascade never sends to 
     python benchmarks/judge_throughput.py --stub-only          # the client on its own (no vLLM needed)
     python benchmarks/judge_throughput.py --base-url http://127.0.0.1:8000/v1 --model judge
     python benchmarks/judge_throughput.py --run OUTPUT_DIR     # rules_settled from a real run's log
+    python benchmarks/judge_throughput.py --replicas 1,2,4     # judge replicas against stub servers
 
 Stub phase: tests/fake_judge_server.py answers every request after a fixed delay, in parallel
 (one thread per connection), so an ideal client at concurrency C is exactly C times faster than
@@ -14,6 +15,13 @@ client (event loop, HTTP, semaphore, parsing) loses on its own. Real-server phas
 ``speedup=`` line; a server on two CPU cores is compute-bound, so that number says more about the
 server than the client. Without a vLLM venv and without ``--base-url`` the real phase is skipped
 with what to install.
+
+Replica phase (``--replicas N[,N...]``): N stub judges in their own processes, each answering at most
+``--capacity`` requests at once after ``--stub-delay`` (a fixed per-server capacity, as a GPU server
+has), and one client over all N (``base_url`` = the N URLs, ``concurrency`` = capacity per replica).
+A perfect spread gives N x capacity / delay verdicts per second; it prints, per N,
+``replicas=N throughput=<verdicts/s> ideal=<N x capacity / delay> efficiency=<throughput / ideal>``
+and the requests each server answered.
 
 Without ``--run`` the answers come from the test-only messy model's styles over the MedMNIST
 fixture items (half of its styles are unreadable by design), so the reported fraction then
@@ -31,12 +39,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from medbridge.harness_ext import settings
 from medbridge.harness_ext.answers import extract_choice
-from medbridge.judges import MCQ_CHOICE, JudgeClient, JudgeConfig, choice_inputs
+from medbridge.judges import MCQ_CHOICE, JudgeClient, JudgeConfig, choice_inputs, http
 
 
 def _run_answers(run_dir: str) -> list[tuple[str, dict, str]]:
@@ -126,22 +133,54 @@ def _compare(base: dict, answers, n: int, concurrency: int, repeats: int) -> tup
     return min(seq_times), min(con_times), failed
 
 
-def _start_stub(delay_s: float):
+def _start_stub(delay_s: float, capacity: int = 0):
     """The stub judge in its own process (so it does not share our interpreter's GIL); (process, base URL)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medbridge.tests.fake_judge_server", "--port", str(port), "--delay", str(delay_s)]
+        [sys.executable, "-m", "medbridge.tests.fake_judge_server", "--port", str(port), "--delay", str(delay_s),
+         "--capacity", str(capacity)]
     )
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(root + "/health", timeout=1).close()
+            http.get_text(root, "/health", timeout_s=1)
             return proc, root + "/v1"
-        except OSError:
+        except http.JudgeHTTPError:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("the stub judge did not start within 60 s")
+
+
+def _stub_stats(base_url: str) -> dict:
+    return http.get_json(base_url.removesuffix("/v1"), "/stats", timeout_s=10)
+
+
+def replica_throughput(answers, replicas: int, capacity: int, delay_s: float, waves: int) -> tuple[float, int]:
+    """Verdicts per second of one client over ``replicas`` stub judges of fixed capacity; (efficiency, failed)."""
+    from medbridge.tests.fake_judge_server import MODEL_NAME
+
+    stubs = [_start_stub(delay_s, capacity) for _ in range(replicas)]
+    urls = [url for _, url in stubs]
+    n = waves * replicas * capacity
+    try:
+        base = dict(base_url=",".join(urls), model=MODEL_NAME, mode="judge", cache_path="off", concurrency=capacity)
+        asyncio.run(_timed(JudgeConfig(**base), _phase_jobs(answers, replicas * capacity, "warmup")))
+        before = [_stub_stats(url)["counts"].get("requests", 0) for url in urls]
+        seconds, verdicts = asyncio.run(_timed(JudgeConfig(**base), _phase_jobs(answers, n, f"replicas{replicas}")))
+        answered = [_stub_stats(url)["counts"].get("requests", 0) - b for url, b in zip(urls, before)]
+    finally:
+        for proc, _ in stubs:
+            proc.kill()
+            proc.wait()
+    failed = sum(v.status == "failed" for v in verdicts)
+    throughput, ideal = n / seconds, replicas * capacity / delay_s
+    print(
+        f"replicas={replicas} throughput={throughput:.1f}/s ideal={ideal:.1f}/s efficiency={throughput / ideal:.3f} "
+        f"verdicts={n} seconds={seconds:.2f} per_server={answered} failed={failed}",
+        flush=True,
+    )
+    return throughput / ideal, failed
 
 
 def stub_efficiency(answers, n: int, concurrency: int, delay_s: float, repeats: int) -> tuple[float, int]:
@@ -152,8 +191,7 @@ def stub_efficiency(answers, n: int, concurrency: int, delay_s: float, repeats: 
     try:
         base = dict(base_url=base_url, model=MODEL_NAME, judge_id="stub", mode="judge", cache_path="off")
         seq_s, con_s, failed = _compare(base, answers, n, concurrency, repeats)
-        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=10) as resp:
-            peak = json.loads(resp.read())["max_inflight"]
+        peak = _stub_stats(base_url)["max_inflight"]
     finally:
         stub.kill()
         stub.wait()
@@ -184,12 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stub-delay", type=float, default=0.25, help="seconds the stub judge takes per reply")
     parser.add_argument("--stub-only", action="store_true", help="measure the client against the stub judge only")
     parser.add_argument("--run", help="lmms-eval output dir (with --log_samples) of a MedMNIST run")
+    parser.add_argument(
+        "--replicas", help="comma-separated replica counts (e.g. 1,2,4): only the replica phase, against stub judges"
+    )
+    parser.add_argument("--capacity", type=int, default=8, help="replica phase: requests each stub answers at once")
+    parser.add_argument("--waves", type=int, default=8, help="replica phase: verdicts = waves x replicas x capacity")
     args = parser.parse_args(argv)
 
     answers = _run_answers(args.run) if args.run else _synthetic_answers()
     settled = sum(extract_choice(r, o) is not None for _, o, r in answers)
     rules_settled = settled / len(answers)
     print(f"answers: {len(answers)} from {args.run or 'synthetic messy-model mix'}; rules settled {settled}")
+
+    if args.replicas:
+        counts = [int(c) for c in args.replicas.split(",") if c.strip()]
+        print(f"replica phase: stub judges answering {args.capacity} at once, {args.stub_delay:.2f} s per reply")
+        failed = sum(replica_throughput(answers, c, args.capacity, args.stub_delay, args.waves)[1] for c in counts)
+        return 0 if failed == 0 else 1
 
     _, failed = stub_efficiency(answers, args.n, args.concurrency, args.stub_delay, args.repeats)
     if args.stub_only:

@@ -177,7 +177,8 @@ class JudgeClient:
                 if self.config.judge_id and len(self.replicas) == 1:
                     self._identity = f"id:{self.config.judge_id}"
                     return self._identity
-                self._card = await self._with_retries(lambda: self._attempt(self._fetch_card))
+                tried: list[Replica] = []
+                self._card = await self._with_retries(lambda: self._attempt(self._fetch_card, tried))
                 self._record_reply()
                 # The other replicas are asked once now; one that does not answer is checked before its
                 # first request (_attempt), never used unchecked.
@@ -346,8 +347,9 @@ class JudgeClient:
                     raise TransientReply(f"{where}: HTTP 200 carrying an error: {replica.http.scrub(content[:120])!r}")
             return content
 
+        tried: list[Replica] = []
         try:
-            content = await self._with_retries(lambda: self._attempt(chat))
+            content = await self._with_retries(lambda: self._attempt(chat, tried))
         except NotJSON:
             content = None  # a 200 whose body is not JSON: invalid, and asked again next run (not cached)
         except _Stop as stop:
@@ -381,9 +383,12 @@ class JudgeClient:
             self.cache.put(key, await self.identity(), template.key, status, value, raw)
         return Verdict(status, value, raw)
 
-    async def _attempt(self, call) -> Any:
-        """One try of ``call(replica)`` on the least busy replica that is up; its outcome marks the replica."""
-        replica = await self.replicas.acquire()
+    async def _attempt(self, call, tried: list[Replica] | None = None) -> Any:
+        """One try of ``call(replica)`` on the least busy replica that is up (another than the last one in
+        ``tried`` when it can); its outcome marks the replica."""
+        replica = await self.replicas.acquire(avoid=tried[-1] if tried else None)
+        if tried is not None:
+            tried.append(replica)
         self._active += 1
         self.stats["peak_inflight"] = max(self.stats["peak_inflight"], self._active)
         try:
@@ -460,7 +465,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _card_text(card: dict[str, Any]) -> str:
-    return f"{card.get('root') or card.get('id')} (max_model_len {card.get('max_model_len')})"
+    length = card.get("max_model_len")
+    return f"{card.get('root') or card.get('id')}" + (f" (max_model_len {length})" if length is not None else "")
 
 
 def choice_inputs(question: str, options: Mapping[str, str], response: str) -> dict[str, Any]:

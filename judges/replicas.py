@@ -72,18 +72,21 @@ class ReplicaSet:
         now = time.monotonic()
         return any(r is not replica and r.active < self.per_replica for r in self._up(now))
 
-    def _pick(self, now: float) -> Replica | None:
+    def _pick(self, now: float, avoid: Replica | None) -> Replica | None:
         pool = self._up(now) or self.replicas  # all down: try them anyway
         free = [r for r in pool if r.active < self.per_replica]
+        if avoid is not None and len(free) > 1:
+            free = [r for r in free if r is not avoid]  # a retry goes elsewhere when it can
         return min(free, key=lambda r: (r.active, r.sent)) if free else None
 
-    async def acquire(self) -> Replica:
+    async def acquire(self, avoid: Replica | None = None) -> Replica:
+        """The least busy replica that is up (not ``avoid``, the one a retry just failed on, when another has room)."""
         if self._changed is None:
             self._changed = asyncio.Condition()
         async with self._changed:
             while True:
                 now = time.monotonic()
-                replica = self._pick(now)
+                replica = self._pick(now, avoid)
                 if replica is not None:
                     replica.active += 1
                     replica.sent += 1

