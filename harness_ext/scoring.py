@@ -23,16 +23,6 @@ from medbridge.harness_ext.answers import extract_choice
 
 from medbridge import judges as judge
 
-N_SAMPLES = registry.N_SAMPLES  # samples per item of the sampled tasks (the paper's Pass@16)
-# What each task reports (derived from the registry; the task YAMLs are generated from it).
-GREEDY_METRICS = registry.reported("greedy", judged=False)
-SAMPLED_METRICS = registry.reported("sampled", judged=False)
-# Reported by every task; the numbers appear only when a judge is configured.
-JUDGE_REPORTED = tuple(m.name for m in registry.METRICS.values() if m.judged_only)
-HIGHER_IS_BETTER = {name: m.higher_is_better for name, m in registry.METRICS.items()}
-# What a group averages over its tasks (unweighted): the scores and rates, not the counts.
-GROUP_GREEDY_METRICS = registry.group_averaged(sampled=False)
-GROUP_SAMPLED_METRICS = tuple(n for n in registry.group_averaged(sampled=True) if n not in GROUP_GREEDY_METRICS)
 # Copied from the doc into each record when present: lmms-eval drops the doc from the sample log, and a
 # logged run must still say which subset it scored and how many bad source rows were skipped.
 PROVENANCE = ("subset", "source", "n_skipped_in_source", "data_sha256")  # data_sha256: data file -> sha256
