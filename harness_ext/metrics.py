@@ -167,10 +167,6 @@ def excluded_outcome(record: Mapping[str, Any]) -> str | None:
     return next((o for o in EXCLUDED_OUTCOMES if o in outcomes), None)
 
 
-def has_request_failure(record: Mapping[str, Any]) -> bool:
-    return REQUEST_FAILED in (record.get("outcomes") or ())
-
-
 def scorable(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The records every score is computed over: items with a failed request or a failed judge verdict
     are left out (neither says anything about the model)."""
@@ -204,11 +200,6 @@ def n_excluded(records: Sequence[Mapping[str, Any]], outcome: str, *, task: str 
         log.warning("%s: %d of %d item(s)%s %s and are left out of every score (first: %s); re-run them %s.",
                     head, len(left_out), len(records), where, what, ", ".join(left_out[:5]), when)
     return len(left_out)
-
-
-def n_request_failed(records: Sequence[Mapping[str, Any]], *, task: str = "") -> int:
-    """Items with at least one failed request; a loud warning when there are any."""
-    return n_excluded(records, REQUEST_FAILED, task=task)
 
 
 def task_of(records: Sequence[Mapping[str, Any]]) -> str:
