@@ -35,9 +35,9 @@ from accelerate.utils import gather, is_peft_model
 from medbridge.harness_ext import answers
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.training.configs import GRPOCareConfig
+from medbridge.training.model_utils import fp32_master_policy
 from medbridge.training.trainers import MedGRPOTrainer
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl.data_utils import apply_chat_template
 from trl.models import prepare_deepspeed
 from trl.trainer.utils import (
@@ -270,6 +270,7 @@ class GRPOCareTrainer(MedGRPOTrainer):
             raise TypeError(f"GRPOCareTrainer needs a GRPOCareConfig, got {type(args).__name__}")
         if kwargs.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model)):
             raise NotImplementedError("GRPO-CARE's EMA reference blends full weights; PEFT adapters are not supported")
+        model = fp32_master_policy(model, args)  # before the reference is loaded with the same kwargs
         if isinstance(model, str):
             # The reference is loaded from the same path, as the official GRPO-CARE code does: under ZeRO-3 a
             # deepcopy of a partitioned model is not a model (TRL refuses it too). Loaded before the policy, so
@@ -296,7 +297,7 @@ class GRPOCareTrainer(MedGRPOTrainer):
                 )
             args.reward_weights = list(args.reward_weights) + [1.0]
         names = [getattr(f, "__name__", "") for f in reward_funcs]
-        wanted = args.care_accuracy_reward
+        wanted = args.care_accuracy_reward.rpartition(":")[2]  # a name in REWARDS or package.module:function
         matches = [i for i, n in enumerate(names) if n in (wanted, f"{wanted}_reward")]
         if len(matches) != 1:
             raise ValueError(f"care_accuracy_reward {wanted!r} must name exactly one reward function; got {names}")
@@ -338,23 +339,18 @@ class GRPOCareTrainer(MedGRPOTrainer):
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(self.care_ema.state_dict(), self._care_ema_file(folder))
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise MedbridgeError(
-                    f"resume_from_checkpoint is true but {self.args.output_dir} holds no checkpoint-* folder"
-                )
+    def _resume_required_files(self) -> list[str]:
+        # The EMA reference is training state: a checkpoint without it would restart the reference from the
+        # base model. Under ZeRO-3 every rank's shard file must be there (written after trainer_state.json).
+        if _zero3_enabled():
+            return [EMAReference.file_name(k, sharded=True) for k in range(self.accelerator.num_processes)]
+        return [EMAReference.file_name(0, sharded=False)]
+
+    def _train_resolved(self, resume_from_checkpoint: str | None, **kwargs: Any):
         if resume_from_checkpoint:
             path = self._care_ema_file(resume_from_checkpoint)
-            if not path.is_file():
-                raise MedbridgeError(
-                    f"{resume_from_checkpoint} has no {path.name}: the CARE EMA reference cannot be resumed "
-                    "exactly (checkpoints written before it was saved); start a new run from that "
-                    "checkpoint's weights instead."
-                )
             self.care_ema.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        return super()._train_resolved(resume_from_checkpoint, **kwargs)
 
     # -- consistency -------------------------------------------------------------------------
 

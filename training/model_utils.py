@@ -26,6 +26,8 @@ __all__ = [
     "load_weights_from_checkpoint",
     "model_init_kwargs",
     "policy_init_kwargs",
+    "fp32_master_kwargs",
+    "fp32_master_policy",
     "uses_deepspeed",
     "vllm_image_geometry",
     "vllm_serve_command",
@@ -94,23 +96,73 @@ def uses_deepspeed(training_args: Any) -> bool:
     return str(getattr(training_args.distributed_state, "distributed_type", "")).endswith("DEEPSPEED")
 
 
-def policy_init_kwargs(model_args: Any, training_args: Any) -> dict[str, Any]:
-    """from_pretrained kwargs of the policy: the recipe's, with fp32 master weights outside DeepSpeed.
+def _mixed_precision(training_args: Any) -> str:
+    """'bf16', 'fp16' or 'no': the flags, else what accelerate launch set (TrainingArguments reads both)."""
+    if getattr(training_args, "bf16", False):
+        return "bf16"
+    if getattr(training_args, "fp16", False):
+        return "fp16"
+    return str(getattr(training_args, "mixed_precision", None) or "no")
 
-    With ``bf16: true`` and no DeepSpeed, the Trainer autocasts the forward passes to bf16 but the optimizer
-    updates the parameters in their own dtype: a bf16 policy at lr 5e-7 loses most updates to rounding
-    (about 1 % of the weights changed in 100 steps). So the policy is loaded in fp32 there (16 bytes per
-    parameter with AdamW: weights 4 + gradients 4 + moments 8; a 7B model needs ZeRO to fit). DeepSpeed
-    ZeRO-2/3 keep fp32 master weights themselves, so the recipe's dtype is kept under DeepSpeed.
+
+def _dtype_name(dtype: Any) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _keeps_16bit_master(training_args: Any) -> bool:
+    """DeepSpeed with bf16/fp16 mixed precision: its ZeRO optimizer keeps fp32 master weights and moments."""
+    return uses_deepspeed(training_args) and _mixed_precision(training_args) in ("bf16", "fp16")
+
+
+def fp32_master_kwargs(init_kwargs: dict[str, Any] | None, training_args: Any, *, peft: bool = False) -> dict[str, Any]:
+    """``init_kwargs`` (from_pretrained kwargs of the policy) with fp32 master weights whatever the flags.
+
+    The optimizer updates the parameters in their own dtype: AdamW on bf16 parameters at lr 5e-7 loses
+    most updates to rounding (about 1 % of the weights changed in 100 steps), and its moments are bf16 too.
+    So a 16-bit (or ``auto``, i.e. the checkpoint's) dtype is kept in two cases only: DeepSpeed with bf16/fp16
+    mixed precision, whose ZeRO optimizer keeps fp32 master weights itself, and PEFT, whose trainable
+    adapters PEFT creates in fp32 over the frozen 16-bit base. Everywhere else (one GPU, DDP, CPU, DeepSpeed
+    without mixed precision, ``dtype: bfloat16`` with ``bf16: false``) the policy is loaded in fp32, and with
+    ``bf16: true`` the Trainer autocasts the forward passes to bf16. Cost: 16 bytes per parameter with AdamW
+    (weights 4 + gradients 4 + moments 8); a 7B model needs ZeRO to fit.
     """
-    kwargs = model_init_kwargs(model_args)
-    if (training_args.bf16 or training_args.fp16) and not uses_deepspeed(training_args):
-        if kwargs.get("dtype") not in (None, "float32"):
-            logger.info(
-                "loading the policy in float32 instead of %s: fp32 master weights, bf16 autocast", kwargs["dtype"]
-            )
-        kwargs["dtype"] = "float32"
+    kwargs = dict(init_kwargs or {})
+    requested = _dtype_name(kwargs.get("dtype"))
+    if requested == "float32" or peft or _keeps_16bit_master(training_args):
+        return kwargs
+    if requested is not None:  # unset is TRL's own default, float32
+        logger.warning(
+            "loading the policy in float32, not %s: fp32 master weights and optimizer state%s",
+            "the checkpoint's dtype" if requested == "auto" else requested,
+            "; bf16/fp16 autocast for the forward passes" if _mixed_precision(training_args) != "no" else "",
+        )
+    kwargs["dtype"] = "float32"
     return kwargs
+
+
+def policy_init_kwargs(
+    model_args: Any, training_args: Any, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """from_pretrained kwargs of the policy: the recipe's, then ``overrides`` (the recipe's
+    ``model_init_kwargs``), under the fp32-master rule of :func:`fp32_master_kwargs`."""
+    kwargs = {**model_init_kwargs(model_args), **(overrides or {})}
+    return fp32_master_kwargs(kwargs, training_args, peft=bool(getattr(model_args, "use_peft", False)))
+
+
+def fp32_master_policy(model: Any, training_args: Any, *, peft: bool = False) -> Any:
+    """What a trainer is given as its policy, under the fp32-master rule: a path gets the rule applied to
+    ``training_args.model_init_kwargs`` (in place); a loaded model with 16-bit trainable parameters is cast
+    to fp32 (with a warning) unless DeepSpeed mixed precision or PEFT keeps fp32 master copies itself."""
+    if isinstance(model, str):
+        training_args.model_init_kwargs = fp32_master_kwargs(training_args.model_init_kwargs, training_args, peft=peft)
+        return model
+    if peft or _keeps_16bit_master(training_args) or not isinstance(model, torch.nn.Module):
+        return model
+    low = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)}
+    if low:
+        logger.warning("casting the policy's %s parameters to float32: fp32 master weights and optimizer state", low)
+        model = model.float()
+    return model
 
 
 @contextlib.contextmanager

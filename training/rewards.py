@@ -17,9 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medbridge.harness_ext.answers import extract_choice, has_strict_format
+from medbridge.harness_ext.errors import MedbridgeError
 
 __all__ = [
     "REWARDS",
+    "RewardNameError",
     "accuracy_reward",
     "completion_text",
     "compute_score",
@@ -83,11 +85,32 @@ def format_reward(completions: list, **kwargs: Any) -> list[float]:
 REWARDS: dict[str, Callable[..., list[float]]] = {"accuracy": accuracy_reward, "format": format_reward}
 
 
+class RewardNameError(MedbridgeError, ValueError):
+    """A recipe's reward_names entry that names no reward (user error: exit 2 from the CLI)."""
+
+
 def get_reward_funcs(names: Sequence[str]) -> list[Callable[..., list[float]]]:
-    unknown = [n for n in names if n not in REWARDS]
+    """Reward functions by name: one of :data:`REWARDS`, or ``package.module:function`` for a reward of your
+    own (called the way TRL calls rewards: ``fn(prompts=..., completions=..., completion_ids=..., **columns)``)."""
+    unknown = [n for n in names if n not in REWARDS and ":" not in n]
     if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
-    return [REWARDS[n] for n in names]
+        raise RewardNameError(
+            f"reward_names: unknown reward(s) {unknown}; known: {sorted(REWARDS)}, or package.module:function"
+        )
+    return [REWARDS[n] if n in REWARDS else _import_reward(n) for n in names]
+
+
+def _import_reward(spec: str) -> Callable[..., list[float]]:
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise RewardNameError(f"reward_names: {spec!r} cannot be imported: {err}") from None
+    if not callable(func):
+        raise RewardNameError(f"reward_names: {spec!r} is not a function")
+    return func
 
 
 # Special tokens a verl reward manager may leave at the end of the decoded response (some versions decode
