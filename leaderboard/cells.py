@@ -17,19 +17,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from medbridge.harness_ext import decoding_report
 from medbridge.harness_ext import metric_registry as registry
+from medbridge.leaderboard.pins import lmms_eval_zone
 from medbridge.leaderboard.store import PIN_FIELDS
 from medbridge.leaderboard.view import Entry, View, pin_of
 
 DASH = "–"
 DIFFERS = "†"  # marks a column (or row) whose decoding differs from the paper's
 
-# lmms-eval writes a run's time (results["date"], the file names) in its --timezone, Asia/Singapore
-# by default, without saying so; the leaderboard shows UTC.
-LMMS_EVAL_TIMEZONE = "Asia/Singapore"
 
 
 # ------------------------------------------------------------------ text on the page
@@ -51,16 +48,10 @@ def short_path(path: str | None, parts: int = 2) -> str:
     return "/".join(Path(path).parts[-parts:])
 
 
-def lmms_eval_zone() -> dt.tzinfo:
-    try:
-        return ZoneInfo(LMMS_EVAL_TIMEZONE)
-    except ZoneInfoNotFoundError:  # no tz database: Singapore has been UTC+8 since 1982
-        return dt.timezone(dt.timedelta(hours=8), LMMS_EVAL_TIMEZONE)
-
-
 def utc_text(stamp: str | None) -> str:
     """A stored run date as ``2026-01-01 04:00 UTC``. Dates stored with an offset are converted;
-    dates without one are lmms-eval's local time in its default zone (Asia/Singapore)."""
+    dates without one (stores ingested before dates were stored in UTC) are lmms-eval's local time
+    in its default zone (Asia/Singapore)."""
     if not stamp:
         return DASH
     try:

@@ -20,7 +20,8 @@ from medbridge.harness_ext import statistics
 from medbridge.harness_ext.report import groups_for, load_run, summarize
 from medbridge.leaderboard import comparisons, tables
 from medbridge.leaderboard.build import build_leaderboard
-from medbridge.leaderboard.ingest import bundle_from_run, describe_model, ingest_many, ingest_run
+from medbridge.leaderboard.ingest import bundle_from_run, ingest_many, ingest_run
+from medbridge.leaderboard.pins import describe_model
 from medbridge.leaderboard.store import ItemRow, count, fetch_rows, open_store, write_bundle
 from medbridge.leaderboard.view import View
 from medbridge.tasks.medmnist.fixtures import build_all
@@ -362,7 +363,7 @@ def test_page_renders_in_headless_chromium_with_tables_and_images(site, tmp_path
 
 
 def test_judge_pins_come_from_the_records_or_the_task_metadata():
-    from medbridge.leaderboard.ingest import judge_of
+    from medbridge.leaderboard.pins import judge_of
 
     assert judge_of({}, "t", [{"sources": ["rules", "rules"]}]) == (None, None)
     assert judge_of({}, "t", [{"sources": ["rules", "judge"]}]) == ("unrecorded", "unrecorded")

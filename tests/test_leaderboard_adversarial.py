@@ -789,6 +789,8 @@ def test_the_page_has_no_absolute_paths_and_dates_in_utc(tmp_path):
         assert str(tmp_path) not in text
         assert "2026-03-01 04:00 UTC" in text  # 12:00 in Singapore (UTC+8)
     assert "Run date (UTC)" in index.read_text()
+    with open_store(store) as conn:  # stored with its zone, so no reader has to guess it
+        assert conn.execute("SELECT date FROM runs").fetchone()[0] == "2026-03-01T04:00:00+00:00"
 
 
 def test_with_one_dataset_per_modality_the_page_says_what_the_store_holds(tmp_path):
