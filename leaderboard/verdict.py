@@ -23,16 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medbridge.harness_ext.report import groups_for, load_run, summarize
+from medbridge.harness_ext import metric_registry as registry
+from medbridge.harness_ext.report import load_run, summarize_run
 from medbridge.leaderboard.store import default_store_path, fetch_rows, open_store
 from medbridge.leaderboard.view import View, entry_of
 from medbridge.tasks.families import entry_of as catalog_entry_of
 from medbridge.tasks.families import passk_twin
 from medbridge.training import RECIPES_DIR  # training/recipes/ (the package's __init__ imports nothing heavy)
 
+PASS_KS = registry.PASS_KS
+PASSK_NAMES = {registry.pass_at(k).name: k for k in PASS_KS}  # pass_at_01 -> 1, ...
+ACC1, GAP = registry.acc1().name, registry.GAP.name
+
 BRIDGE = "bridge with SFT on task-/modality-proximal data"
 SHARPEN = "sharpen with RL; watch Pass@K for collapse"
-
 
 
 @dataclass
@@ -52,11 +56,16 @@ class Verdict:
 COLLAPSED = "no verdict: sampling collapsed"
 
 
-def decide(pass16: float | None, acc1: float | None, tau: float, collapsed: bool | None = False) -> tuple[str, str]:
+def decide(
+    pass16: float | None, acc1: float | None, tau: float, collapsed: bool | None = False, why: str = ""
+) -> tuple[str, str]:
+    """The verdict and its reason. ``collapsed``/``why``: what the records say about the sampler
+    (``metrics.check_sampler``): a sampler that does not sample gives no evidence of support, while a
+    confident model sampled correctly keeps its verdict."""
     if collapsed:
         return COLLAPSED, (
-            "every item's 16 samples are one response, so Pass@16 equals Acc@1 and shows no support; "
-            "fix the sampled task's decoding (an inherited top_k=1 or tiny top_p does this) and re-run"
+            f"the sampler did not sample ({why or 'its samples do not vary'}), so Pass@16 equals Acc@1 and shows "
+            "no support; fix the sampled task's decoding (an inherited top_k=1 or tiny top_p does this) and re-run"
         )
     if pass16 is None or (isinstance(pass16, float) and math.isnan(pass16)):
         return "no verdict: no Pass@16 (run the task's _passk twin with 16 samples)", "support unknown"
@@ -123,13 +132,12 @@ def _rows_from_summary(
             {
                 "task": task,
                 "dataset": recs[0].get("dataset") if recs else None,
-                "acc1": row.get("acc1"),
-                "gap": row.get("gap"),
-                "passk": {
-                    int(k[len("pass_at_") :]): row[k] for k in row if k.startswith("pass_at_") and not k.endswith("_ci")
-                },
+                "acc1": row.get(ACC1),
+                "gap": row.get(GAP),
+                "passk": {k: row[name] for name, k in PASSK_NAMES.items() if row.get(name) is not None},
                 "n": row.get("n_items"),
                 "collapsed": row.get("collapsed"),
+                "why": row.get("sampler") or "",
             }
         )
     return out
@@ -139,7 +147,8 @@ def rows_for_run(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
     run = load_run(path)
     if not run.records:
         raise ValueError(f"{run.results_path}: no medbridge per-item records (was --log_samples set?)")
-    summary = summarize(run.records, groups=groups_for(run.records), iters=200)
+    # The report's own summary: failed requests or judge verdicts refuse the run, as they do there.
+    summary = summarize_run(run, iters=200)
     return str(run.results_path), _rows_from_summary(summary, run.records)
 
 
@@ -164,14 +173,14 @@ def rows_for_model(store: str | Path, name: str) -> tuple[str, list[dict[str, An
                 "collapsed": None,
             },
         )
-        if r["metric"] == "acc1":
+        if r["metric"] == ACC1:
             row["acc1"], row["n"] = r["value"], r["n"]
-        elif r["metric"] == "gap":
+        elif r["metric"] == GAP:
             row["gap"] = r["value"]
         elif r["metric"] == "collapsed":
             row["collapsed"] = bool(r["value"])
-        elif r["metric"].startswith("pass_at_"):
-            row["passk"][int(r["metric"][len("pass_at_") :])] = r["value"]
+        elif r["metric"] in PASSK_NAMES:
+            row["passk"][PASSK_NAMES[r["metric"]]] = r["value"]
     return f"{entry.label} (store {store})", [per_task[t] for t in sorted(per_task)]
 
 
@@ -186,8 +195,8 @@ def recipe(
         source, rows = rows_for_model(store or default_store_path(), target)
     verdicts = []
     for r in rows:
-        p16 = r["passk"].get(16)
-        verdict, reason = decide(p16, r["acc1"], tau, r.get("collapsed"))
+        p16 = r["passk"].get(registry.N_SAMPLES)
+        verdict, reason = decide(p16, r["acc1"], tau, r.get("collapsed"), r.get("why", ""))
         found = rank_recipes(matching_recipes(r["task"], r["dataset"], recipes_dir), verdict)
         verdicts.append(
             Verdict(
@@ -213,13 +222,13 @@ def format_verdicts(source: str, verdicts: Sequence[Verdict], tau: float) -> str
     lines = [f"medbridge recipe for {source}  (tau = {tau:g} on support Pass@16)", ""]
     head = (
         f"{'task':28} {'n':>4} {'Acc@1':>6} "
-        + " ".join(f"{'P@' + str(k):>6}" for k in (1, 2, 4, 8, 16))
+        + " ".join(f"{'P@' + str(k):>6}" for k in PASS_KS)
         + f" {'gap':>6}  verdict"
     )
     lines.append(head)
     lines.append("-" * len(head))
     for v in verdicts:
-        passk = " ".join(f"{f(v.passk.get(k)):>6}" for k in (1, 2, 4, 8, 16))
+        passk = " ".join(f"{f(v.passk.get(k)):>6}" for k in PASS_KS)
         gap = "  -  " if v.gap is None else f"{100 * v.gap:+5.1f}"
         lines.append(f"{v.task:28} {v.n if v.n is not None else '-':>4} {f(v.acc1):>6} {passk} {gap:>6}  {v.verdict}")
         fits = v.recipes[0] if v.recipes else "none yet"
