@@ -18,15 +18,15 @@ API (stable; backends, the task generator and scoring build on it):
   (``do_sample: true`` with ``temperature: 0``) and out-of-range values raise ``MedbridgeError``.
 * ``generation_kwargs(decoding)`` -- the explicit ``generation_kwargs`` block a task YAML carries
   (every setting written out, ``top_k: 0`` for off, ``until: []``).
-* ``effective_settings(decoding, generation_config)`` -- the keyword arguments a backend that starts
-  from the checkpoint's generation config (Hugging Face ``generate``) must pass so that decoding is
-  exactly ``decoding``: every field explicit (``top_k=0`` and ``repetition_penalty=1.0`` when off,
-  ``num_beams=1``), plus a neutral value for any other decoding field the checkpoint sets (``min_p``,
-  ``typical_p``, ...). For greedy the sampling fields get their neutral values (temperature 1.0,
-  top_p 1.0, top_k 0) so nothing of the checkpoint's survives and transformers warns about nothing.
-* ``inherited_overrides(decoding, generation_config)`` -- one line per checkpoint setting that would
-  change decoding if a backend left it in place, e.g. ``"top_k=1 from generation_config.json"``
-  (empty when nothing would). Backends that cannot pass a setting use it to refuse a run.
+* ``effective_settings(decoding)`` -- every decoding field a backend states, explicitly: ``do_sample``,
+  ``temperature``, ``top_p``, ``top_k`` (``0`` when off), ``repetition_penalty``, ``max_new_tokens``,
+  ``num_beams`` 1 (greedy: the sampling fields at their neutral values 1.0 / 1.0 / 0). This is what a
+  backend passes and records.
+* ``SPECIAL_TOKEN_FIELDS`` / ``special_token_ids(generation_config)`` -- the allow-list: the only fields of
+  a checkpoint's ``generation_config.json`` that may reach decoding (bos, eos and pad token ids).
+* ``generation_config_from_scratch(decoding, special_tokens)`` -- a transformers ``GenerationConfig``
+  built from nothing: the task's settings plus the allow-listed token ids; every other field keeps
+  transformers' own default, whatever the checkpoint's file says or transformers adds in future.
 * ``record_effective(task_name, settings)`` / ``effective_for(task_name)`` -- a process-global
   registry: a backend records what it actually passed for a task; scoring (``process_results`` cannot
   see the model) copies ``effective_for(task)`` into each sample record as ``decoding``.
@@ -50,7 +50,9 @@ __all__ = [
     "task_decoding",
     "generation_kwargs",
     "effective_settings",
-    "inherited_overrides",
+    "SPECIAL_TOKEN_FIELDS",
+    "special_token_ids",
+    "generation_config_from_scratch",
     "record_effective",
     "effective_for",
     "clear_effective",
@@ -58,6 +60,8 @@ __all__ = [
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 GENERATION_CONFIG_NAME = "generation_config.json"
+# The only fields of a checkpoint's generation_config.json that may reach decoding (an allow-list).
+SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,6 @@ GREEDY = Decoding(do_sample=False, temperature=0.0, top_p=1.0, top_k=None, repet
                   max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 PASSK = Decoding(do_sample=True, temperature=0.7, top_p=0.9, top_k=None, repetition_penalty=1.0,
                  max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
-
-# Other generation_config fields that change what a sampled (or greedy) decode produces, with the value
-# that leaves decoding unchanged. Those in _ALWAYS matter for greedy decoding too.
-_NEUTRAL_SAMPLING = {"typical_p": 1.0, "min_p": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
-_NEUTRAL_ALWAYS = {"num_beams": 1, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0}
-
 
 def _number(gen_kwargs: Mapping, key: str, kind: type) -> Any:
     value = gen_kwargs.get(key)
@@ -189,52 +187,39 @@ def _config_dict(generation_config: Any) -> dict[str, Any]:
     raise TypeError(f"generation_config must be a mapping or a GenerationConfig, not {kind}")
 
 
-def effective_settings(decoding: Decoding, generation_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a backend starting from ``generation_config`` must pass so that it decodes exactly as ``decoding``."""
-    settings: dict[str, Any] = {
+def effective_settings(decoding: Decoding) -> dict[str, Any]:
+    """Every decoding field, stated: what a backend passes (and records) so that it decodes exactly as ``decoding``."""
+    return {
         "do_sample": decoding.do_sample,
-        # Greedy: neutral sampling values, so the checkpoint's (temperature 0.1, top_k 1, ...) cannot leak in.
+        # Greedy: the sampling fields at their neutral values (they do not apply).
         "temperature": decoding.temperature if decoding.do_sample else 1.0,
         "top_p": decoding.top_p if decoding.do_sample else 1.0,
-        # transformers fills an unset top_k with 50: off must be an explicit 0.
+        # transformers fills an unset top_k with 50: off must be an explicit 0 (vLLM reads 0 as off too).
         "top_k": 0 if decoding.top_k is None or not decoding.do_sample else decoding.top_k,
         "repetition_penalty": decoding.repetition_penalty,
         "max_new_tokens": decoding.max_new_tokens,
         "num_beams": 1,
     }
+
+
+def special_token_ids(generation_config: Any) -> dict[str, Any]:
+    """The checkpoint's bos/eos/pad token ids (``SPECIAL_TOKEN_FIELDS``): all of its generation config that
+    may reach decoding. ``generation_config``: a mapping, a transformers GenerationConfig or None."""
     config = _config_dict(generation_config)
-    for name, neutral in {**_NEUTRAL_SAMPLING, **_NEUTRAL_ALWAYS}.items():
-        if name not in settings and config.get(name) is not None and config.get(name) != neutral:
-            settings[name] = neutral
-    return settings
+    return {name: config[name] for name in SPECIAL_TOKEN_FIELDS if config.get(name) is not None}
 
 
-def _format(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else repr(value)
+def generation_config_from_scratch(decoding: Decoding, special_tokens: Any = None) -> Any:
+    """A transformers ``GenerationConfig`` built from nothing: ``decoding`` plus the allow-listed special token
+    ids of ``special_tokens`` (a checkpoint's generation config, a mapping, or None). Every other field keeps
+    transformers' default. Greedy leaves the sampling fields unset (they do not apply, and transformers
+    warns about them)."""
+    from transformers import GenerationConfig
 
-
-def inherited_overrides(decoding: Decoding, generation_config: Mapping[str, Any] | None) -> list[str]:
-    """Each checkpoint setting that changes decoding if left in place, as ``"top_k=1 from generation_config.json"``."""
-    config = _config_dict(generation_config)
-    wanted: dict[str, Any] = {"do_sample": decoding.do_sample, "repetition_penalty": decoding.repetition_penalty,
-                              **_NEUTRAL_ALWAYS}
-    if decoding.do_sample:
-        wanted.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k,
-                      **_NEUTRAL_SAMPLING)
-    found = []
-    for name, want in wanted.items():
-        have = config.get(name)
-        if have is None:
-            continue
-        if name == "top_k":
-            same = (have <= 0 and want is None) or have == want
-        elif isinstance(want, float) and isinstance(have, (int, float)):
-            same = math.isclose(have, want, rel_tol=1e-9, abs_tol=1e-12)
-        else:
-            same = have == want
-        if not same:
-            found.append(f"{name}={_format(have)} from {GENERATION_CONFIG_NAME}")
-    return found
+    settings = effective_settings(decoding)
+    if not decoding.do_sample:
+        settings = {k: v for k, v in settings.items() if k not in ("temperature", "top_p", "top_k")}
+    return GenerationConfig(**settings, **special_token_ids(special_tokens))
 
 
 _EFFECTIVE: dict[str, dict[str, Any]] = {}

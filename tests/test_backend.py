@@ -19,7 +19,7 @@ from medbridge.harness_ext.backend.grouping import (
     group_requests,
     normalize_gen_kwargs,
 )
-from medbridge.harness_ext.decoding import effective_for, effective_settings
+from medbridge.harness_ext.decoding import effective_for, generation_config_from_scratch
 from medbridge.harness_ext.errors import MedbridgeError
 from PIL import Image
 
@@ -264,14 +264,14 @@ def test_greedy_samples_are_identical_and_equal_generate(engine):
         0
     ]
     # The checkpoint's generation_config carries Qwen's repetition_penalty 1.05 and top_k 1: generate()
-    # agrees with us only when handed the effective settings of the one definition of decoding.
+    # agrees with us when handed a config built from scratch by the one definition of decoding.
     decoding = normalize_gen_kwargs({"max_new_tokens": 8, "temperature": 0}).decoding()
-    out = engine.model.generate(
-        **inputs,
-        **effective_settings(decoding, engine.model.generation_config),
-        eos_token_id=engine.eos_ids,
-        pad_token_id=engine.pad_id,
-    )
+    config = generation_config_from_scratch(decoding, {"eos_token_id": engine.eos_ids, "pad_token_id": engine.pad_id})
+    saved, engine.model.generation_config = engine.model.generation_config, config
+    try:
+        out = engine.model.generate(**inputs, generation_config=config)
+    finally:
+        engine.model.generation_config = saved
     length = inputs["input_ids"].shape[1]
     assert [s.text for s in samples] == [engine.tokenizer.decode(out[0, length:], skip_special_tokens=True)] * 4
     # top_k=1 sampling can only pick the argmax: the sampler's filters reach greedy.

@@ -73,26 +73,8 @@ def test_task_decoding_rejects_contradictions(bad, words):
         decoding.task_decoding(bad)
 
 
-def test_inherited_overrides_name_every_leaking_setting():
-    found = decoding.inherited_overrides(PASSK, QWEN_GENERATION_CONFIG)
-    assert found == [
-        f"{setting} from generation_config.json"
-        for setting in ("repetition_penalty=1.05", "temperature=0.1", "top_p=0.001", "top_k=1")
-    ]
-    # Greedy: only what changes a greedy decode (sampling fields do not apply).
-    assert decoding.inherited_overrides(GREEDY, QWEN_GENERATION_CONFIG) == [
-        "do_sample=true from generation_config.json",
-        "repetition_penalty=1.05 from generation_config.json",
-    ]
-    assert decoding.inherited_overrides(PASSK, None) == []
-    assert decoding.inherited_overrides(PASSK, {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "do_sample": True}) == []
-    assert decoding.inherited_overrides(GREEDY, {"num_beams": 4}) == ["num_beams=4 from generation_config.json"]
-
-
-def test_effective_settings_override_the_checkpoint():
-    config = {**QWEN_GENERATION_CONFIG, "min_p": 0.05, "num_beams": 1}
-    sampled = decoding.effective_settings(PASSK, config)
-    assert sampled == {
+def test_effective_settings_state_every_field():
+    assert decoding.effective_settings(PASSK) == {
         "do_sample": True,
         "temperature": 0.7,
         "top_p": 0.9,
@@ -100,31 +82,60 @@ def test_effective_settings_override_the_checkpoint():
         "repetition_penalty": 1.0,
         "max_new_tokens": PASSK.max_new_tokens,
         "num_beams": 1,
-        "min_p": None,
     }
-    greedy = decoding.effective_settings(GREEDY, QWEN_GENERATION_CONFIG)
+    greedy = decoding.effective_settings(GREEDY)
     assert greedy["do_sample"] is False and greedy["repetition_penalty"] == 1.0
     assert (greedy["temperature"], greedy["top_p"], greedy["top_k"]) == (1.0, 1.0, 0)
+    assert decoding.effective_settings(dataclasses.replace(PASSK, top_k=20))["top_k"] == 20
 
 
-def test_effective_settings_win_inside_transformers():
-    """Merged the way transformers' generate() merges kwargs over the model's generation_config, the
-    effective settings leave nothing of the checkpoint's in place."""
+def test_only_special_token_ids_pass_the_allow_list():
     from transformers import GenerationConfig
 
-    model_config = GenerationConfig(**{k: v for k, v in QWEN_GENERATION_CONFIG.items()})
-    merged = GenerationConfig()
-    merged.update(**model_config.to_dict(), defaults_only=True, allow_custom_entries=True)
+    config = {**QWEN_GENERATION_CONFIG, "suppress_tokens": [5], "min_new_tokens": 9, "pad_token_id": None}
+    assert decoding.special_token_ids(config) == {"bos_token_id": 1, "eos_token_id": [2, 3]}
+    assert decoding.special_token_ids(GenerationConfig(**QWEN_GENERATION_CONFIG)) == {
+        "bos_token_id": 1, "eos_token_id": [2, 3]}
+    assert decoding.special_token_ids(None) == {}
+    with pytest.raises(TypeError, match="mapping or a GenerationConfig"):
+        decoding.special_token_ids(["top_k"])
+
+
+@pytest.mark.parametrize("want", [PASSK, GREEDY, dataclasses.replace(PASSK, top_k=20, repetition_penalty=1.1)])
+def test_generation_config_from_scratch_holds_the_task_settings_and_nothing_else(want):
+    """Every field but the task's settings and the allow-listed token ids keeps transformers' default,
+    whatever the checkpoint's config sets (enumerated from GenerationConfig itself)."""
+    from transformers import GenerationConfig
+
+    checkpoint = GenerationConfig(**QWEN_GENERATION_CONFIG, suppress_tokens=[7, 8], min_new_tokens=5, num_beams=2,
+                                  no_repeat_ngram_size=3)
+    built = decoding.generation_config_from_scratch(want, checkpoint).to_dict()
+    default = GenerationConfig().to_dict()
+    stated = decoding.effective_settings(want) if want.do_sample else {
+        k: v for k, v in decoding.effective_settings(want).items() if k not in ("temperature", "top_p", "top_k")}
+    expected = {**default, **stated, "bos_token_id": 1, "eos_token_id": [2, 3]}
+    assert {k: v for k, v in built.items() if k != "transformers_version"} == {
+        k: v for k, v in expected.items() if k != "transformers_version"}
+
+
+def test_generation_config_from_scratch_wins_inside_transformers():
+    """Merged the way transformers' generate() merges a passed config over the model's generation_config
+    (here the model's is the built one too, as the lmms-eval wrapper arranges), nothing of the checkpoint's
+    survives."""
+    from transformers import GenerationConfig
+
+    built = decoding.generation_config_from_scratch(PASSK, GenerationConfig(**QWEN_GENERATION_CONFIG))
+    merged = GenerationConfig(**built.to_dict())
+    merged.update(**built.to_dict(), defaults_only=True, allow_custom_entries=True)
     merged.update(**GenerationConfig._get_default_generation_params(), defaults_only=True)
-    merged.update(**decoding.effective_settings(PASSK, model_config))
-    assert decoding.inherited_overrides(PASSK, merged) == []
     assert (merged.top_k, merged.top_p, merged.temperature, merged.repetition_penalty) == (0, 0.9, 0.7, 1.0)
+    assert merged.do_sample is True and merged.num_beams == 1
 
 
 def test_registry_is_per_task_and_copies():
     decoding.clear_effective()
     assert decoding.effective_for("medmnist_mcq_retina_passk") is None
-    settings = decoding.effective_settings(PASSK, None)
+    settings = decoding.effective_settings(PASSK)
     decoding.record_effective("medmnist_mcq_retina_passk", settings)
     settings["temperature"] = 99  # the registry kept its own copy
     got = decoding.effective_for("medmnist_mcq_retina_passk")

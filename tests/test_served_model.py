@@ -23,8 +23,13 @@ from pathlib import Path
 
 import pytest
 from medbridge.harness_ext.decoding import GREEDY, PASSK
-from medbridge.harness_ext.errors import MedbridgeError
-from medbridge.harness_ext.served import check_openai_decoding, served_effective_settings, served_vlm_args
+from medbridge.harness_ext.served import (
+    recorded_settings,
+    rejected_field,
+    request_fields,
+    served_vlm_args,
+    split_openai_fields,
+)
 from medbridge.judges import server as S
 
 from .conftest import run_lmms_eval
@@ -44,20 +49,35 @@ def test_server_flags_keep_the_checkpoints_sampling_defaults_out():
     assert json.loads(args[args.index("--limit-mm-per-prompt") + 1]) == {"image": 8}
 
 
-def test_paper_settings_can_be_served_and_are_recorded_exactly():
-    for decoding in (GREEDY, PASSK):
-        check_openai_decoding("medmnist_mcq_blood", decoding)
-    passk = served_effective_settings(PASSK)
-    assert passk["temperature"] == 0.7 and passk["top_p"] == 0.9
-    assert passk["top_k"] == 0 and passk["repetition_penalty"] == 1.0
-    assert passk["server_generation_config"].startswith("vllm")
+def test_requests_state_every_decoding_field():
+    passk = request_fields(PASSK, n=16, seed=11)
+    assert passk == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 1024, "n": 16, "presence_penalty": 0.0,
+                     "frequency_penalty": 0.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0,
+                     "seed": 11}
+    top, extra = split_openai_fields(passk)
+    assert set(extra) == {"top_k", "min_p", "repetition_penalty", "min_tokens"} and "seed" in top
+    greedy = request_fields(GREEDY, seed=11, stop=["</answer>"])
+    assert (greedy["temperature"], greedy["n"], greedy["stop"]) == (0.0, 1, ["</answer>"]) and "seed" not in greedy
+    assert request_fields(dataclasses.replace(PASSK, top_k=20, repetition_penalty=1.3), n=2)["top_k"] == 20
+    with pytest.raises(ValueError, match="greedy"):
+        request_fields(GREEDY, n=4)
+    assert recorded_settings(PASSK)["top_k"] == 0 and recorded_settings(PASSK)["temperature"] == 0.7
 
 
-def test_settings_the_openai_backend_cannot_send_are_refused_by_name():
-    with pytest.raises(MedbridgeError, match=r"top_k=20.*medbridge_vlm"):
-        check_openai_decoding("t", dataclasses.replace(PASSK, top_k=20))
-    with pytest.raises(MedbridgeError, match="repetition_penalty=1.05"):
-        check_openai_decoding("t", dataclasses.replace(GREEDY, repetition_penalty=1.05))
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status
+
+
+def test_a_refused_field_is_named_and_other_failures_are_not_refusals():
+    fields = request_fields(PASSK, n=4, seed=1)
+    assert rejected_field(_HTTPError(400, "Unrecognized request argument supplied: top_k"), fields) == "top_k"
+    assert rejected_field(_HTTPError(400, "{'loc': ['body', 'min_tokens'], 'msg': 'Extra inputs are not "
+                                          "permitted'}"), fields) == "min_tokens"
+    assert rejected_field(_HTTPError(400, "maximum context length is 4096 tokens; max_tokens 5000"), fields) is None
+    assert rejected_field(_HTTPError(503, "unsupported top_k"), fields) is None
+    assert rejected_field(RuntimeError("connection refused"), fields) is None
 
 
 def _free_port() -> int:

