@@ -381,6 +381,12 @@ def report_command(
     summary = summarize_run(run, rescored, iters=iters, allow_partial=allow_partial)
     summary = {"run": str(run.results_path), "written": written_at(run.results_path), **summary}
     print(format_table(summary))
+    from medbridge.tasks.medvqa.medvlthinker import protocol_report  # tasks of MedVLThinker's protocol, if any
+
+    protocol, text = protocol_report(rescored or run.records, run.samples)
+    if protocol:
+        summary["medvlthinker"] = protocol
+        print(text)
     suffix = "_medbridge_rescored.json" if rescore else "_medbridge_summary.json"
     out = (
         Path(json_out)

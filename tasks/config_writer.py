@@ -55,6 +55,24 @@ class GroupFile:
     comment: str = ""
     alias: str | None = None
     sampled: bool = True  # aggregate the sampled metrics too
+    metrics: Sequence[str] | None = None  # what the group averages (default: the registry's group means)
+
+
+def default_hooks() -> dict[str, str]:
+    """The template's hooks: the family's own loader (utils.py beside the YAMLs) and the shared scorer."""
+    return {
+        "process_docs": "utils.process_docs",
+        "doc_to_visual": "utils.doc_to_visual",
+        "doc_to_text": f"{SHARED_HOOKS}.doc_to_text",
+        "process_results": f"{SHARED_HOOKS}.process_greedy",
+    }
+
+
+def registry_metrics(kind: str) -> list[tuple[str, str, bool]]:
+    """(name, aggregation hook, higher is better) of every metric a greedy or sampled task reports (the
+    metric registry's list, judge counts included)."""
+    return [(name, f"{SHARED_HOOKS}.{scoring.AGGREGATION_PREFIX}{name}", registry.higher_is_better(name))
+            for name in registry.reported(kind)]
 
 
 @dataclass(frozen=True)
@@ -62,13 +80,16 @@ class Family:
     folder: str  # tasks/<folder>
     generator: str  # the script that writes the family, named in every file's header
     greedy: decoding_mod.Decoding
-    sampled: decoding_mod.Decoding
+    sampled: decoding_mod.Decoding | None  # None: no Pass@K twins (no _template_passk.yaml)
     template_comment: str
     tasks: Sequence[TaskFile]
     groups: Sequence[GroupFile]
     extra_greedy_comment: str = ""
     metadata_version: str = "1.0"
     readme_blocks: Mapping[str, str] = field(default_factory=dict)  # README block id -> markdown
+    hooks: Mapping[str, str] = field(default_factory=default_hooks)  # YAML key -> !function reference
+    greedy_metrics: Sequence[tuple[str, str, bool]] = field(default_factory=lambda: registry_metrics("greedy"))
+    greedy_repeats: int = 1  # responses per item of the greedy template (all kept for process_results)
 
 
 def _header(family: Family) -> str:
@@ -83,46 +104,16 @@ def _generation_block(decoding: decoding_mod.Decoding) -> list[str]:
     return lines
 
 
-def _metric_block(kind: str) -> list[str]:
-    """Every metric a greedy or sampled task reports (the registry's list, judge counts included)."""
+def _metric_block(metric_lines: Sequence[tuple[str, str, bool]]) -> list[str]:
     lines = ["metric_list:"]
-    for name in registry.reported(kind):
-        lines += [f"  - metric: {name}", f"    aggregation: {shared_hook(scoring.AGGREGATION_PREFIX + name)}",
-                  f"    higher_is_better: {'true' if registry.higher_is_better(name) else 'false'}"]
+    for name, hook, higher in metric_lines:
+        lines += [f"  - metric: {name}", f"    aggregation: !function {hook}",
+                  f"    higher_is_better: {'true' if higher else 'false'}"]
     return lines
 
 
-def _template(family: Family) -> str:
-    lines = [
-        *family.template_comment.rstrip("\n").splitlines(),
-        "dataset_path: json",
-        "test_split: test",
-        "output_type: generate_until",
-        "process_docs: !function utils.process_docs",
-        "doc_to_visual: !function utils.doc_to_visual",
-        f"doc_to_text: {shared_hook('doc_to_text')}",
-        "doc_to_target: answer_letter",
-        f"process_results: {shared_hook('process_greedy')}",
-        "# Keep <think>/<answer> in what process_results sees; the extractor reads the tags itself.",
-        "reasoning_tags: none",
-        *family.extra_greedy_comment.rstrip("\n").splitlines(),
-        "# Every decoding setting stated (harness_ext/decoding.py): nothing is left to the checkpoint.",
-        *_generation_block(family.greedy),
-        *_metric_block("greedy"),
-        "metadata:",
-        f"  version: {family.metadata_version}",
-    ]
-    return _header(family) + "\n".join(lines) + "\n"
-
-
-def _template_passk(family: Family) -> str:
-    d = family.sampled
-    k = registry.N_SAMPLES
-    lines = [
-        f"# The sampled twin of _template.yaml: {k} samples per item (temperature {d.temperature}, top_p {d.top_p},",
-        "# top-k off, repetition penalty 1.0, as in the paper) scored as unbiased Pass@K, maj@K and pass^K.",
-        "include: _template.yaml",
-        f"process_results: {shared_hook('process_sampled')}",
+def _repeats(k: int) -> list[str]:
+    return [
         f"repeats: {k}",
         "# lmms-eval's default filter keeps only the first of the repeats; keep all of them. The name",
         '# stays "none" (no answer-extraction filter) so greedy and sampled keys read alike.',
@@ -131,8 +122,45 @@ def _template_passk(family: Family) -> str:
         "    filter:",
         "      - function: take_first_k",
         f"        k: {k}",
+    ]
+
+
+def _template(family: Family) -> str:
+    lines = [
+        *family.template_comment.rstrip("\n").splitlines(),
+        "dataset_path: json",
+        "test_split: test",
+        "output_type: generate_until",
+        f"process_docs: !function {family.hooks['process_docs']}",
+        f"doc_to_visual: !function {family.hooks['doc_to_visual']}",
+        f"doc_to_text: !function {family.hooks['doc_to_text']}",
+        "doc_to_target: answer_letter",
+        f"process_results: !function {family.hooks['process_results']}",
+        "# Keep <think>/<answer> in what process_results sees; the extractor reads the tags itself.",
+        "reasoning_tags: none",
+        *family.extra_greedy_comment.rstrip("\n").splitlines(),
+        *(_repeats(family.greedy_repeats) if family.greedy_repeats > 1 else []),
+        "# Every decoding setting stated (harness_ext/decoding.py): nothing is left to the checkpoint.",
+        *_generation_block(family.greedy),
+        *_metric_block(family.greedy_metrics),
+        "metadata:",
+        f"  version: {family.metadata_version}",
+    ]
+    return _header(family) + "\n".join(lines) + "\n"
+
+
+def _template_passk(family: Family) -> str:
+    d = family.sampled
+    assert d is not None
+    k = registry.N_SAMPLES
+    lines = [
+        f"# The sampled twin of _template.yaml: {k} samples per item (temperature {d.temperature}, top_p {d.top_p},",
+        "# top-k off, repetition penalty 1.0, as in the paper) scored as unbiased Pass@K, maj@K and pass^K.",
+        "include: _template.yaml",
+        f"process_results: {shared_hook('process_sampled')}",
+        *_repeats(k),
         *_generation_block(family.sampled),
-        *_metric_block("sampled"),
+        *_metric_block(registry_metrics("sampled")),
     ]
     return _header(family) + "\n".join(lines) + "\n"
 
@@ -154,7 +182,7 @@ def _group(family: Family, group: GroupFile) -> str:
     lines.append("task:")
     lines += [f"  - {t}" for t in group.tasks]
     lines.append("aggregate_metric_list:")
-    for name in registry.group_averaged(sampled=group.sampled):
+    for name in group.metrics if group.metrics is not None else registry.group_averaged(sampled=group.sampled):
         lines += [f"  - metric: {name}", "    aggregation: mean", "    weight_by_size: false"]
     lines += ["metadata:", f"  version: {family.metadata_version}"]
     return _header(family) + "\n".join(lines) + "\n"
@@ -162,7 +190,9 @@ def _group(family: Family, group: GroupFile) -> str:
 
 def render(family: Family) -> dict[str, str]:
     """Every file of the family, by path relative to its folder."""
-    files = {"_template.yaml": _template(family), "_template_passk.yaml": _template_passk(family)}
+    files = {"_template.yaml": _template(family)}
+    if family.sampled is not None:
+        files["_template_passk.yaml"] = _template_passk(family)
     pointers: dict[str, str] = {}
     for task in family.tasks:
         files[f"{task.task}.yaml"] = _task(family, task)

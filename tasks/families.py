@@ -5,7 +5,9 @@ facts everything else derives from it: the task names (``<family>_<entry>`` for 
 ``<family>_<entry>_passk`` for its Pass@K twin), the lmms-eval group names, the summary rows the
 report shows (modality means, the overall mean) and the leaderboard table the numbers feed.
 The plugin, the report, the leaderboard, the training CLI and the benchmarks ask this module; no
-other module builds a task name from a string or imports a catalog by name.
+other module builds a task name from a string or imports a catalog by name. Three families:
+``MEDMNIST`` (medmnist_mcq), ``MEDVQA`` (medvqa) and ``MEDVLTHINKER`` (medvqa_medvlthinker: the VQA
+catalog under MedVLThinker's protocol).
 
     from medbridge.tasks.families import FAMILIES, MEDMNIST, passk_twin
     MEDMNIST.task("blood")             # 'medmnist_mcq_blood'
@@ -108,6 +110,8 @@ class TaskFamily:
 
     def entry(self, task: str) -> Any | None:
         """The catalog entry of one of this family's task names (greedy or sampled), else None."""
+        if is_sampled(task) and not self.sampled:
+            return None
         short = greedy_twin(task).removeprefix(f"{self.name}_")
         return self._by_name.get(short) if short != greedy_twin(task) else None
 
@@ -146,7 +150,20 @@ MEDVQA = TaskFamily(
     leaderboard_table="table3",
 )
 
-FAMILIES: tuple[TaskFamily, ...] = (MEDMNIST, MEDVQA)
+# The same benchmarks under MedVLThinker's own evaluation protocol (tasks/medvqa/medvlthinker.py):
+# every row, their prompt, greedy x 3 runs, their grader beside ours. Greedy only: no Pass@K twins.
+MEDVLTHINKER = TaskFamily(
+    name="medvqa_medvlthinker",
+    folder="medvqa_medvlthinker",
+    entries=medvqa_catalog.SETS,
+    noun="medical VQA benchmark",
+    report_label="medvlthinker",
+    overall_label="average",
+    leaderboard_table="medvlthinker",
+    sampled=False,
+)
+
+FAMILIES: tuple[TaskFamily, ...] = (MEDMNIST, MEDVQA, MEDVLTHINKER)
 
 
 def all_task_names() -> frozenset[str]:

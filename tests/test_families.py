@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 from medbridge.tasks import families
-from medbridge.tasks.families import FAMILIES, MEDMNIST, MEDVQA
+from medbridge.tasks.families import FAMILIES, MEDMNIST, MEDVLTHINKER, MEDVQA
 
 TASKS_DIR = Path(families.__file__).resolve().parent
 
@@ -19,22 +19,26 @@ def test_task_names_are_family_name_entry_name_and_the_passk_twin():
     assert families.passk_twin("medvqa_pmc_passk") == "medvqa_pmc_passk"
     assert families.greedy_twin("medvqa_pmc_passk") == "medvqa_pmc"
     assert families.greedy_twin("medvqa_pmc") == "medvqa_pmc"
-    # The catalogs' own properties are the registry's names, not a second spelling.
-    for family in FAMILIES:
+    # The catalogs' own properties are the registry's names of their home family, not a second spelling.
+    for family in (MEDMNIST, MEDVQA):
         for entry in family.entries:
             assert (entry.task, entry.task_passk) == (family.task(entry), family.passk_task(entry))
+    # A family without Pass@K twins (MedVLThinker's protocol) names greedy tasks only.
+    assert MEDVLTHINKER.task("pmc") == "medvqa_medvlthinker_pmc" and MEDVLTHINKER.sampled_tasks == []
 
 
 def test_every_task_name_maps_back_to_its_family_and_catalog_entry():
     seen = set()
     for family in FAMILIES:
         for entry in family.entries:
-            for task in (family.task(entry), family.passk_task(entry)):
+            tasks = (family.task(entry), family.passk_task(entry)) if family.sampled else (family.task(entry),)
+            for task in tasks:
                 assert families.family_of(task) is family
                 assert families.entry_of(task) is entry
                 seen.add(task)
     assert seen == families.all_task_names()
-    for stranger in ("medmnist_mcq", "medmnist_mcq_nosuch", "medvqa_", "mmlu_blood", "medvqa_pmc_passk_passk"):
+    for stranger in ("medmnist_mcq", "medmnist_mcq_nosuch", "medvqa_", "mmlu_blood", "medvqa_pmc_passk_passk",
+                     "medvqa_medvlthinker_pmc_passk"):
         assert families.family_of(stranger) is None, stranger
         assert families.entry_of(stranger) is None, stranger
 
@@ -66,7 +70,9 @@ def test_report_groups_are_modality_means_and_the_overall_mean_of_greedy_tasks()
     # Every dataset sits in exactly one modality row.
     assert sorted(t for m in MEDMNIST.modalities for t in groups[f"medmnist {m}"]) == sorted(MEDMNIST.greedy_tasks)
     assert MEDVQA.report_groups() == {"medvqa average": MEDVQA.greedy_tasks}
-    assert families.report_groups() == {**MEDMNIST.report_groups(), **MEDVQA.report_groups()}
+    assert MEDVLTHINKER.report_groups() == {"medvlthinker average": MEDVLTHINKER.greedy_tasks}
+    assert families.report_groups() == {**MEDMNIST.report_groups(), **MEDVQA.report_groups(),
+                                        **MEDVLTHINKER.report_groups()}
 
 
 def test_count_words_follow_the_catalogs():

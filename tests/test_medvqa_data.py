@@ -371,3 +371,26 @@ def test_items_carry_the_sha256_of_the_arrow_files_they_were_read_from(source, m
     data.build_items("slake", source=source, subset="full")  # the same files: hashed once per version
     assert len(calls) == len(files)
 
+
+
+def test_adversarial_a_read_only_source_folder_works(tmp_path, monkeypatch):
+    """Every write under the source folder fails with EROFS (a read-only mount): the rows load, since
+    datasets writes its Arrow files to its own cache, and the items carry their provenance."""
+    import builtins
+    import errno
+    import os
+
+    src = build_medvqa_fixture(tmp_path / "ro" / "eval", {"vqarad": 2})
+    monkeypatch.setenv("MEDBRIDGE_DATA_CACHE", str(tmp_path / "data_cache"))
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and os.path.abspath(str(file)).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    items, info = data.build_items("vqarad", source=src, subset="full")
+    assert info.n_items == 2 and all(it["data_sha256"] for it in items)
+    assert len(data.doc_images(items[0])) == items[0]["n_images"]
+    data.load_source.cache_clear()

@@ -261,6 +261,8 @@ def row_to_item(row: dict[str, Any], spec: MedVQASet, base: Path | None = None) 
         "options": json.dumps(options, ensure_ascii=False),
         "answer_letter": label,
         "answer_text": options[label],
+        # The source's own answer column, as MedVLThinker's grader reads it (None when absent or not text).
+        "source_answer": row["answer"] if isinstance(row.get("answer"), str) else None,
         "prompt": format_mcq_prompt(question, options),
         "prompt_version": PROMPT_VERSION,
         "n_images": n_images,
