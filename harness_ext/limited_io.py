@@ -17,6 +17,7 @@ API (``what`` names the input in the message, e.g. ``"--config"`` or ``"results 
   written atomically (a temporary file beside it, then a rename) and refused when the path is a folder,
   a device (``/dev/full``) or a FIFO; a failed write (disk full, read-only) raises ``OutputFileError``
   naming the file and leaves any older file there untouched.
+- ``check_output_file(path, what=...)``: the same refusals, for a file another writer opens (a log to append to).
 
 ``CONFIG_LIMIT_BYTES`` suits hand-written configs and recipes; ``DEFAULT_LIMIT_BYTES`` machine-written
 JSON (lmms-eval results files). A missing file raises ``InputFileNotFound``, which is also a
@@ -169,8 +170,9 @@ def _umask() -> int:
     return current
 
 
-def write_text(path: str | os.PathLike[str], text: str, *, what: str = "") -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; see the module docstring for what is refused."""
+def check_output_file(path: str | os.PathLike[str], *, what: str = "") -> int | None:
+    """Refuse ``path`` as a file to write (or append to) unless it is a regular file or a new name in an
+    existing folder; returns the existing file's mode, None for a new file."""
     target = Path(path)
     try:
         mode = os.stat(target).st_mode
@@ -184,6 +186,14 @@ def write_text(path: str | os.PathLike[str], text: str, *, what: str = "") -> Pa
     if not parent.is_dir():
         problem = f"its folder {parent} is a file" if parent.exists() else f"its folder {parent} does not exist"
         raise OutputFileError(target, what, problem)
+    return mode
+
+
+def write_text(path: str | os.PathLike[str], text: str, *, what: str = "") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; see the module docstring for what is refused."""
+    target = Path(path)
+    mode = check_output_file(target, what=what)
+    parent = target.parent
     tmp_name = None
     try:
         # A short temporary name: the target's own name may already be at the file system's length limit.

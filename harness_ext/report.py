@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medbridge.harness_ext import decoding_report, metrics, statistics
+from medbridge.harness_ext import decoding_report, limited_io, metrics, statistics
 from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.runs import (  # noqa: F401  (the run-reading API callers import from here)
@@ -406,5 +406,5 @@ def report_command(
 
 
 def write_summary(summary: Mapping[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(summary, indent=2, default=float))
-    return path
+    # Atomic, and a folder, device (/dev/full) or FIFO given as --json is a user error naming it.
+    return limited_io.write_text(path, json.dumps(summary, indent=2, default=float), what="summary JSON")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medbridge.harness_ext import settings
+from medbridge.harness_ext import limited_io, settings
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.judges import http
 
@@ -136,6 +136,8 @@ def replica_options(opts: ServeOptions, replicas: int, gpus: list[str]) -> list[
 
 def start_server(opts: ServeOptions, log_path: str | Path | None = None, python: str | None = None) -> subprocess.Popen:
     """Launch the server in its own process group (so stop_server ends its workers too)."""
+    if log_path:  # a FIFO would block here and a device swallow the log: refused, naming the file
+        limited_io.check_output_file(log_path, what="judge serve --log")
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         env = serve_env()

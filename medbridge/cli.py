@@ -10,24 +10,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from medbridge import __version__
+from medbridge.cli_args import SEED_MAX, add_flag, int_range
 from medbridge.error_handling import run_guarded
 from medbridge.harness_ext.errors import MedbridgeError
 
+# Upper bounds of counts: far above any real use, low enough that a typo cannot exhaust memory.
+MAX_PER_CLASS = 1_000
+MAX_NEW_TOKENS = 32_768
+MAX_BATCH_SIZE = 4_096
+MAX_BOOTSTRAP = 100_000  # resamples x items integers are drawn at once
+
 
 def at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (so 0 or -1 is a usage error, not a traceback later)."""
-
-    def parse(text: str) -> int:
-        try:
-            number = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
-        return number
-
-    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its message
-    return parse
+    """An argparse type: an integer >= ``minimum`` (cli_args.int_range without an upper bound)."""
+    return int_range(minimum)
 
 
 def medmnist_flag(text: str) -> str:
@@ -114,18 +111,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     test_per_class=args.test_per_class, batch_size=args.batch_size)
 
 
+def version_text() -> str:
+    """What `medbridge --version` prints: ours, and the lmms-eval and Python it runs with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lmms_eval = version("lmms-eval")
+    except PackageNotFoundError:
+        lmms_eval = "not installed"
+    return f"medbridge {__version__} (lmms-eval {lmms_eval}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medbridge",
                                      description="medbridge: medical VLM evaluation (Acc@1, Pass@K) on lmms-eval")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline demo: fixtures + tiny model through the real lmms-eval CLI")
     p.add_argument("--out", default="demo_out",
                    help="folder for fixtures, model, results, leaderboard (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=24, help="tokens per response (default: %(default)s)")
-    p.add_argument("--test-per-class", type=at_least(1), default=1,
+    p.add_argument("--max-new-tokens", type=int_range(1, MAX_NEW_TOKENS), default=24,
+                   help="tokens per response (default: %(default)s)")
+    p.add_argument("--test-per-class", type=int_range(1, MAX_PER_CLASS), default=1,
                    help="fixture test images per class (default: %(default)s)")
-    p.add_argument("--batch-size", type=at_least(1), default=16, help="lmms-eval --batch_size (default: %(default)s)")
+    add_flag(p, "--batch_size", "--batch-size", type=int_range(1, MAX_BATCH_SIZE), default=16,
+             help="lmms-eval --batch_size (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("tasks-path", help="print the folder of medbridge's lmms-eval task YAMLs (for --include_path)")
@@ -133,15 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-fixtures", help="write small MedMNIST-format npz files")
     p.add_argument("--root", required=True, help="folder for the {flag}_224.npz files")
-    p.add_argument("--test-per-class", type=at_least(1), default=2, help="images per class (default: %(default)s)")
-    p.add_argument("--train-per-class", type=at_least(1), default=4, help="images per class (default: %(default)s)")
-    p.add_argument("--val-per-class", type=at_least(1), default=2, help="images per class (default: %(default)s)")
-    p.add_argument("--seed", type=at_least(0), default=0, help="pixel-noise seed (default: %(default)s)")
+    for split, default in (("test", 2), ("train", 4), ("val", 2)):
+        p.add_argument(f"--{split}-per-class", type=int_range(1, MAX_PER_CLASS), default=default,
+                       help="images per class (default: %(default)s)")
+    p.add_argument("--seed", type=int_range(0, SEED_MAX), default=0, help="pixel-noise seed (default: %(default)s)")
     p.set_defaults(func=_cmd_build_fixtures)
 
     p = sub.add_parser("build-tiny-model", help="write a tiny random-weight Qwen2.5-VL checkpoint")
     p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--seed", type=at_least(0), default=0, help="weight-initialisation seed (default: %(default)s)")
+    p.add_argument("--seed", type=int_range(0, SEED_MAX), default=0,
+                   help="weight-initialisation seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="rebuild even when a matching checkpoint is there")
     p.set_defaults(func=_cmd_build_tiny_model)
 
@@ -166,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--latest", action="store_true",
                        help="read the newest run of a folder that holds several (default: refuse and list them)")
         p.add_argument("--json", help="where to write the summary JSON")
-        p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+        p.add_argument("--bootstrap", type=int_range(1, MAX_BOOTSTRAP), default=2000,
+                       help="bootstrap resamples for the CIs (default: %(default)s)")
         p.add_argument("--allow-partial", action="store_true",
                        help="score a run with failed requests or judge verdicts, or tasks without numbers (those "
                             "items and tasks are left out, counted, and the run is marked partial)")
@@ -195,6 +208,10 @@ def _name_commands(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. argparse's own exits (a usage error: 2, --help: 0) leave as SystemExit."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A path that is not UTF-8 (a surrogate escape) prints as \udcff instead of failing the command.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parsed: list[argparse.Namespace] = []
 
     def parse_and_run() -> int:

@@ -49,7 +49,7 @@ def hash_file(path: Path) -> str:
 
 
 def _memo_path(real: str) -> Path:
-    return data_cache_dir() / "sha256" / f"{hashlib.sha1(real.encode(), usedforsecurity=False).hexdigest()}.json"
+    return data_cache_dir() / "sha256" / f"{hashlib.sha1(os.fsencode(real), usedforsecurity=False).hexdigest()}.json"
 
 
 def _remembered(real: str, ident: dict[str, int]) -> str | None:

@@ -112,7 +112,14 @@ INPUT_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "expected"), INPUT_ERRORS, ids=[" ".join(a) for a, _ in INPUT_ERRORS])
+def _marked(cases: list[tuple[list[str], str]]) -> list:
+    """Cases as pytest params; `train` ones import TRL (seconds): slow."""
+    return [pytest.param(argv, expected, id=" ".join(argv).replace("{", "").replace("}", ""),
+                         marks=[pytest.mark.slow] if argv[0] == "train" else [])
+            for argv, expected in cases]
+
+
+@pytest.mark.parametrize(("argv", "expected"), _marked(INPUT_ERRORS))
 def test_adversarial_bad_inputs_exit_2_naming_the_culprit(capsys, bad_inputs, argv, expected):
     code, _, err = run_cli(capsys, [a.format(**bad_inputs) for a in argv])
     assert code == USER_ERROR_EXIT, err
@@ -135,6 +142,7 @@ def test_adversarial_data_root_variable_that_is_a_file_is_named(capsys, bad_inpu
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_adversarial_bad_flag_variable_is_named_by_a_data_command(capsys, tmp_path, monkeypatch):
     from medbridge.tasks.medmnist.fixtures import build_all
 
@@ -150,6 +158,7 @@ def test_adversarial_judge_serve_missing_python(capsys):
     assert code == USER_ERROR_EXIT and "/nope/python" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_adversarial_data_medmnist_offline_says_how_to_install_by_hand(capsys, tmp_path, monkeypatch):
     """What urllib raises when the host cannot be resolved, raised where medmnist downloads."""
     import torchvision.datasets.utils as tv_utils
@@ -168,6 +177,7 @@ def test_adversarial_data_medmnist_offline_says_how_to_install_by_hand(capsys, t
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_adversarial_valid_commands_exit_0(capsys, tmp_path):
     code, out, _ = run_cli(capsys, ["tasks-path"])
     assert code == 0 and Path(out.strip(), "medmnist").is_dir()
@@ -259,8 +269,214 @@ def test_adversarial_console_script_and_module(tmp_path):
         assert "Traceback" not in proc.stderr and "error:" in proc.stderr
 
 
+@pytest.mark.slow
 def test_adversarial_models_lists_medbridge_vlm(capsys):
     code, out, _ = run_cli(capsys, ["models"])
     names = [line.split("\t")[0] for line in out.splitlines() if "\t" in line]
     assert code == 0 and names == ["medbridge_vlm"]  # test-only backends are registered by tests, not here
     assert "medbridge.harness_ext.backend" in out
+
+
+# ------------------------------------------------------------------ round two (issue 21): found by fuzzing
+# every subcommand's arguments (names too long, folders, FIFOs, devices, huge numbers, non-UTF-8 names).
+# Each case took the bug path (exit 1), hung, or ran out of memory before; now it is one paragraph, exit 2.
+
+LONG = "n" * 300  # over NAME_MAX (255)
+
+
+@pytest.fixture
+def hostile(tmp_path) -> dict[str, Path]:
+    from .synthetic_runs import medmnist_run
+
+    medmnist_run(tmp_path / "run", n_items=4)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "file.txt").write_text("x\n")
+    return {"run": tmp_path / "run", "fifo": tmp_path / "fifo", "long": tmp_path / LONG, "tmp": tmp_path}
+
+
+# (argv, what the one-paragraph message must hold)
+ROUND_TWO = [
+    (["build-fixtures", "--root", "{long}"], "File name too long: {long}"),
+    (["build-tiny-model", "--out", "{long}"], "File name too long: {long}"),
+    (["data", "medmnist", "--flags", "breast", "--root", "{long}"], "File name too long"),
+    (["data", "build-medmnist-train", "--names", "breast", "--out", "{tmp}/o", "--root", "{long}"], "too long"),
+    (["data", "build-pmc-vqa", "--out", "{tmp}/o", "--csv", "{long}"], "{long}"),
+    (["leaderboard", "ingest", "--store", "{tmp}/s.sqlite", "{long}"], "File name too long"),
+    (["leaderboard", "build", "--store", "{long}"], "File name too long"),
+    (["leaderboard", "build", "--store", "{tmp}/s.sqlite", "--out", "{long}"], "File name too long"),
+    (["report", "{long}"], "File name too long: {long}"),
+    (["rescore", "{long}"], "File name too long: {long}"),
+    (["report", "{run}", "--json", "{long}"], "too long"),
+    (["judge", "serve", "--model", "m", "--log", "{long}"], "{long}"),
+    (["judge", "serve", "--model", "m", "--vllm-python", "{long}"], "File name too long: {long}"),
+    (["report", "{run}", "--json", "/dev/full"], "summary JSON /dev/full: is a character device"),
+    (["report", "{run}", "--json", "{fifo}"], "summary JSON {fifo}: is a FIFO"),
+    (["report", "{run}", "--json", "{tmp}"], "summary JSON {tmp}: is a folder"),
+    (["data", "build-pmc-vqa", "--out", "{tmp}/o", "--csv", "/dev/zero"],
+     "PMC-VQA CSV /dev/zero: is a character device"),
+    (["data", "build-pmc-vqa", "--out", "{tmp}/o", "--csv", "{fifo}"], "PMC-VQA CSV {fifo}: is a FIFO"),
+    (["judge", "serve", "--model", "m", "--log", "{fifo}"], "judge serve --log {fifo}: is a FIFO"),
+    (["train", "grpo", "--config", "/dev/zero"], "/dev/zero: is a character device"),
+    (["leaderboard", "build", "--store", "{tmp}"], "is a folder"),
+    (["leaderboard", "ingest", "{run}", "--store", "{fifo}"], "is not a regular file"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), _marked(ROUND_TWO))
+def test_adversarial_round_two_hostile_paths_exit_2_naming_them(capsys, hostile, argv, expected):
+    code, _, err = run_cli(capsys, [a.format(**hostile) for a in argv])
+    assert code == USER_ERROR_EXIT, err
+    last = err.strip().splitlines()[-1]
+    assert expected.format(**hostile) in last, err
+    assert "Traceback" not in err and "unexpected error" not in err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["report", "{run}", "--bootstrap", str(10**20)], "must be <= 100,000"),
+    (["rescore", "{run}", "--bootstrap", "0"], "must be >= 1"),
+    (["build-fixtures", "--root", "{tmp}/fx", "--test-per-class", str(10**20)], "must be <= 1,000"),
+    (["build-fixtures", "--root", "{tmp}/fx", "--seed", str(2**64)], "must be <= 4,294,967,295"),
+    (["demo", "--max-new-tokens", str(10**9)], "must be <= 32,768"),
+    (["demo", "--batch_size", str(10**9)], "must be <= 4,096"),
+])
+def test_adversarial_huge_numbers_are_usage_errors(capsys, hostile, argv, expected):
+    """10**20 resamples (a numpy error) or images per class (memory until the kernel kills it) before."""
+    code, _, err = run_cli(capsys, [a.format(**hostile) for a in argv])
+    assert code == USER_ERROR_EXIT and expected in err and "usage: medbridge" in err, err
+
+
+@pytest.mark.slow
+def test_adversarial_a_data_folder_whose_name_is_not_utf8(capsys, tmp_path):
+    """The content-hash memo encoded the file's path as strict UTF-8 (UnicodeEncodeError, exit 1)."""
+    from medbridge.tasks.medmnist.fixtures import build_all
+
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/data-\xff"))
+    build_all(root, test_per_class=1, train_per_class=1, val_per_class=1)
+    code, out, err = run_cli(capsys, ["data", "medmnist", "--flags", "breast", "--root", root])
+    assert code == 0, err
+    assert "breastmnist: ok" in out
+
+
+@pytest.mark.slow
+def test_adversarial_printing_a_non_utf8_path_does_not_fail_the_command(tmp_path):
+    """A real process, stdout a pipe: printing the path raised UnicodeEncodeError after the work was done."""
+    root = bytes(tmp_path) + b"/fixtures-\xff"
+    done = subprocess.run([sys.executable, "-m", "medbridge.cli", "build-fixtures", "--root", root,
+                           "--test-per-class", "1", "--train-per-class", "1", "--val-per-class", "1"],
+                          capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"wrote 12 MedMNIST-format files to" in done.stdout and b"fixtures-\\udcff" in done.stdout
+
+
+def test_adversarial_version(capsys):
+    code, out, _ = run_cli(capsys, ["--version"])
+    assert code == 0 and out.startswith("medbridge ") and "lmms-eval 0.7" in out
+
+
+# ------------------------------------------------------------------ medbridge task errors inside lmms-eval
+
+
+def test_adversarial_task_error_inside_lmms_eval_ends_the_run_with_exit_2(capsys):
+    """lmms-eval retries a failing process_docs and then logs it and exits 0; a guarded one leaves at once."""
+    from medbridge.harness_ext import lmms_eval_exit
+    from medbridge.harness_ext.errors import MedbridgeError
+    from tenacity import retry, stop_after_attempt, wait_fixed
+
+    calls = []
+
+    def process_docs(dataset):
+        calls.append(1)
+        raise MedbridgeError("MedMNIST file not found: expected /x/breastmnist_224.npz")
+
+    process_docs.__module__ = "medbridge.tasks.medmnist.utils"
+    config = {"task": "medmnist_mcq_breast", "process_docs": process_docs, "doc_to_text": str}
+    lmms_eval_exit.guard_task_config(config)
+    assert config["doc_to_text"] is str  # not ours: left alone
+    monkey_state = lmms_eval_exit._ended_with
+    try:
+        @retry(stop=stop_after_attempt(5), wait=wait_fixed(2))
+        def download():  # lmms-eval's ConfigurableTask.download shape
+            return config["process_docs"]([])
+
+        with pytest.raises(SystemExit) as done:
+            try:
+                download()
+            except Exception:  # lmms-eval's cli_evaluate: 'except Exception' then exit 0
+                pytest.fail("the error reached lmms-eval's handler")
+        assert done.value.code == USER_ERROR_EXIT and calls == [1]  # no retries
+        err = capsys.readouterr().err
+        assert err.strip() == ("lmms-eval: medbridge task medmnist_mcq_breast: error: MedMNIST file not found: "
+                               "expected /x/breastmnist_224.npz")
+    finally:
+        lmms_eval_exit._ended_with = monkey_state
+
+
+def test_adversarial_bug_inside_lmms_eval_exits_1_naming_the_log(capsys, tmp_path):
+    from medbridge.harness_ext import lmms_eval_exit
+
+    def process_results(doc, results):
+        return {}["missing"]
+
+    guarded = lmms_eval_exit.guard(process_results, "medvqa_pmc", "process_results")
+    state = lmms_eval_exit._ended_with
+    try:
+        with pytest.raises(SystemExit) as done:
+            guarded({}, [])
+        assert done.value.code == 1
+        err = capsys.readouterr().err
+        assert "medbridge task medvqa_pmc: unexpected error in process_results: KeyError" in err
+        log = Path(err.split("the full traceback is in ")[1].split(". ")[0])
+        assert log.parent == tmp_path / "logs" and "in process_results" in log.read_text()
+    finally:
+        lmms_eval_exit._ended_with = state
+
+
+def test_adversarial_retry_errors_are_unwrapped_to_the_users_error():
+    from medbridge.harness_ext.lmms_eval_exit import _root_cause
+    from tenacity import RetryError, retry, stop_after_attempt
+
+    @retry(stop=stop_after_attempt(1))
+    def fails():
+        raise SettingError("MEDBRIDGE_JUDGE_MODE='x' is not a mode")
+
+    with pytest.raises(RetryError) as wrapped:
+        fails()
+    assert str(_root_cause(wrapped.value)) == "MEDBRIDGE_JUDGE_MODE='x' is not a mode"
+
+
+def test_adversarial_the_plugin_guards_task_utils_loaded_by_file_path():
+    """A task YAML's `!function utils.process_docs` is imported by path (module name `utils`): still ours."""
+    import importlib.util
+
+    from medbridge.harness_ext import lmms_eval_exit, plugin
+
+    spec = importlib.util.spec_from_file_location("utils", Path(plugin.TASKS_DIR) / "medmnist" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    assert utils.process_docs.__module__ == "utils" and lmms_eval_exit._is_ours(utils.process_docs)
+    from lmms_eval.api.task import ConfigurableTask
+
+    assert getattr(ConfigurableTask.__init__, "_medbridge_guarded", False)  # installed by importing the plugin
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"MEDBRIDGE_MEDMNIST_ROOT": "{tmp}/nodata"}, "MedMNIST file not found: expected {tmp}/nodata/breastmnist_224.npz"),
+    ({"MEDBRIDGE_MEDMNIST_PER_CLASS": "abc"}, "MEDBRIDGE_MEDMNIST_PER_CLASS must be a positive integer or 'all'"),
+    ({"MEDBRIDGE_JUDGE_MODE": "bogus"}, "got 'bogus' (MEDBRIDGE_JUDGE_MODE)"),
+], ids=["missing-data", "bad-subset-setting", "bad-judge-setting"])
+def test_adversarial_lmms_eval_run_with_a_task_error_exits_2(tmp_path, env, expected):
+    """The real lmms-eval CLI: before, a 69-line traceback, 'Error during evaluation' and exit 0."""
+    from medbridge.tasks.medmnist.fixtures import build_all
+
+    from .conftest import run_lmms_eval
+
+    build_all(tmp_path / "fx", test_per_class=1, train_per_class=1, val_per_class=1)
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    done = run_lmms_eval(["--model", "oracle", "--model_args", "p=0.9", "--tasks", "medmnist_mcq_breast",
+                          "--output_path", str(tmp_path / "out")], tmp_path / "fx", env_extra=env, timeout=600)
+    assert done.returncode == USER_ERROR_EXIT, done.stderr[-3000:]
+    ours = [line for line in done.stderr.splitlines() if "medbridge task medmnist_mcq_breast: error:" in line]
+    assert len(ours) == 1 and expected.format(tmp=tmp_path) in ours[0], done.stderr[-3000:]
+    assert "Error during evaluation" not in done.stderr and not list((tmp_path / "out").rglob("*_results.json"))

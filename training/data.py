@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import re
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext import limited_io
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
 
@@ -206,7 +208,9 @@ def read_pmc_vqa_csv(csv_path: str | Path, image_dir: str | Path | None = None) 
     csv_path = Path(csv_path)
     image_dir = Path(image_dir) if image_dir is not None else csv_path.parent / "images"
     items = []
-    with csv_path.open(newline="", encoding="utf-8") as fh:
+    # A regular file only (a FIFO or /dev/zero would block or read without end).
+    with limited_io.open_regular(csv_path, what="PMC-VQA CSV") as raw, \
+            io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in PMC_VQA_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
