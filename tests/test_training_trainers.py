@@ -6,6 +6,7 @@ each evaluated by lmms-eval in its own process and added to the leaderboard)."""
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -278,11 +279,23 @@ def test_tiny_recipe_puts_every_checkpoint_on_the_leaderboard(tiny_model_dir, me
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(line) for line in (out / "evaluations" / "evaluations.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2], records
+    # The evaluations ran after the trainer gave back its memory: the same process id (exec), far less held.
+    trainer = re.search(r"trainer pid (\d+), resident memory ([\d.]+) MiB", proc.stdout)
+    assert trainer, proc.stdout[-3000:]
+    print("before hand-over:", trainer.group(0), "| evaluator MiB:", [r["evaluator_rss_mib_before"] for r in records])
     for r in records:
         assert "error" not in r, r
+        assert r["evaluator_pid"] == int(trainer.group(1))
+        # Seen here: 999 MiB in the trainer, 765 in the evaluator (its libraries; the models are gone).
+        assert r["evaluator_rss_mib_before"] < float(trainer.group(2))
         results = json.loads(Path(r["results"]).read_text())
         assert "medmnist_mcq_breast" in results["results"]
         assert r["leaderboard_rows"] > 0
+        # The command says where each checkpoint's results and leaderboard rows went.
+        assert (
+            f"checkpoint-{r['step']}: results {r['results']}; leaderboard {store.resolve()}: "
+            f"{r['leaderboard_rows']} row(s) (run tiny-cpu-care, step {r['step']})"
+        ) in proc.stdout
     with sqlite3.connect(store) as conn:
         runs = sorted(conn.execute("SELECT run, step FROM runs").fetchall())
         trained_on = {row[0] for row in conn.execute("SELECT trained_on FROM runs")}

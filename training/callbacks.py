@@ -8,8 +8,12 @@ checkpoint by hand (``medbridge eval-checkpoint``).
 
 When evaluations run: never on a training GPU and never while a rank waits in a collective.
 With ``ckpt_eval_device`` set (a GPU that training does not use) they run during training on that
-device; otherwise they queue up and run after training, when ``finish()`` is called on the main process
-after the final save (every collective is over by then). No trainer hook ever waits for an evaluation.
+device; otherwise the staged checkpoints wait, and after training the trainer's main process hands
+over to a fresh evaluator process (:mod:`medbridge.training.evaluations`) once the trainer's GPU memory
+is given back. What that process needs is in ``evaluations/plan.json``; what was evaluated is in
+``evaluations/evaluations.jsonl``, so checkpoints staged by a killed run are evaluated after its resume.
+``finish()`` runs the queue in this process instead (Python use, tests). No trainer hook waits for an
+evaluation.
 
 The staged copy is what lmms-eval loaded, so the leaderboard rows point to it: it is kept (hard links
 cost no space while the training checkpoint exists; after a rotation they keep the evaluated weights).
@@ -20,12 +24,13 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +47,18 @@ __all__ = [
     "evaluate_checkpoint",
     "finish_checkpoint_evaluations",
     "ingest_into_leaderboard",
+    "pending_checkpoints",
+    "read_records",
     "training_marker_fields",
     "write_training_marker",
 ]
 
 # Read by the leaderboard's ingest (trained_on / run / step of a checkpoint).
 TRAINING_MARKER = "medbridge_training.json"
+# In <output_dir>/evaluations/: one JSON line per evaluation tried, and what a fresh evaluator process needs.
+RECORDS_FILE = "evaluations.jsonl"
+PLAN_FILE = "plan.json"
+STAGE_SUFFIX = ".stage.json"  # staged/<run>/checkpoint-N.stage.json: which staging of that step
 # Checkpoint files that are training state, not the model: not staged for evaluation.
 _TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
 
@@ -165,7 +176,58 @@ def _stage(checkpoint: Path, staged: Path) -> Path:
             os.link(f, staged / f.name)
         except OSError:
             shutil.copy2(f, staged / f.name)
+    # Which staging a record belongs to (next to the folder, which holds model files only): a step saved
+    # again after a resume is a new staging, to be evaluated again.
+    _stage_file(staged).write_text(json.dumps({"stage_id": f"{time.time_ns()}-{os.getpid()}"}) + "\n")
     return staged
+
+
+def _stage_file(staged: Path) -> Path:
+    return staged.with_name(staged.name + STAGE_SUFFIX)
+
+
+def _stage_id(staged: Path) -> str | None:
+    try:
+        return str(json.loads(_stage_file(staged).read_text())["stage_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_records(eval_root: str | Path) -> list[dict[str, Any]]:
+    """The lines of ``<eval_root>/evaluations.jsonl``, one per evaluation tried (unparsable lines skipped)."""
+    path = Path(eval_root) / RECORDS_FILE
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def pending_checkpoints(
+    eval_root: str | Path, run_name: str, *, retry_failed: bool = False
+) -> list[tuple[int, Path]]:
+    """(step, folder) of the staged checkpoints of ``run_name`` whose staging has no evaluation record (with
+    ``retry_failed``: no successful one), by step."""
+    done = [
+        r
+        for r in read_records(eval_root)
+        if r.get("run") == run_name and "step" in r and not (retry_failed and "error" in r)
+    ]
+    done_ids = {r["stage_id"] for r in done if r.get("stage_id")}
+    done_steps = {int(r["step"]) for r in done}
+    staged = Path(eval_root) / "staged" / run_name
+    found = []
+    for folder in staged.iterdir() if staged.is_dir() else []:
+        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        if not (match and folder.is_dir()):
+            continue
+        stage_id = _stage_id(folder)
+        evaluated = stage_id in done_ids if stage_id is not None else int(match.group(1)) in done_steps
+        if not evaluated:
+            found.append((int(match.group(1)), folder))
+    return sorted(found)
 
 
 class CheckpointEvalCallback(TrainerCallback):
@@ -200,6 +262,14 @@ class CheckpointEvalCallback(TrainerCallback):
 
     # -- trainer hooks -------------------------------------------------------------------------
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.write_plan()
+        if self.during_training:  # checkpoints staged by an earlier process that was killed before evaluating
+            for step, folder in pending_checkpoints(self.eval_root, self.run_name):
+                self.submit(folder, step)
+
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
@@ -211,6 +281,43 @@ class CheckpointEvalCallback(TrainerCallback):
         # Folder named <run>/checkpoint-<step>, so lmms-eval's output and the leaderboard read run and step.
         staged = _stage(checkpoint, self.eval_root / "staged" / self.run_name / f"checkpoint-{step}")
         self.submit(staged, step)
+
+    # -- the plan: what a fresh evaluator process needs ------------------------------------------
+
+    def write_plan(self) -> Path:
+        """``<eval_root>/plan.json``: lmms-eval settings, run and model name, leaderboard store (absolute)."""
+        store = None if self.leaderboard_store is None else str(Path(self.leaderboard_store).resolve())
+        plan = {
+            "settings": asdict(self.settings),
+            "run_name": self.run_name,
+            "model_name": self.model_name,
+            "leaderboard_store": store,
+        }
+        self.eval_root.mkdir(parents=True, exist_ok=True)
+        path = self.eval_root / PLAN_FILE
+        path.write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_plan(cls, eval_root: str | Path) -> CheckpointEvalCallback:
+        """The callback a run's ``plan.json`` describes (for evaluations in another process)."""
+        from medbridge.harness_ext.errors import MedbridgeError
+        from medbridge.harness_ext.limited_io import load_json
+
+        path = Path(eval_root) / PLAN_FILE
+        if not path.is_file():
+            raise MedbridgeError(
+                f"{path} does not exist: is {Path(eval_root).parent} the output_dir of a medbridge training run "
+                "with ckpt_eval: true?"
+            )
+        plan = load_json(path, what="evaluation plan")
+        return cls(
+            EvalSettings(**plan["settings"]),
+            eval_root=eval_root,
+            run_name=plan["run_name"],
+            model_name=plan["model_name"],
+            leaderboard_store=plan["leaderboard_store"],
+        )
 
     # -- queue ---------------------------------------------------------------------------------
 
@@ -246,11 +353,13 @@ class CheckpointEvalCallback(TrainerCallback):
             except queue.Empty:
                 return
             try:
-                self._evaluate_one(checkpoint, step)
+                self.evaluate_one(checkpoint, step)
             finally:
                 self._queue.task_done()
 
-    def _evaluate_one(self, checkpoint: Path, step: int) -> None:
+    def evaluate_one(self, checkpoint: Path, step: int, **observed: Any) -> dict[str, Any]:
+        """Evaluate one staged checkpoint now (this thread), record it, and return the record;
+        ``observed`` adds what was measured around it (e.g. GPU memory in use before it started)."""
         out = self.eval_root / f"step-{step}"
         record: dict[str, Any] = {
             "run": self.run_name,
@@ -258,6 +367,8 @@ class CheckpointEvalCallback(TrainerCallback):
             "checkpoint": str(checkpoint),
             "tasks": self.settings.tasks,
             "output_path": str(out),
+            "stage_id": _stage_id(Path(checkpoint)),
+            **observed,
         }
         started = time.monotonic()
         try:
@@ -277,8 +388,9 @@ class CheckpointEvalCallback(TrainerCallback):
         with self._lock:
             self.records.append(record)
             self.eval_root.mkdir(parents=True, exist_ok=True)
-            with (self.eval_root / "evaluations.jsonl").open("a", encoding="utf-8") as fh:
+            with (self.eval_root / RECORDS_FILE).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+        return record
 
     def _marker_fields(self, args, step: int) -> dict[str, Any]:
         marker_path = Path(args.output_dir) / TRAINING_MARKER

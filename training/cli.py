@@ -1,6 +1,7 @@
 """`medbridge` subcommands of the training package.
 
     medbridge train grpo|care|sft --config training/recipes/X.yaml [--flag value ...]
+    medbridge train evaluate runs/x [--retry-failed]
     medbridge eval-checkpoint PATH --tasks medmnist_mcq_organa [--leaderboard STORE --run NAME --step N]
     medbridge data build-medmnist-train --names organamnist --out data/organa_train
     medbridge data build-pmc-vqa --csv PMC-VQA/train.csv --images PMC-VQA/images --out data/pmc_vqa_8k
@@ -22,18 +23,30 @@ from medbridge.harness_ext.subsets import parse_size
 __all__ = ["add_parser"]
 
 
+def _require_training_extra() -> None:
+    """``medbridge train`` needs TRL (the ``training`` extra); say so instead of failing on an import."""
+    try:
+        import trl  # noqa: F401
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in ("trl", "peft", "accelerate"):
+            raise
+        raise MedbridgeError(
+            f"medbridge train needs the training extra, which is not installed here (no module {err.name!r}): "
+            "pip install 'medbridge[training]' (TRL and PEFT; add 'medbridge[deepspeed]' for the ZeRO configs)"
+        ) from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     argv = list(args.recipe_args or [])
     if argv and argv[0] == "--":
         argv = argv[1:]
+    if args.trainer == "evaluate":
+        return _cmd_train_evaluate(argv)
+    _require_training_extra()
     if "-h" in argv or "--help" in argv:
-        # Every recipe field with its default and help (TRL's parser prints them and exits).
-        from medbridge.training.configs import parse_recipe
+        from medbridge.training.configs import print_recipe_help
 
-        try:
-            parse_recipe(args.trainer, ["--help"])
-        except SystemExit as exc:  # argparse exits after printing the help
-            return 0 if exc.code in (None, 0) else 2
+        print_recipe_help(args.trainer)  # every recipe field with its default and help, --config first
         return 0
     if "--config" not in argv:
         print(
@@ -42,15 +55,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from medbridge.training.evaluations import finish_run
+
     if args.trainer == "sft":
         from medbridge.training.sft import run_sft
 
-        run_sft(argv)
+        trainer = run_sft(argv)
     else:
         from medbridge.training.grpo import run_training
 
-        run_training(args.trainer, argv)
+        trainer = run_training(args.trainer, argv)
+    # Says where the model went, then the staged checkpoints are evaluated in a fresh process (exec).
+    finish_run(trainer)
     return 0
+
+
+def _cmd_train_evaluate(argv: list[str]) -> int:
+    """``medbridge train evaluate OUTPUT_DIR [--retry-failed]``: a run's checkpoints still to evaluate."""
+    if "-h" in argv or "--help" in argv or len(argv) not in (1, 2) or argv[1:] not in ([], ["--retry-failed"]):
+        print(
+            "usage: medbridge train evaluate OUTPUT_DIR [--retry-failed]\n\n"
+            "Evaluate the staged checkpoints of a training run (OUTPUT_DIR/evaluations/staged) that have no record\n"
+            "in OUTPUT_DIR/evaluations/evaluations.jsonl yet, with the run's own lmms-eval settings and leaderboard\n"
+            "store (evaluations/plan.json). --retry-failed also redoes those whose evaluation failed.",
+            file=sys.stderr if not ("-h" in argv or "--help" in argv) else sys.stdout,
+        )
+        return 0 if ("-h" in argv or "--help" in argv) else 2
+    from medbridge.training.evaluations import evaluate_pending
+
+    records = evaluate_pending(argv[0], retry_failed=argv[1:] == ["--retry-failed"])
+    return 1 if any("error" in r for r in records) else 0
 
 
 def _cmd_eval_checkpoint(args: argparse.Namespace) -> int:
@@ -84,8 +118,12 @@ def _cmd_eval_checkpoint(args: argparse.Namespace) -> int:
         return 1
     print(f"results: {results}")
     if args.leaderboard:
-        rows = ingest_into_leaderboard(args.leaderboard, output, model=args.model_name, run=args.run, step=args.step)
-        print(f"leaderboard {args.leaderboard}: {rows} row(s) added")
+        store = Path(args.leaderboard).resolve()
+        rows = ingest_into_leaderboard(store, output, model=args.model_name, run=args.run, step=args.step)
+        tag = "".join(f", {k} {v}" for k, v in (("run", args.run), ("step", args.step)) if v is not None)
+        print(f"leaderboard {store}: {rows} row(s) added{tag}")
+    else:
+        print("leaderboard: not added (pass --leaderboard STORE [--run NAME --step N] to add these results)")
     return 0
 
 
@@ -171,6 +209,8 @@ def _cmd_build_pmc_vqa(args: argparse.Namespace) -> int:
         cache_path=args.cache,
         with_images=args.with_images,
         sft=args.sft,
+        retries=args.retries,
+        max_failed_share=args.max_failed_share,
     )
     print(
         json.dumps(
@@ -178,10 +218,10 @@ def _cmd_build_pmc_vqa(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    if manifest["label_validation"]["unlabeled_to_none"]:
+    if manifest["label_validation"]["failed"]:
         print(
-            f"warning: {manifest['label_validation']['unlabeled_to_none']} question(s) got no usable label from the "
-            "classifier and count as 'none'; run the same command again to ask for them again",
+            f"warning: {manifest['label_validation']['failed']} question(s) got no usable label from the classifier "
+            "and were left out; run the same command again to ask for them again",
             file=sys.stderr,
         )
     print(f"{manifest['size']} rows -> {args.out}")
@@ -200,8 +240,15 @@ def _data_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPar
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train with a recipe: GRPO, GRPO-CARE or the SFT bridge (TRL)")
-    p.add_argument("trainer", choices=["grpo", "care", "sft"])
+    p = subparsers.add_parser(
+        "train",
+        help="train with a recipe: GRPO, GRPO-CARE or the SFT bridge (TRL); `train evaluate OUTPUT_DIR` runs a "
+        "run's checkpoint evaluations still to do",
+        usage="medbridge train {grpo,care,sft} --config RECIPE.yaml [--field value ...]\n"
+        "       medbridge train {grpo,care,sft} --help      (every recipe field)\n"
+        "       medbridge train evaluate OUTPUT_DIR [--retry-failed]",
+    )
+    p.add_argument("trainer", choices=["grpo", "care", "sft", "evaluate"])
     # Everything after the trainer goes to TRL's parser: --config RECIPE.yaml, then flags that override it.
     p.add_argument(
         "recipe_args",
@@ -265,4 +312,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--with-images", action="store_true", help="send each figure to the classifier with its question")
     q.add_argument("--cache", help="modality label cache JSONL (default: <out>.modality_cache.jsonl); resumable")
     q.add_argument("--sft", action="store_true")
+    q.add_argument("--retries", type=int, default=2, help="rounds that ask again for questions left unlabeled")
+    q.add_argument(
+        "--max-failed-share", type=float,
+        help="refuse the build (exit 2) when more than this share of questions has no label after the retries "
+        "(default 0.01)",
+    )
     q.set_defaults(func=_cmd_build_pmc_vqa)

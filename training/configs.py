@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from medbridge.harness_ext.errors import MedbridgeError
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
@@ -21,6 +20,7 @@ __all__ = [
     "MedSFTConfig",
     "MedScriptArguments",
     "parse_recipe",
+    "print_recipe_help",
 ]
 
 # The paper's image budget for its final run (Qwen2.5-VL pixels: 1024 * 28 * 28).
@@ -97,6 +97,18 @@ class _PixelBudget:
     min_pixels: int = field(default=DEFAULT_MIN_PIXELS, metadata={"help": "Lower pixel bound of the processor."})
 
 
+def _activation_checkpointing_name(config: object) -> None:
+    """TRL 1.16's configs default ``gradient_checkpointing=True``, a name transformers >= 5.2x deprecates
+    (``activation_checkpointing``) with a FutureWarning on every run; move the value to the new name when
+    this transformers has it (older ones keep reading the old name)."""
+    for old, new in (
+        ("gradient_checkpointing", "activation_checkpointing"),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+    ):
+        if hasattr(config, new) and getattr(config, new) is None and getattr(config, old, None) is not None:
+            setattr(config, new, getattr(config, old))
+
+
 @dataclass
 class MedGRPOConfig(GRPOConfig, _PixelBudget):
     """GRPOConfig with the image budget and the reward list; loss type set to plain GRPO on purpose.
@@ -114,8 +126,15 @@ class MedGRPOConfig(GRPOConfig, _PixelBudget):
     )
     reward_names: list[str] = field(
         default_factory=lambda: ["accuracy", "format"],
-        metadata={"help": "Reward functions by name (see medbridge.training.rewards.REWARDS)."},
+        metadata={
+            "help": "Reward functions: 'accuracy', 'format' (medbridge.training.rewards.REWARDS) or "
+            "package.module:function."
+        },
     )
+
+    def __post_init__(self):
+        _activation_checkpointing_name(self)
+        super().__post_init__()
 
 
 @dataclass
@@ -158,6 +177,10 @@ class GRPOCareConfig(MedGRPOConfig):
 class MedSFTConfig(SFTConfig, _PixelBudget):
     """SFTConfig for the bridge: the same images and prompts, answers in <think>/<answer> form."""
 
+    def __post_init__(self):
+        _activation_checkpointing_name(self)
+        super().__post_init__()
+
 
 TRAINER_CONFIGS = {"grpo": MedGRPOConfig, "care": GRPOCareConfig, "sft": MedSFTConfig}
 
@@ -176,6 +199,29 @@ def parse_recipe(
     return tuple(parser.parse_args_and_config(args=argv))
 
 
+def print_recipe_help(kind: str, *, prog: str | None = None) -> None:
+    """Every recipe field of trainer ``kind`` with its default and help, ``--config`` first."""
+    import argparse
+
+    if kind not in TRAINER_CONFIGS:
+        raise ValueError(f"unknown trainer {kind!r}; expected one of {sorted(TRAINER_CONFIGS)}")
+    prog = prog or f"medbridge train {kind}"
+    recipe = argparse.ArgumentParser(add_help=False)
+    recipe.add_argument(
+        "--config",
+        metavar="RECIPE.yaml",
+        help="the recipe: a YAML mapping of the fields below (training/recipes/*.yaml); flags after it override it",
+    )
+    parser = TrlParser(
+        (MedScriptArguments, TRAINER_CONFIGS[kind], ModelConfig),
+        prog=prog,
+        usage=f"{prog} --config RECIPE.yaml [--field value ...]",
+        description="Train with a recipe. Every field below can be set in the recipe or given as a flag.",
+        parents=[recipe],  # before the dataclass fields, so --config is listed first
+    )
+    parser.print_help()
+
+
 class RecipeError(MedbridgeError, ValueError):
     """A recipe file that is missing, not a mapping of recipe fields, or names fields that do not exist."""
 
@@ -185,18 +231,14 @@ def _check_recipe_file(argv: list[str] | None, classes: tuple[type, ...]) -> Non
     reads it (it would otherwise validate the known fields first, and report e.g. a bf16 error instead)."""
     import dataclasses
 
-    import yaml
+    from medbridge.harness_ext.limited_io import CONFIG_LIMIT_BYTES, load_yaml
 
     args = list(sys.argv[1:] if argv is None else argv)
     paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
     paths += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
     for path in paths:
-        try:
-            recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as err:
-            raise RecipeError(f"recipe {path}: cannot be read ({err.strerror or err})") from None
-        except yaml.YAMLError as err:
-            raise RecipeError(f"recipe {path}: not valid YAML ({err})") from None
+        # Size-limited and regular files only: `--config /dev/zero` or a FIFO is refused, not read forever.
+        recipe = load_yaml(path, what="recipe", limit=CONFIG_LIMIT_BYTES)
         if not isinstance(recipe, dict):
             raise RecipeError(f"recipe {path}: must be a YAML mapping of recipe fields, got {type(recipe).__name__}")
         known = {f.name for cls in classes for f in dataclasses.fields(cls)} | {"env"}  # TrlParser sets env vars

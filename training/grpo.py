@@ -14,15 +14,11 @@ import logging
 import sys
 from typing import Any
 
-from medbridge.training.callbacks import (
-    checkpoint_eval_callback,
-    finish_checkpoint_evaluations,
-    training_marker_fields,
-    write_training_marker,
-)
+from medbridge.training.callbacks import checkpoint_eval_callback, training_marker_fields, write_training_marker
 from medbridge.training.configs import MedScriptArguments, parse_recipe
 from medbridge.training.data import load_training_dataset
 from medbridge.training.model_utils import policy_init_kwargs, recipe_processor
+from medbridge.training.resume import resolve_resume_checkpoint
 from medbridge.training.rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -45,10 +41,8 @@ def build_trainer(
 
     # Model and processor: one image budget; fp32 master weights outside DeepSpeed.
     processor = recipe_processor(model_args, training_args)
-    training_args.model_init_kwargs = {
-        **policy_init_kwargs(model_args, training_args),
-        **(training_args.model_init_kwargs or {}),
-    }
+    # The recipe's model_init_kwargs go through the same fp32-master rule (they cannot undo it).
+    training_args.model_init_kwargs = policy_init_kwargs(model_args, training_args, training_args.model_init_kwargs)
     extra: dict[str, Any] = {}
     if model_args.use_peft:  # LoRA etc. from the recipe's ModelConfig keys (plain GRPO only)
         if kind == "care":
@@ -79,9 +73,14 @@ def build_trainer(
 
 
 def run_training(kind: str, argv: list[str] | None = None, *, callbacks: list | None = None):
-    """Parse a recipe (+ overrides), train (or resume), save the final model, then run the queued
-    checkpoint evaluations (main process, after every collective). Returns the trainer."""
+    """Parse a recipe (+ overrides), train (or resume), save the final model; return the trainer.
+
+    Checkpoint evaluations stay staged: :func:`medbridge.training.evaluations.finish_run` (the command
+    line's end) hands them to a fresh process; from Python, ``evaluations.evaluate_pending(output_dir)``."""
     script_args, training_args, model_args = parse_recipe(kind, argv)
+    # A resume_from_checkpoint that names nothing fails here, before any model is loaded (the trainer checks
+    # its own files again when it starts).
+    resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer = build_trainer(kind, script_args, training_args, model_args, callbacks=callbacks)
     if trainer.accelerator.is_main_process:
         write_training_marker(
@@ -89,11 +88,15 @@ def run_training(kind: str, argv: list[str] | None = None, *, callbacks: list | 
         )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    finish_checkpoint_evaluations(trainer)
     return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m medbridge.training.grpo {grpo,care} --config RECIPE.yaml [...]`` (what accelerate launches)."""
+    from medbridge.training.evaluations import finish_run
+
+    from medbridge.error_handling import run_guarded
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("grpo", "care"):
         print(
@@ -101,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    run_training(argv[0], argv[1:])
-    return 0
+
+    def run() -> int:
+        finish_run(run_training(argv[0], argv[1:]))
+        return 0
+
+    return run_guarded(run, ["train", *argv], lambda: f"python -m medbridge.training.grpo {argv[0]}")
 
 
 if __name__ == "__main__":

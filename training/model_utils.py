@@ -53,18 +53,21 @@ def load_processor(
 ):
     """The model's processor with the recipe's image budget and left padding (as GRPO wants).
 
-    The budget goes through ``from_pretrained`` keyword arguments, exactly as vLLM applies its
-    ``mm_processor_kwargs``, so both sides resize an image to the same grid.
+    The budget is the image processor's ``size`` (``longest_edge`` = max_pixels, ``shortest_edge`` =
+    min_pixels), the same numbers vLLM applies from its ``mm_processor_kwargs``, so both sides resize an
+    image to the same grid. (Given as ``max_pixels`` / ``min_pixels`` to ``from_pretrained``, transformers 5
+    would also pass them to every processor call, which it deprecates with a FutureWarning per image.)
     """
     from transformers import AutoProcessor
 
+    geometry = image_geometry(max_pixels, min_pixels)
     return AutoProcessor.from_pretrained(
         model_name_or_path,
         revision=revision,
         trust_remote_code=trust_remote_code,
         padding_side="left",
         truncation_side="left",
-        **image_geometry(max_pixels, min_pixels),
+        size={"longest_edge": geometry["max_pixels"], "shortest_edge": geometry["min_pixels"]},
     )
 
 

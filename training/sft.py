@@ -13,15 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medbridge.training.callbacks import (
-    checkpoint_eval_callback,
-    finish_checkpoint_evaluations,
-    training_marker_fields,
-    write_training_marker,
-)
+from medbridge.training.callbacks import checkpoint_eval_callback, training_marker_fields, write_training_marker
 from medbridge.training.configs import MedScriptArguments, parse_recipe
 from medbridge.training.data import load_training_dataset
 from medbridge.training.model_utils import policy_init_kwargs, recipe_processor
+from medbridge.training.resume import resolve_resume_checkpoint
 from medbridge.training.trainers import MedSFTTrainer
 
 __all__ = ["build_sft_trainer", "main", "run_sft"]
@@ -38,10 +34,8 @@ def build_sft_trainer(
     dataset = load_training_dataset(script_args, sft=True)
     processor = recipe_processor(model_args, training_args)
     processor.tokenizer.padding_side = "right"  # teacher forcing pads on the right
-    training_args.model_init_kwargs = {
-        **policy_init_kwargs(model_args, training_args),
-        **(training_args.model_init_kwargs or {}),
-    }
+    # The recipe's model_init_kwargs go through the same fp32-master rule (they cannot undo it).
+    training_args.model_init_kwargs = policy_init_kwargs(model_args, training_args, training_args.model_init_kwargs)
     callbacks = list(callbacks or [])
     evaluation = checkpoint_eval_callback(script_args, training_args)
     if evaluation is not None:
@@ -57,8 +51,12 @@ def build_sft_trainer(
 
 
 def run_sft(argv: list[str] | None = None, *, callbacks: list | None = None):
-    """Parse an SFT recipe, train (or resume), save model and processor, then run queued evaluations."""
+    """Parse an SFT recipe, train (or resume), save model and processor; return the trainer (checkpoint
+    evaluations stay staged, as in :func:`medbridge.training.grpo.run_training`)."""
     script_args, training_args, model_args = parse_recipe("sft", argv)
+    # A resume_from_checkpoint that names nothing fails here, before any model is loaded (the trainer checks
+    # its own files again when it starts).
+    resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer = build_sft_trainer(script_args, training_args, model_args, callbacks=callbacks)
     if trainer.accelerator.is_main_process:
         write_training_marker(
@@ -69,13 +67,22 @@ def run_sft(argv: list[str] | None = None, *, callbacks: list | None = None):
     if trainer.accelerator.is_main_process:
         # GRPO recipes start from this folder: it must load with AutoProcessor like a Hub checkpoint.
         trainer.processing_class.save_pretrained(Path(training_args.output_dir))
-    finish_checkpoint_evaluations(trainer)
     return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_sft(list(sys.argv[1:] if argv is None else argv))
-    return 0
+    """``python -m medbridge.training.sft --config RECIPE.yaml [...]`` (what accelerate launches)."""
+    from medbridge.training.evaluations import finish_run
+
+    from medbridge.error_handling import run_guarded
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def run() -> int:
+        finish_run(run_sft(argv))
+        return 0
+
+    return run_guarded(run, ["train", "sft", *argv], lambda: "python -m medbridge.training.sft")
 
 
 if __name__ == "__main__":

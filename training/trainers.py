@@ -23,6 +23,15 @@ from medbridge.training.resume import ResumeError, resolve_resume_checkpoint
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from trl import GRPOTrainer, SFTTrainer
 
+# TRL 1.16 toggles checkpointing around generation through the model methods transformers >= 5.2x renamed
+# (`is_gradient_checkpointing`, `gradient_checkpointing_enable/disable` -> `*activation_checkpointing*`):
+# a FutureWarning per step addressed to TRL, not to the user. Only these three messages are silenced.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` is deprecated",
+    category=FutureWarning,
+)
+
 __all__ = ["ExactResumeMixin", "MedGRPOTrainer", "MedSFTTrainer", "ResumeError", "resolve_resume_checkpoint"]
 
 
