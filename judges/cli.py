@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medbridge.cli_args import int_range
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from medbridge.judges import server as vllm_server
@@ -106,14 +108,14 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--model", required=True, help="model path or hub id, e.g. Qwen/Qwen2.5-VL-32B-Instruct")
     serve.add_argument("--served-name", help="name clients ask for (default: --model)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per replica")
+    serve.add_argument("--port", type=int_range(1, 65535), default=8000)
+    serve.add_argument("--tensor-parallel-size", type=int_range(1), default=1, help="GPUs per replica")
     serve.add_argument(
-        "--replicas", type=int, default=1,
+        "--replicas", type=int_range(1), default=1,
         help="servers of the same model on ports --port, --port+1, ...; each on its own --tensor-parallel-size GPUs",
     )
     serve.add_argument("--gpus", help="GPUs to spread the replicas over (default: CUDA_VISIBLE_DEVICES, else all)")
-    serve.add_argument("--max-model-len", type=int, default=4096)
+    serve.add_argument("--max-model-len", type=int_range(1), default=4096)
     serve.add_argument("--dtype", default="auto", help="auto on GPU; float32 for the CPU build")
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation (CPU, tests)")
     serve.add_argument(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from medbridge.harness_ext.errors import MedbridgeError
 
+from medbridge.cli_args import add_flag, int_range
+
 STORE_HELP = "leaderboard store (SQLite; default: $MEDBRIDGE_LEADERBOARD or ./medbridge_leaderboard/leaderboard.sqlite)"
 
 
@@ -134,7 +136,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--store", help=STORE_HELP)
     q.add_argument("--model-name", help="model name to show (default: from the results file)")
     q.add_argument("--run-name", help="training run the checkpoint belongs to")
-    q.add_argument("--step", type=int, help="training step of the checkpoint (default: from a checkpoint-N path)")
+    q.add_argument("--step", type=int_range(0, 2**63 - 1),
+                   help="training step of the checkpoint (default: from a checkpoint-N path)")
     q.add_argument("--trained-on", help="dataset the model was trained on (e.g. organa), for the RQ3 transfer table")
     q.add_argument("--base-model", help="model the training started from (its own evaluation is the RQ3 baseline)")
     q.add_argument(
@@ -176,7 +179,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="merger",
         help="features after the patch merger (default) or of the last vision block",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    add_flag(p, "--batch_size", "--batch-size", type=int_range(1, 4096), default=32, help="images per forward pass")
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-name", help="name to show on the leaderboard (default: the folder name)")
     p.add_argument("--store", help=STORE_HELP)

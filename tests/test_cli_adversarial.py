@@ -480,3 +480,4 @@ def test_adversarial_lmms_eval_run_with_a_task_error_exits_2(tmp_path, env, expe
     ours = [line for line in done.stderr.splitlines() if "medbridge task medmnist_mcq_breast: error:" in line]
     assert len(ours) == 1 and expected.format(tmp=tmp_path) in ours[0], done.stderr[-3000:]
     assert "Error during evaluation" not in done.stderr and not list((tmp_path / "out").rglob("*_results.json"))
+    assert "\x1b[" not in done.stdout + done.stderr  # lmms-eval's log is plain text when redirected

@@ -2,7 +2,7 @@
 
     medbridge train grpo|care|sft --config training/recipes/X.yaml [--flag value ...]
     medbridge train evaluate runs/x [--retry-failed]
-    medbridge eval-checkpoint PATH --tasks medmnist_mcq_organa [--leaderboard STORE --run NAME --step N]
+    medbridge eval-checkpoint PATH --tasks medmnist_mcq_organa [--store STORE --run-name NAME --step N]
     medbridge data build-medmnist-train --names organamnist --out data/organa_train
     medbridge data build-pmc-vqa --csv PMC-VQA/train.csv --images PMC-VQA/images --out data/pmc_vqa_8k
 
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.subsets import parse_size
+
+from medbridge.cli_args import add_flag, int_range
 
 __all__ = ["add_parser"]
 
@@ -110,20 +112,20 @@ def _cmd_eval_checkpoint(args: argparse.Namespace) -> int:
         gen_kwargs=args.gen_kwargs,
         batch_size=args.batch_size,
     )
-    output = Path(args.output) if args.output else checkpoint / "medbridge_eval"
+    output = Path(args.output_path) if args.output_path else checkpoint / "medbridge_eval"
     try:
         results = evaluate_checkpoint(checkpoint, settings, output)
     except CheckpointEvalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"results: {results}")
-    if args.leaderboard:
-        store = Path(args.leaderboard).resolve()
-        rows = ingest_into_leaderboard(store, output, model=args.model_name, run=args.run, step=args.step)
-        tag = "".join(f", {k} {v}" for k, v in (("run", args.run), ("step", args.step)) if v is not None)
+    if args.store:
+        store = Path(args.store).resolve()
+        rows = ingest_into_leaderboard(store, output, model=args.model_name, run=args.run_name, step=args.step)
+        tag = "".join(f", {k} {v}" for k, v in (("run", args.run_name), ("step", args.step)) if v is not None)
         print(f"leaderboard {store}: {rows} row(s) added{tag}")
     else:
-        print("leaderboard: not added (pass --leaderboard STORE [--run NAME --step N] to add these results)")
+        print("leaderboard: not added (pass --store STORE [--run-name NAME --step N] to add these results)")
     return 0
 
 
@@ -264,21 +266,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="checkpoint folder (config.json, weights, processor)")
     p.add_argument("--tasks", nargs="+", required=True, help="lmms-eval tasks or groups (space or comma separated)")
     p.add_argument("--model", default="qwen2_5_vl", help="lmms-eval --model")
-    p.add_argument(
-        "--model-args",
+    # Flags lmms-eval also has are spelled as lmms-eval spells them; the old spellings stay as hidden aliases.
+    add_flag(
+        p, "--model_args", "--model-args",
         default="pretrained={checkpoint},max_pixels={max_pixels},min_pixels={min_pixels},attn_implementation=sdpa",
         help="lmms-eval --model_args template; {checkpoint}, {max_pixels}, {min_pixels} are filled in",
     )
-    p.add_argument("--max-pixels", type=int, default=802816)
-    p.add_argument("--min-pixels", type=int, default=3136)
-    p.add_argument("--limit", type=int)
-    p.add_argument("--gen-kwargs")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--output", help="lmms-eval --output_path (default: PATH/medbridge_eval)")
-    p.add_argument("--leaderboard", help="leaderboard store to append the results to")
+    p.add_argument("--max-pixels", type=int_range(1), default=802816)
+    p.add_argument("--min-pixels", type=int_range(1), default=3136)
+    p.add_argument("--limit", type=int_range(1))
+    add_flag(p, "--gen_kwargs", "--gen-kwargs", help="lmms-eval --gen_kwargs, e.g. max_new_tokens=512")
+    add_flag(p, "--batch_size", "--batch-size", type=int_range(1, 4096), default=1, help="lmms-eval --batch_size")
+    add_flag(p, "--output_path", "--output", help="lmms-eval --output_path (default: PATH/medbridge_eval)")
+    add_flag(p, "--store", "--leaderboard", help="leaderboard store to add the results to (default: not added)")
     p.add_argument("--model-name", help="model name on the leaderboard (default: from the checkpoint)")
-    p.add_argument("--run", help="run name on the leaderboard")
-    p.add_argument("--step", type=int, help="training step on the leaderboard")
+    add_flag(p, "--run-name", "--run", help="run name on the leaderboard")
+    p.add_argument("--step", type=int_range(0, 2**63 - 1), help="training step on the leaderboard")
     p.set_defaults(func=_cmd_eval_checkpoint)
 
     dsub = _data_subparsers(subparsers)
