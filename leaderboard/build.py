@@ -10,6 +10,7 @@ server, no CDN) from one list of sections, ``SECTIONS`` below:
 * the support gap Pass@16 - Acc@1 in the same layout;
 * Pass@K curves per modality (``passk_<modality>.png``) and their numbers;
 * Table 3: the six medical VQA benchmarks and their average;
+* the same benchmarks under MedVLThinker's protocol, beside MedVLThinker's published rows;
 * checkpoints of each training run over steps (``steps_<run>.png``) with paired tests;
 * the RQ3 transfer table (base vs RL-trained: in-domain / within / cross-modality deltas);
 * the ingested runs.
@@ -120,6 +121,7 @@ SECTIONS: list[Callable[[Context], list[Section]]] = [
     ),
     _table(lambda c: tables.passk_table(c.view)),
     _table(lambda c: tables.table3(c.view, c.refs)),
+    _table(lambda c: tables.medvlthinker_table(c.view, c.refs)),
     _step_sections,
     _transfer_sections,
     _table(lambda c: tables.runs_table(c.conn)),
@@ -218,7 +220,8 @@ def _swap_in(built: Path, out: Path) -> None:
         else:
             shutil.copy2(p, built / p.name, follow_symlinks=False)
     if _renameat2_exchange(built, out):
-        shutil.rmtree(built, ignore_errors=True)  # ``built`` now holds the old site
+        # ``built`` now holds the old site (or the symlink ``out`` was: the link goes, not its target)
+        built.unlink() if built.is_symlink() else shutil.rmtree(built, ignore_errors=True)
         return
     for p in extras:  # the fallback keeps them in place
         (shutil.rmtree if (built / p.name).is_dir() and not (built / p.name).is_symlink() else os.unlink)(
@@ -298,7 +301,7 @@ def build_leaderboard(
             sections = [s for make in SECTIONS for s in make(ctx)]
             store_note = _store_note(store, exists, conn)
         ref_note = (
-            f"{len(refs)} published row(s) from the papers are shown in italics, marked Published."
+            f"{len(refs)} published rows (italic, marked Published) come from the sources named under each table."
             if refs
             else "No published reference rows."
         )

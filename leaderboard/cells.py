@@ -28,7 +28,6 @@ DASH = "–"
 DIFFERS = "†"  # marks a column (or row) whose decoding differs from the paper's
 
 
-
 # ------------------------------------------------------------------ text on the page
 
 

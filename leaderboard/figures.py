@@ -46,11 +46,11 @@ def _pyplot() -> Iterator[Any]:
 
 
 def _y_range(values: list[float]) -> tuple[float, float]:
-    """A y-axis (in %) that fits the data with a margin, inside [0, 100]: a curve near 2% is not
-    drawn flat against a 0-100 axis."""
+    """A y-axis (in %) that fits the data with a margin: a curve near 2% is not drawn flat against
+    a 0-100 axis, and a point at 0% or 100% is not cut by the frame."""
     lo, hi = min(values), max(values)
     pad = max(2.0, 0.08 * (hi - lo))
-    return max(0.0, lo - pad), min(100.0, hi + pad)
+    return max(-3.0, lo - pad), min(103.0, hi + pad)
 
 
 def _legend_below(ax: Any, n_entries: int) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medbridge.harness_ext import limited_io, metrics
+from medbridge.harness_ext import limited_io, metrics, statistics
 from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.report import (
@@ -62,7 +62,8 @@ from medbridge.leaderboard.store import (
     subset_hash,
     write_bundle,
 )
-from medbridge.tasks.families import passk_twin
+from medbridge.leaderboard.view import PROTOCOL_METRIC
+from medbridge.tasks.families import MEDVLTHINKER, passk_twin
 
 # Scores (the metric registry's): taken from the greedy task or from its sampled twin.
 GREEDY_ROW_METRICS = tuple(m.name for m in registry.scores("greedy"))
@@ -192,6 +193,41 @@ def result_rows(run: Run, summary: Mapping[str, Any], groups: Mapping[str, Seque
     return rows
 
 
+def protocol_rows(run: Run, *, iters: int = 2000) -> list[ResultRow]:
+    """Rows of the tasks run under MedVLThinker's protocol (the ``medvqa_medvlthinker`` family): both
+    graders' accuracies (each the mean of the greedy runs), the runs' spread and the graders'
+    agreement, as ``medbridge report`` computes them (``protocol_summary``). Their grader's accuracy
+    also gets a bootstrap CI over items (an item's value: the share of its runs their grader accepts)."""
+    from medbridge.tasks.medvqa import medvlthinker as protocol
+
+    summary = protocol.protocol_summary(run.records, run.samples)
+    rows = []
+    for task, row in (summary.get("tasks") or {}).items():
+        pins = _pins(run, [task])
+        records = run.records[task]
+        entry = MEDVLTHINKER.entry(task)
+        per_item = [sum(v) / len(v) for r in records if "medvlthinker" in r and (v := protocol.theirs(r))]
+        ci: tuple[float | None, float | None] = (None, None)
+        if len(per_item) == row["n_items"]:
+            _, draws = statistics.mean_and_draws(per_item, statistics.rng_for(task), iters)
+            ci = statistics.interval(draws)
+        for metric in protocol.METRICS:
+            lo, hi = ci if metric.name == PROTOCOL_METRIC else (None, None)
+            rows.append(
+                ResultRow(
+                    task=task,
+                    dataset=entry.name if entry else None,
+                    metric=metric.name,
+                    value=_finite(row.get(metric.name)),
+                    ci_low=_finite(lo),
+                    ci_high=_finite(hi),
+                    n=row["n_items"],
+                    **pins,
+                )
+            )
+    return rows
+
+
 def item_rows(run: Run) -> list[ItemRow]:
     rows, seen = [], set()
     for task, recs in run.records.items():
@@ -277,7 +313,7 @@ def bundle_from_run(
         scored = dataclasses.replace(
             loaded, records={t: kept for t, recs in loaded.records.items() if (kept := metrics.scorable(recs))}
         )
-        rows = result_rows(scored, summary, groups)
+        rows = result_rows(scored, summary, groups) + protocol_rows(scored, iters=iters)
         items = item_rows(scored)
         check_values(results_path, rows)
         digest = run_identity(loaded)

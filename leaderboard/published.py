@@ -41,10 +41,12 @@ def add_reference_rows(
     *,
     with_mean: bool = False,
     value_metric: str | None = None,
+    setting_in_caption: bool = False,
 ) -> None:
     """Published rows (and a delta row for every run of the same model) under a table, and the
     notes that go with them. ``value_metric``: the stored metric a published value is compared with
-    (default: Acc@1 or the probe accuracy)."""
+    (default: Acc@1 or the probe accuracy); ``setting_in_caption``: the table's caption already
+    states the published rows' setting, so the notes do not repeat it."""
     mine = [r for r in refs if r.table == table]
     wanted = (value_metric,) if value_metric else PUBLISHED_METRICS
     for ref in mine:
@@ -58,7 +60,7 @@ def add_reference_rows(
             if same_model(ref, e):
                 _add_delta_row(view, e, ref, cols, vals, t, with_mean)
     if mine:
-        t.notes += published_notes(mine)
+        t.notes += published_notes(mine, with_setting=not setting_in_caption)
 
 
 def _average_cell(ref: ReferenceRow, vals: Sequence[float | None]) -> Cell:
@@ -94,9 +96,10 @@ def _add_delta_row(
         t.add([label] + deltas + ([Cell("")] if with_mean else []), "delta")
 
 
-def published_notes(rows: Sequence[ReferenceRow]) -> list[str]:
+def published_notes(rows: Sequence[ReferenceRow], *, with_setting: bool = True) -> list[str]:
     """What a reader needs under a table's published rows, one sentence each."""
-    notes = [f"Published rows (italic): {rows[0].source}, values as printed. Setting: {rows[0].setting}."]
+    setting = f" Setting: {rows[0].setting}." if with_setting and rows[0].setting else ""
+    notes = [f"Published rows (italic): {rows[0].source}, values as printed.{setting}"]
     odd = [x for ref in rows for x in unreachable_values(ref)]
     if odd:
         n_values = sum(len(ref.values) for ref in rows)

@@ -1,20 +1,27 @@
-"""The paper's published numbers (MedBridgeRL, Tables 1-3), shown beside ours as reference rows.
+"""Published numbers shown beside ours as reference rows: the MedBridgeRL paper's Tables 1-3, and
+other groups' tables measured under a protocol we reproduce (MedVLThinker's).
 
 ``reference/medbridgerl_2026.json`` is the one copy in the package of the project's checked
 transcription of the paper's tables (identical to ../shared/paper/medbridgerl_tables.json; a test
-keeps them equal). Values are in %, keyed here by our task names; each table carries the settings
-the paper states, so a reader sees what a published number was measured under.
+keeps them equal). ``reference/medvlthinker_2025.json`` is MedVLThinker's published table: it names
+the leaderboard table it feeds (a task family's ``leaderboard_table`` in tasks/families.py), the
+protocol its numbers were measured under, and per row the model ids a run of the same model carries.
+Values are in %, as printed, keyed here by our task names.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REFERENCE_FILE = Path(__file__).resolve().parent / "reference" / "medbridgerl_2026.json"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+REFERENCE_FILE = REFERENCE_DIR / "medbridgerl_2026.json"
+# Tables measured under another group's protocol, each fed by the task family that reproduces it.
+PROTOCOL_FILES = (REFERENCE_DIR / "medvlthinker_2025.json",)
 
 # table id -> (key in the file, task name of a dataset / benchmark key)
 TABLE_KEYS = {"table1": "table1_linear_probe_accuracy", "table2": "table2_acc1_greedy", "table3": "table3_medical_vqa"}
@@ -28,15 +35,19 @@ class ReferenceRow:
     values: dict[str, float]  # task -> value in % (as printed in the paper)
     setting: str = ""  # the paper's stated setting of the table
     extra: dict[str, float] = field(default_factory=dict)  # other printed columns (Table 3's average)
+    aliases: tuple[str, ...] = ()  # model ids a run of this model carries (Hugging Face ids)
 
     @property
     def model_names(self) -> set[str]:
         """Lower-case names a run of the same model may carry (label without its parenthesis,
-        and the paper's short alias inside it, e.g. MBase)."""
+        the paper's short alias inside it, e.g. MBase, and the row's model ids with and without
+        their organisation)."""
         head, _, tail = self.label.partition(" (")
         names = {head.strip().lower()}
         if tail:
             names.add(tail.rstrip(")").strip().lower())
+        for alias in self.aliases:
+            names |= {alias.lower(), alias.rsplit("/", 1)[-1].lower()}
         return names
 
 
@@ -53,33 +64,82 @@ def _task(table: str, key: str) -> str:
     return MEDVQA.task(get_set(key))
 
 
-def load_references(path: Path | None = None) -> list[ReferenceRow]:
-    """Reference rows of Tables 1-3; a malformed file raises ValueError naming the file and entry."""
-    path = Path(path or REFERENCE_FILE)
+def _read(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: unreadable reference file ({err})") from None
-    source = f"MedBridgeRL paper ({data.get('source', path.name)})"
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
+def _values(printed: Any, task_of: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """(task -> value, {"average": value}) of one printed row; every value a percentage."""
+    values, extra = {}, {}
+    for k, v in printed.items():
+        x = float(v)
+        if not math.isfinite(x) or not 0 <= x <= 100:
+            raise ValueError(f"{k} = {v} is not a percentage")
+        if k == "average":
+            extra[k] = x
+        else:
+            values[task_of(k)] = x
+    return values, extra
+
+
+def load_references(path: Path | None = None, protocol_paths: Sequence[Path] | None = None) -> list[ReferenceRow]:
+    """Reference rows of the paper's Tables 1-3 and of the protocol tables; a malformed file raises
+    ValueError naming the file and entry."""
+    path = Path(path or REFERENCE_FILE)
+    data = _read(path)
     rows: list[ReferenceRow] = []
-    for table, key in TABLE_KEYS.items():
+    for number, (table, key) in enumerate(TABLE_KEYS.items(), start=1):
         spec = data.get(key)
         if not isinstance(spec, dict) or not isinstance(spec.get("rows"), dict):
             raise ValueError(f"{path}: {key}.rows is missing or not an object")
         for label, printed in spec["rows"].items():
             try:
-                values, extra = {}, {}
-                for k, v in printed.items():
-                    x = float(v)
-                    if not math.isfinite(x) or not 0 <= x <= 100:
-                        raise ValueError(f"{k} = {v} is not a percentage")
-                    if k == "average":
-                        extra[k] = x
-                    else:
-                        values[_task(table, k)] = x
+                values, extra = _values(printed, lambda k, table=table: _task(table, k))
             except (AttributeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}: {key}.rows[{label!r}] is malformed ({err})") from None
+            source = f"MedBridgeRL paper, Table {number}"
             rows.append(ReferenceRow(table, str(label), source, values, str(spec.get("setting") or ""), extra))
+    for protocol_path in PROTOCOL_FILES if protocol_paths is None else protocol_paths:
+        rows += load_protocol_table(Path(protocol_path))
+    return rows
+
+
+def load_protocol_table(path: Path) -> list[ReferenceRow]:
+    """Rows of a table published under another group's protocol: ``table`` names the leaderboard
+    table (the task family whose runs reproduce the protocol feeds it), ``rows`` map a label to its
+    ``aliases`` (model ids) and ``values`` keyed by the family's catalog names."""
+    from medbridge.tasks.families import FAMILIES
+
+    data = _read(path)
+    family = next((f for f in FAMILIES if f.leaderboard_table == data.get("table")), None)
+    if family is None or not isinstance(data.get("rows"), dict):
+        raise ValueError(f"{path}: 'table' must name a task family's leaderboard table and 'rows' must be an object")
+
+    def task_of(key: str) -> str:
+        task = family.task(key)
+        if family.entry(task) is None:
+            raise KeyError(f"{key!r} is no benchmark of {family.name}")
+        return task
+
+    rows = []
+    for label, spec in data["rows"].items():
+        try:
+            values, extra = _values(spec["values"], task_of)
+            aliases = tuple(str(a) for a in spec.get("aliases") or ())
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: rows[{label!r}] is malformed ({err})") from None
+        source = str(data.get("source") or path.name)
+        rows.append(
+            ReferenceRow(
+                family.leaderboard_table, str(label), source, values, str(data.get("setting") or ""), extra, aliases
+            )
+        )
     return rows
 
 
@@ -105,7 +165,7 @@ def unreachable_values(row: ReferenceRow) -> list[str]:
         n = int(medmnist.INFO[spec.flag]["n_samples"]["test"])
         k = round(value / 100 * n)
         if abs(100 * k / n - value) >= 0.005:
-            out.append(f"{spec.name} {value:.2f}% (test split: {n} images)")
+            out.append(f"{spec.name} {value:.2f}% of {n} test images")
     return out
 
 

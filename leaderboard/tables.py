@@ -35,8 +35,16 @@ from medbridge.leaderboard.cells import (
 )
 from medbridge.leaderboard.published import add_reference_rows
 from medbridge.leaderboard.reference import ReferenceRow
-from medbridge.leaderboard.view import PROBE_METRIC, Entry, View, entry_of, probe_task
-from medbridge.tasks.families import MEDMNIST, MEDVQA
+from medbridge.leaderboard.view import (
+    PROBE_METRIC,
+    PROTOCOL_METRIC,
+    PROTOCOL_SPREAD,
+    Entry,
+    View,
+    entry_of,
+    probe_task,
+)
+from medbridge.tasks.families import MEDMNIST, MEDVLTHINKER, MEDVQA
 
 ACC1 = registry.acc1().name
 GAP = registry.GAP.name
@@ -262,6 +270,57 @@ def table3(view: View, refs: Sequence[ReferenceRow]) -> Table:
         t.add([label_cell(view, e)] + [value_cell(v) for v in vals] + [Cell(pct(avg), avg)])
     _finish(t, legend, marks)
     add_reference_rows(view, refs, MEDVQA.leaderboard_table, cols, t, with_mean=True)
+    return t
+
+
+# ------------------------------------------------------------------ MedVLThinker's protocol
+
+
+def medvlthinker_table(view: View, refs: Sequence[ReferenceRow]) -> Table:
+    """Runs of the ``medvqa_medvlthinker`` tasks (MedVLThinker's protocol) beside MedVLThinker's
+    published rows, with a Δ row for each run of a published model; the paper's Table 3 keeps its own."""
+    family = MEDVLTHINKER
+    legend, marks = PinLegend(), DecodingMarks()
+    specs = [(family.task(s), PROTOCOL_METRIC, s.title, "") for s in family.entries]
+    cols = marks.mark(view, make_columns(view, specs, legend, keep_missing=True))
+    mine = [r for r in refs if r.table == family.leaderboard_table]
+    t = Table(
+        family.leaderboard_table,
+        f"Published (MedVLThinker protocol): {family.count_word} medical VQA benchmarks (accuracy, %) and their "
+        "average",
+        f"{mine[0].setting}." if mine else "MedVLThinker's evaluation protocol.",
+        ["Model"] + [c.header for c in cols] + ["Avg"],
+        empty=f"no {family.name} results yet (lmms-eval --tasks {family.name} ...)",
+    )
+    single = all(len(view.pins.get((task, PROTOCOL_METRIC), [])) <= 1 for task in family.greedy_tasks)
+    for e in entries_with(view, cols):
+        vals = [view.get(e, c.task, c.metric, c.pin) if c.pin is not None else None for c in cols]
+        cells = []
+        for c, v in zip(cols, vals):
+            cell = value_cell(v)
+            spread = view.get(e, c.task, PROTOCOL_SPREAD, c.pin) if c.pin is not None else None
+            if spread is not None and spread.get("value") is not None and cell.text != DASH:
+                cell.title = f"{cell.title}; runs spread {pct(spread['value'])} points".lstrip("; ")
+            cells.append(cell)
+        got = [v["value"] for v in vals if v and v["value"] is not None]
+        avg = sum(got) / len(got) if single and len(got) == family.count else None
+        t.add([label_cell(view, e)] + cells + [Cell(pct(avg), avg, "mean of the row")])
+    _finish(t, legend, marks)
+    t.notes.append(
+        f"Ours: the {family.name} tasks run the protocol above ({family.count_word} tasks, every item, their prompt "
+        "and grader); a value is their grader's accuracy, the mean of the greedy runs (hover: the runs' spread). "
+        "The paper's Table 3 is not this protocol and keeps its own table."
+    )
+    add_reference_rows(
+        view,
+        refs,
+        family.leaderboard_table,
+        cols,
+        t,
+        with_mean=True,
+        value_metric=PROTOCOL_METRIC,
+        setting_in_caption=True,
+    )
     return t
 
 

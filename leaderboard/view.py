@@ -24,6 +24,13 @@ def probe_task(dataset: str) -> str:
     return f"medmnist_probe_{dataset}"
 
 
+# The rows of tasks run under MedVLThinker's protocol (metrics of tasks/medvqa/medvlthinker.py; a test
+# checks the names exist there): their grader's accuracy, the mean of the greedy runs (what their
+# table publishes), and the spread of the runs.
+PROTOCOL_METRIC = "medvlthinker_acc"
+PROTOCOL_SPREAD = "medvlthinker_spread"
+
+
 @dataclass(frozen=True, order=True)
 class Entry:
     """One row of a leaderboard table: a model (at a checkpoint of a training run)."""
