@@ -542,6 +542,7 @@ arbitrary_text = st.one_of(
 )
 
 
+@pytest.mark.slow  # a property over thousands of examples
 @settings(max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(text=arbitrary_text, options=arbitrary_options)
 def test_property_never_raises(text, options):
@@ -578,6 +579,7 @@ def _letter_format(draw, letter: str) -> str:
     return fmt.format(case(letter))
 
 
+@pytest.mark.slow  # a property over thousands of examples
 @settings(max_examples=2500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), options=option_dicts(), think=noise_text, tail=st.sampled_from(["", "\n", "  "]))
 def test_property_tagged_letter_is_read(data, options, think, tail):
@@ -589,6 +591,7 @@ def test_property_tagged_letter_is_read(data, options, think, tail):
     assert extract_choice(response, options) == letter
 
 
+@pytest.mark.slow  # a property over thousands of examples
 @settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), options=option_dicts(), think=noise_text)
 def test_property_tagged_option_text_is_read(data, options, think):
@@ -601,6 +604,7 @@ def test_property_tagged_option_text_is_read(data, options, think):
     assert extract_choice(response, options) == letter
 
 
+@pytest.mark.slow  # a property over thousands of examples
 @settings(max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), options=option_dicts(), think=noise_text)
 def test_property_two_letters_is_none(data, options, think):
@@ -616,6 +620,7 @@ def test_property_two_letters_is_none(data, options, think):
 tag_free_text = st.text(alphabet=st.characters(blacklist_characters="<>"), max_size=40)
 
 
+@pytest.mark.slow  # a property over thousands of examples
 @settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
     data=st.data(),

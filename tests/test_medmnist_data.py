@@ -3,22 +3,32 @@ import json
 import numpy as np
 import pytest
 from medbridge.tasks.medmnist import data
-from medbridge.tasks.medmnist.catalog import MODALITIES, SETS, get_set
-from medbridge.tasks.medmnist.fixtures import build_all
+from medbridge.tasks.medmnist.catalog import MODALITIES, SETS, get_set, medmnist_info
+from medbridge.tasks.medmnist.fixtures import build_all, build_medmnist_fixture
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     r = tmp_path_factory.mktemp("medmnist")
-    build_all(r, test_per_class=3, train_per_class=2, val_per_class=1)
+    build_all(r, test_per_class=3, train_per_class=1, val_per_class=1)
     return r
 
 
-def test_catalog_matches_medmnist_info():
+def _build_one(root, name, test_per_class=1):
+    """One dataset's fixture file (building all of them takes seconds: the tests need one)."""
+    return build_medmnist_fixture(get_set(name), root, {"train": 1, "val": 1, "test": test_per_class})
+
+
+@pytest.mark.slow  # imports medmnist, which imports torch
+def test_the_info_table_read_without_importing_medmnist_is_medmnist_s_own():
     import medmnist
 
+    assert medmnist_info() == medmnist.INFO
+
+
+def test_catalog_matches_medmnist_info():
     for spec in SETS:
-        info = medmnist.INFO[spec.flag]
+        info = medmnist_info()[spec.flag]
         assert len(info["label"]) == spec.n_classes, spec.flag
         assert (info["n_channels"] == 3) == spec.rgb, spec.flag
         # The answer rule follows medmnist's own task type.
@@ -183,7 +193,7 @@ def _cache_file(npz, split="test"):
 def test_images_are_read_lazily_from_a_content_keyed_memory_mapped_cache(tmp_path):
     import os
 
-    build_all(tmp_path, test_per_class=2, train_per_class=1, val_per_class=1)
+    _build_one(tmp_path, "dermamnist", test_per_class=2)
     npz = data.npz_path("dermamnist", tmp_path)
     images, labels = data.load_split("dermamnist", "test", tmp_path)
     assert isinstance(images, np.memmap) and images.mode == "r"
@@ -327,7 +337,7 @@ def _refuse_writes_under(monkeypatch, *folders):
 
 
 def test_adversarial_read_only_data_folder_caches_in_the_data_cache(tmp_path, monkeypatch, data_cache):
-    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    _build_one(tmp_path, "pathmnist", test_per_class=1)
     npz = data.npz_path("pathmnist", tmp_path)
     _refuse_writes_under(monkeypatch, tmp_path)
     images, _ = data.load_split("pathmnist", "test", tmp_path)
@@ -338,7 +348,7 @@ def test_adversarial_read_only_data_folder_caches_in_the_data_cache(tmp_path, mo
 
 
 def test_adversarial_nothing_writable_reads_into_memory(tmp_path, monkeypatch, data_cache, caplog):
-    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    _build_one(tmp_path, "retinamnist", test_per_class=1)
     _refuse_writes_under(monkeypatch, tmp_path, data_cache)
     items = data.build_items("retinamnist", root=tmp_path, per_class="all")
     assert len(items) == 5 and "Read-only file system" in caplog.text
@@ -359,7 +369,7 @@ def test_adversarial_a_real_read_only_mount_works(tmp_path):
     src, ro, cache = tmp_path / "src", tmp_path / "ro", tmp_path / "cache"
     for d in (src, ro, cache):
         d.mkdir()
-    build_all(src, test_per_class=1, train_per_class=1, val_per_class=1)
+    _build_one(src, "octmnist", test_per_class=1)
     script = (
         "import numpy as np; from medbridge.tasks.medmnist import data; "
         f"im, _ = data.load_split('octmnist', 'test', {str(ro)!r}); "
@@ -380,7 +390,7 @@ def test_items_carry_the_sha256_of_the_file_they_were_read_from_hashed_once(tmp_
 
     from medbridge.tasks import content_hash
 
-    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    _build_one(tmp_path, "breastmnist", test_per_class=1)
     npz = data.npz_path("breastmnist", tmp_path)
     calls = []
     real = content_hash.hash_file
@@ -399,7 +409,7 @@ def test_process_docs_carries_no_pixels(tmp_path, monkeypatch):
     import datasets
     from medbridge.tasks.medmnist import utils
 
-    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    _build_one(tmp_path, "bloodmnist", test_per_class=1)
     monkeypatch.setenv("MEDBRIDGE_MEDMNIST_ROOT", str(tmp_path))
     docs = utils.process_docs(datasets.Dataset.from_list([{"flag": "bloodmnist"}]))
     assert "image" not in docs.column_names and len(docs) == 8
@@ -408,7 +418,7 @@ def test_process_docs_carries_no_pixels(tmp_path, monkeypatch):
 
 
 def test_adversarial_corrupt_cache_is_rebuilt(tmp_path):
-    build_all(tmp_path, test_per_class=1, train_per_class=1, val_per_class=1)
+    _build_one(tmp_path, "octmnist", test_per_class=1)
     images, _ = data.load_split("octmnist", "test", tmp_path)
     expected = np.array(images)
     npy = _cache_file(data.npz_path("octmnist", tmp_path))

@@ -1,19 +1,21 @@
 """lmms-eval finds medbridge's tasks with no --include_path and no environment variable."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from medbridge.tasks import families
 
-from .conftest import GREEDY_TASKS, SAMPLED_TASKS
-
-GROUPS = [
-    "medmnist_mcq",
-    "medmnist_mcq_radiology",
-    "medmnist_mcq_microscopy",
-    "medmnist_mcq_photography",
-    "medmnist_mcq_greedy",
-]
+TASKS = families.all_task_names()  # every task of every family (tasks/families.py)
+# Every lmms-eval group the generators wrote (one group file per family folder at least).
+GROUPS = {
+    match
+    for family in families.FAMILIES
+    for path in (Path(families.__file__).parent / family.folder).glob("_group*.yaml")
+    for match in re.findall(r"^group: (\S+)$", path.read_text(), re.M)
+}
 
 
 def _listed(output: str) -> set[str]:
@@ -34,10 +36,15 @@ def test_lmms_eval_lists_our_tasks_from_a_fresh_process(tmp_path):
         env={k: v for k, v in __import__("os").environ.items() if k != "LMMS_EVAL_PLUGINS"},
     )
     listed = _listed(proc.stdout + proc.stderr)
-    missing = set(GREEDY_TASKS + SAMPLED_TASKS + GROUPS) - listed
+    missing = (TASKS | GROUPS) - listed
     assert not missing, proc.stderr[-3000:]
 
 
+def test_every_family_has_its_groups():
+    assert {f.name for f in families.FAMILIES} <= GROUPS and "medmnist_mcq_radiology" in GROUPS
+
+
+@pytest.mark.slow  # indexes lmms-eval's own task folder (over 10 s)
 def test_our_task_names_do_not_clash_with_lmms_eval_builtins():
     import medbridge.harness_ext.plugin  # noqa: F401  (installs the hook)
     from lmms_eval.tasks import TaskManager
@@ -47,10 +54,11 @@ def test_our_task_names_do_not_clash_with_lmms_eval_builtins():
     bare.logger = logger
     builtin = TaskManager.initialize_tasks.__wrapped__(bare, include_path=None)
     assert len(builtin) > 100 and "medmnist_mcq" not in builtin
-    ours = set(GREEDY_TASKS + SAMPLED_TASKS + GROUPS)
+    ours = TASKS | GROUPS
     assert not ours & set(builtin)
 
 
+@pytest.mark.slow  # imports lmms-eval and indexes its tasks
 def test_hook_is_idempotent_and_keeps_user_include_paths(tmp_path):
     from lmms_eval.tasks import TaskManager
     from medbridge.harness_ext import plugin
@@ -102,6 +110,7 @@ def test_non_editable_install_registers_the_installed_copy(tmp_path):
     assert (Path(yaml_path).parent / "data_pointers" / "octmnist.jsonl").exists()
 
 
+@pytest.mark.slow  # imports lmms-eval (the plugin installs its hook)
 def test_tasks_path_command_prints_the_indexed_folder(capsys):
     from medbridge.harness_ext.plugin import TASKS_DIR
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from medbridge.tasks.config_writer import Family, GroupFile, TaskFile, generator_main
 from medbridge.tasks.families import MEDMNIST
-from medbridge.tasks.medmnist.catalog import GREEDY_DECODING, MODALITIES, SAMPLED_DECODING, SETS, sets_of_modality
+from medbridge.tasks.medmnist.catalog import (
+    GREEDY_DECODING,
+    MODALITIES,
+    SAMPLED_DECODING,
+    SETS,
+    medmnist_info,
+    sets_of_modality,
+)
 
 FOLDER = Path(__file__).resolve().parent
 MODALITY_TITLES = {"radiology": "Radiology", "microscopy": "Microscopy", "photography": "Visible-light photography"}
@@ -25,8 +32,6 @@ TEMPLATE_COMMENT = f"""\
 def readme_blocks() -> dict[str, str]:
     """The README's group list and option table of the family, from the catalog (and medmnist's INFO
     for the official test-split sizes)."""
-    import medmnist
-
     groups = ", ".join(
         f"`{MEDMNIST.group(m)}` ({', '.join(s.name for s in sets_of_modality(m))})" for m in MODALITIES
     )
@@ -39,7 +44,7 @@ def readme_blocks() -> dict[str, str]:
     ]
     for spec in SETS:
         options = "; ".join(f"{i}: {text}" for i, text in enumerate(spec.classes))
-        n_test = medmnist.INFO[spec.flag]["n_samples"]["test"]
+        n_test = medmnist_info()[spec.flag]["n_samples"]["test"]
         lines.append(f"| `{spec.task}` | {spec.flag} | {spec.modality} | {n_test} | {options} |")
     return {"medmnist_mcq tasks": "\n".join(lines)}
 

@@ -9,7 +9,11 @@ table); task names, groups and report rows follow from tasks/families.py.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from medbridge.harness_ext.decoding import GREEDY, PASSK, Decoding
 
@@ -116,3 +120,19 @@ def get_set(name_or_flag: str) -> MedMNISTSet:
 
 def sets_of_modality(modality: str) -> list[MedMNISTSet]:
     return [s for s in SETS if s.modality == modality]
+
+
+@functools.cache
+def medmnist_info() -> dict[str, dict[str, Any]]:
+    """medmnist's own ``INFO`` table (label names, task type, split sizes, URLs, MD5s), read from the
+    installed package's ``info.py`` without importing the package, whose ``__init__`` imports torch
+    (seconds of CPU for a lookup). Raises ModuleNotFoundError when medmnist is not installed."""
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("medmnist is not installed (pip install medmnist)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "info.py"
+    loader_spec = importlib.util.spec_from_file_location("medbridge._medmnist_info", path)
+    module = importlib.util.module_from_spec(loader_spec)
+    loader_spec.loader.exec_module(module)
+    return module.INFO
+
