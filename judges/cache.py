@@ -4,8 +4,8 @@ A verdict is keyed by (judge identity, prompt template version, the exact inputs
 16 samples of an item that end in the same text are judged once, a finished evaluation re-runs
 with no judge request at all, and a different judge (another model behind the same served name,
 another URL, another configured judge id) never reuses these verdicts. Only settled verdicts are
-stored (a letter, "none", "invalid", a label ...); a ``judge_failed`` sample is left out on
-purpose, so the next run judges exactly what is missing.
+stored (a letter, "none", a label ...: the template's own statuses); an invalid or unknown reply
+and a ``judge_failed`` sample are left out on purpose, so the next run asks exactly what is missing.
 
 The database runs in WAL mode with a busy timeout and ``INSERT OR IGNORE``: several processes
 (lmms-eval ranks, two evaluations sharing a cache) can write at once, and because the judge runs
@@ -34,8 +34,8 @@ __all__ = ["UNSETTLED", "VerdictCache", "default_cache_path", "verdict_key"]
 
 log = logging.getLogger(__name__)
 
-# Verdict statuses that are never cached: the judge did not answer.
-UNSETTLED = ("failed",)
+# Verdict statuses that are never cached: the judge did not answer, or not in the template's format.
+UNSETTLED = ("failed", "invalid", "unknown")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verdicts_v2 (

@@ -59,10 +59,12 @@ def _config(config: JudgeConfig | None) -> JudgeConfig:
 
 
 def modality_verdicts(
-    questions: Sequence[str], images: Sequence[Any] | None = None, config: JudgeConfig | None = None
+    questions: Sequence[str], images: Sequence[Any] | None = None, config: JudgeConfig | None = None,
+    reask: bool = False,
 ) -> list[Verdict]:
     """The judge's verdicts, in order: status "label" (value: the label), "unknown" (value: the word outside
-    the vocabulary), "invalid" or "failed"."""
+    the vocabulary), "invalid" or "failed". ``reask``: ask again what got an invalid or unknown reply earlier
+    in this process (a builder's retry round)."""
     if images is not None and len(images) != len(questions):
         raise MedbridgeError(f"modality classifier: {len(questions)} questions but {len(images)} images")
     inputs = []
@@ -74,7 +76,7 @@ def modality_verdicts(
             item["image_url"] = url
             item["image_sha256"] = hashlib.sha256(url.encode("ascii")).hexdigest()
         inputs.append(item)
-    return get_pool(_config(config)).judge_many(MODALITY, inputs)
+    return get_pool(_config(config)).judge_many(MODALITY, inputs, reask=reask)
 
 
 def classify_modalities(

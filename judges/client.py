@@ -7,11 +7,11 @@ a request to the least busy replica (replicas.py) with tenacity retries. Every b
 http.py's ``JudgeHTTP`` (no redirect to another origin, a whole-request deadline, a reply-size
 cap, transient errors raised, secrets scrubbed).
 
-What a question can end as (``Verdict.status``): one of the template's settled statuses, or
-``invalid`` (the judge answered, but not in the template's exact format; counted; cached when the
-reply was text, asked again next run when it was any other shape: a number, a list, null, empty,
-a lone surrogate, no choices, a body that is not JSON), ``unknown`` (a well-formed label outside
-the template's list; counted, never cached), or ``failed`` (no usable answer: retries exhausted,
+What a question can end as (``Verdict.status``): one of the template's settled statuses (the only
+ones cached), or ``invalid`` (the judge answered, but not in the template's exact format: prose, a
+number, a list, null, empty, a lone surrogate, no choices, a body that is not JSON; counted, asked
+again next run), ``unknown`` (a well-formed label outside the template's list; counted, asked again
+next run), or ``failed`` (no usable answer: retries exhausted,
 a 4xx, a refused redirect, a reply over the size cap, the run's deadline passed, the circuit
 breaker open, replicas serving different models; never cached, so the next run asks again).
 Nothing raises out of ``judge`` for a bad reply.
@@ -146,6 +146,9 @@ class JudgeClient:
             cache = VerdictCache(config.cache_path or default_cache_path()) if config.cache_enabled else None
         self.cache: VerdictCache | None = cache or None
         self._inflight: dict[str, asyncio.Future] = {}
+        # Replies not cached on disk (invalid, unknown) are remembered for this client's life, so one run
+        # asks an identical question once and scores it one way; the next run asks again.
+        self._session: dict[str, Verdict] = {}
         self._active = 0
         self._failed_in_a_row = 0
         self._failed_attempts = 0
@@ -282,8 +285,9 @@ class JudgeClient:
 
     # ------------------------------------------------------------------ asking
 
-    async def judge(self, template: PromptTemplate, inputs: Mapping[str, Any]) -> Verdict:
-        """Ask one question of ``template``; never raises for a bad reply or a down judge."""
+    async def judge(self, template: PromptTemplate, inputs: Mapping[str, Any], reask: bool = False) -> Verdict:
+        """Ask one question of ``template``; never raises for a bad reply or a down judge. ``reask``: ask
+        again even when this client already got an invalid or unknown reply to it (a caller's retry)."""
         try:
             self._check_limits()
             key = verdict_key(await self.identity(), template.key, inputs)
@@ -305,6 +309,10 @@ class JudgeClient:
                 self.stats["cache_hits"] += 1
                 status, value, raw = hit
                 return Verdict(status, value, raw, cached=True)
+        remembered = None if reask else self._session.get(key)
+        if remembered is not None:
+            self.stats["deduplicated"] += 1
+            return remembered
         shared = self._inflight.get(key)
         if shared is not None:  # the same question is already being asked: wait for that verdict
             self.stats["deduplicated"] += 1
@@ -375,13 +383,15 @@ class JudgeClient:
         self.stats["settled"] += 1
         if status in ("invalid", "unknown"):
             self.stats[status] += 1
-        # A text reply is the judge's answer (at temperature 0 it would say the same again): cached,
-        # even when invalid. Any other shape (a number, a list, null, empty, unencodable text, no
-        # choices) is a serving fault: counted invalid now and asked again on the next run. A label
-        # outside the template's list ("unknown") is never cached as an answer: asked again next run.
-        if self.cache is not None and status != "unknown" and reply_text(content):
+        # Only a verdict in the template's own format is cached (an allow-list). An invalid reply (prose, a
+        # number, empty, a proxy's page, a cut-off line) or an unknown label is counted now and asked again
+        # on the next run: a passing fault must never become a stored answer.
+        verdict = Verdict(status, value, raw)
+        if self.cache is not None and status in template.statuses and reply_text(content):
             self.cache.put(key, await self.identity(), template.key, status, value, raw)
-        return Verdict(status, value, raw)
+        elif status not in template.statuses:
+            self._session[key] = verdict
+        return verdict
 
     async def _attempt(self, call, tried: list[Replica] | None = None) -> Any:
         """One try of ``call(replica)`` on the least busy replica that is up (another than the last one in
@@ -451,9 +461,11 @@ class JudgeClient:
         """An error as it may be logged: its reason and message, with every secret of the judge's URLs removed."""
         return self.replicas.scrub(f"{_reason(exc)}: {exc}")
 
-    async def judge_many(self, template: PromptTemplate, inputs: Sequence[Mapping[str, Any]]) -> list[Verdict]:
+    async def judge_many(
+        self, template: PromptTemplate, inputs: Sequence[Mapping[str, Any]], reask: bool = False
+    ) -> list[Verdict]:
         """Ask many questions concurrently; results in input order."""
-        return list(await asyncio.gather(*(self.judge(template, i) for i in inputs)))
+        return list(await asyncio.gather(*(self.judge(template, i, reask) for i in inputs)))
 
     async def judge_choice(self, question: str, options: Mapping[str, str], response: str) -> Verdict:
         """Which option ``response`` finally chose, per the judge (template MCQ_CHOICE)."""
@@ -495,8 +507,10 @@ class JudgePool:
     def submit_choice(self, question: str, options: Mapping[str, str], response: str) -> concurrent.futures.Future:
         return self.submit(MCQ_CHOICE, choice_inputs(question, options, response))
 
-    def judge_many(self, template: PromptTemplate, inputs: Sequence[Mapping[str, Any]]) -> list[Verdict]:
-        return self._call(self.client.judge_many(template, inputs))
+    def judge_many(
+        self, template: PromptTemplate, inputs: Sequence[Mapping[str, Any]], reask: bool = False
+    ) -> list[Verdict]:
+        return self._call(self.client.judge_many(template, inputs, reask))
 
     @property
     def stats(self) -> Counter:

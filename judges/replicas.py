@@ -115,7 +115,9 @@ class ReplicaSet:
         """A retryable failure: the replica rests, and the retry goes elsewhere while another is up."""
         replica.failures += 1
         replica.down_streak += 1
-        replica.down_until = time.monotonic() + min(COOLDOWN_MAX_S, COOLDOWN_S * 2 ** (replica.down_streak - 1))
+        # The streak grows with every failed try of every question; the doubling stops at the cap.
+        doublings = min(replica.down_streak - 1, 16)
+        replica.down_until = time.monotonic() + min(COOLDOWN_MAX_S, COOLDOWN_S * 2**doublings)
         if len(self.replicas) > 1 and replica.down_streak == 1:
             log.warning(
                 "judge replica %s failed (%s): routing around it (%d of %d replicas up)",

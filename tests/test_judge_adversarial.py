@@ -98,11 +98,12 @@ def test_adversarial_reply_shape_never_loses_the_task_records(tmp_path, reply):
         assert json.dumps(r)
 
 
-def test_adversarial_text_reply_in_wrong_format_is_cached_as_invalid(tmp_path):
+def test_adversarial_text_reply_in_wrong_format_is_asked_again_once_the_judge_answers(tmp_path):
     with FakeJudgeServer(reply="garbage") as server:
         _run(stub_judge_config(server.base_url, tmp_path), _jobs(3))
+    with FakeJudgeServer() as server:  # the same judge, now in format: its verdicts, not the old prose
         verdicts, stats = _run(stub_judge_config(server.base_url, tmp_path), _jobs(3))
-    assert stats["requests"] == 0 and all(v.cached and v.status == "invalid" for v in verdicts)
+    assert stats["requests"] == 3 and [v.letter for v in verdicts] == ["A", "B", "C"]
 
 
 # ------------------------------------------------------------ Retry-After, hang, down
@@ -319,9 +320,13 @@ def test_adversarial_modality_classifier_vocabulary_cache_and_images(tmp_path):
         assert labels == ["mri", "ct", "x-ray", "microscopy", None, "none", "dermatology"]
         assert set(labels) - {None} <= set(MODALITIES)
         verdicts = judge.modality_verdicts(questions, config=cfg)
-        # The second pass asked nothing but the out-of-vocabulary one, which is never cached as an answer.
+        # The second pass asked nothing: labels from the cache, the out-of-vocabulary word remembered by this
+        # process only (it is never cached as an answer) ...
         assert [v.cached for v in verdicts] == [True] * 4 + [False] + [True] * 2
         assert (verdicts[4].status, verdicts[4].value) == ("unknown", "pet")
+        assert server.state.counts["requests"] == 7
+        # ... so a retry (reask) asks it again, and only it.
+        assert judge.modality_verdicts(questions, config=cfg, reask=True)[4].status == "unknown"
         assert server.state.counts["requests"] == 8
         images = [Image.new("RGB", (8, 8), (i * 30, 0, 0)) for i in range(2)]
         with_images = judge.classify_modalities(questions[:2], images=images, config=cfg)

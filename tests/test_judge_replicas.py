@@ -180,6 +180,19 @@ def test_a_replica_down_at_start_is_checked_before_its_first_verdict(tmp_path):
     assert {v.status for v in late_verdicts} <= {"letter", "failed"}
 
 
+def test_a_long_outage_keeps_the_cooldown_capped():
+    from medbridge.judges.replicas import COOLDOWN_MAX_S, ReplicaSet
+
+    replicas = ReplicaSet([http.JudgeHTTP("http://127.0.0.1:9/v1"), http.JudgeHTTP("http://127.0.0.1:10/v1")], 4)
+    dead = replicas.replicas[0]
+    for _ in range(5000):  # every failed try of every question of a long outage
+        replicas.failed(dead, "Unreachable")
+    assert dead.failures == 5000 and dead.down_until - time.monotonic() <= COOLDOWN_MAX_S
+    assert replicas.another_is_up(dead)
+    replicas.answered(dead)
+    assert dead.down_until == 0.0 and dead.down_streak == 0
+
+
 # ------------------------------------------------------------------------------------ judge serve
 
 
