@@ -9,7 +9,8 @@ question>`` (or none; "PET" gets the out-of-vocabulary ``MODALITY: pet``); ``fre
 fixed reply from ``template_replies``, or a 400. ``/stats`` counts requests per template. Faults are injected
 by flags: the first N attempts of every distinct prompt fail with a status code (429, 500, 503,
 400; 200 sends a gateway's "Error: upstream model overloaded" as the reply), optionally with a
-``Retry-After`` header; replies can be odd shapes (garbage text, empty,
+``Retry-After`` header; ``flaky`` makes a seeded share of all requests fail (in turn: HTTP 500, prose,
+overloaded); replies can be odd shapes (garbage text, empty,
 a number, a list, a dict, null, a lone surrogate, no choices, a body that is not JSON); each
 reply can be delayed (requests are answered in parallel, so concurrency shows in wall time and
 in ``max_inflight``) or hang; ``capacity`` caps the requests answered at once (the rest queue).
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+import random
 import re
 import threading
 import time
@@ -78,6 +81,8 @@ class _State:
         root: str = "/models/fake-judge-a",
         template_replies: dict[str, str] | None = None,
         capacity: int = 0,
+        flaky: float = 0.0,
+        seed: int = 0,
     ):
         if reply not in REPLIES:
             raise ValueError(f"reply must be one of {REPLIES}")
@@ -89,6 +94,11 @@ class _State:
         self.hang_s = hang_s
         self.root = root
         self.template_replies = dict(template_replies or {})  # fixed replies for templates beyond ANSWERS
+        # A share of requests (drawn with a seeded generator) that fail in turn as an HTTP 500, a prose
+        # reply instead of the one verdict line, and a 200 saying the model is overloaded.
+        self.flaky = flaky
+        self.rng = random.Random(seed)
+        self.flaky_kinds = itertools.cycle(("http_500", "prose", "overloaded"))
         # Requests answered at once (0: no limit); a fixed capacity per server is what replicas multiply.
         self.capacity = threading.BoundedSemaphore(capacity) if capacity else contextlib.nullcontext()
         self.request_times: list[float] = []
@@ -236,6 +246,17 @@ def make_handler(state: _State):
                 error = {"error": {"message": "injected failure", "code": state.fail_status}}
                 self._send(state.fail_status, error, headers)
                 return
+            if state.flaky:
+                with state.lock:
+                    kind = next(state.flaky_kinds) if state.rng.random() < state.flaky else None
+                    if kind:
+                        state.counts[f"flaky_{kind}"] += 1
+                if kind == "http_500":
+                    self._send(500, {"error": {"message": "injected failure", "code": 500}})
+                    return
+                if kind:
+                    self._send(200, _completion(OVERLOADED if kind == "overloaded" else "I think it is a scan."))
+                    return
             if state.reply == "not_json":
                 self._send_raw(200, b"<html>upstream proxy error</html>")
                 return

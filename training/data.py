@@ -8,7 +8,8 @@
   are validated against the project's one vocabulary (``judges.prompts.MODALITIES``: the
   paper's categories plus "none"), cached in a JSONL file so an interrupted run resumes, and a
   modality-balanced subset is saved with ``save_to_disk`` next to a ``manifest.json`` (source, seed,
-  label counts, what validation changed).
+  label counts, what validation changed). A failed or unparsable classification is never a label: it is
+  asked again, then left out and counted, and too many of them refuse the build.
 
 GRPO rows: ``prompt`` (one user turn; TRL inserts the image), ``image``, ``answer_letter``, ``options``
 (JSON), ``item_id``, ``dataset``. SFT rows add ``completion`` (one assistant turn in <think>/<answer> form).
@@ -151,8 +152,12 @@ def _to_dataset(rows: list[dict[str, Any]]):
 PMC_VQA_COLUMNS = ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label")
 _CHOICE_PREFIX_RE = re.compile(r"^\s*[A-Da-d]\s*[:.)]\s*")
 
-# A modality classifier labels a batch of questions (and, when asked, their image files) at once:
-# one label per question, or None where it could not label one (the judge's failed/invalid replies).
+# The share of questions whose classification may fail (after retries) before a build is refused.
+DEFAULT_MAX_FAILED_SHARE = 0.01
+
+# A modality classifier labels a batch of questions (and, when asked, their image files) at once: one
+# answer per question: a label, a word outside the vocabulary (counted, mapped to "none", never cached),
+# or None where it could not label one (a failed request or an unparsable reply: retried, then left out).
 ModalityClassifier = Callable[[Sequence[str], Sequence[str] | None], Sequence[str | None]]
 
 # KEYWORD FALLBACK, used only when asked for (`--classifier keyword`): coarse rules on the question text
@@ -193,10 +198,14 @@ def keyword_modalities(questions: Sequence[str], images: Sequence[str] | None = 
 
 def judge_modalities(questions: Sequence[str], images: Sequence[str] | None = None) -> list[str | None]:
     """The paper's classifier: the LLM judge's modality prompt (MEDBRIDGE_JUDGE_* settings), cached and
-    asked concurrently by the judge client; None where the judge gave no usable label."""
-    from medbridge.judges import classify_modalities
+    asked concurrently by the judge client. Per question: the label; the judge's own word when it named a
+    modality outside the vocabulary (such as "pet"); None when it gave no usable answer (the request
+    failed, or the reply was not the one line asked for)."""
+    from medbridge.judges import modality_verdicts
 
-    return list(classify_modalities(list(questions), images=list(images) if images is not None else None))
+    # reask: the builder asks only what is not labeled yet, so a question asked twice is a retry.
+    verdicts = modality_verdicts(list(questions), images=list(images) if images is not None else None, reask=True)
+    return [v.value if v.status in ("label", "unknown") else None for v in verdicts]
 
 
 def _strip_choice(text: str) -> str:
@@ -256,11 +265,11 @@ def _cache_key(item: dict[str, Any]) -> str:
     return hashlib.sha1(f"{Path(item['figure_path']).name}\n{item['question']}".encode()).hexdigest()
 
 
-def validate_label(label: Any, vocabulary: Sequence[str]) -> tuple[str, str]:
-    """(label in the vocabulary, what happened): "ok", "unknown" (outside the vocabulary -> none), or
-    "unlabeled" (the classifier gave none -> none)."""
+def validate_label(label: Any, vocabulary: Sequence[str]) -> tuple[str | None, str]:
+    """(label, what happened): ("<label>", "ok") for a label in the vocabulary, ("none", "unknown") for a word
+    outside it, (None, "failed") when the classifier gave no answer: a failure is never a label."""
     if label is None:
-        return "none", "unlabeled"
+        return None, "failed"
     text = str(label).strip().lower()
     return (text, "ok") if text in vocabulary else ("none", "unknown")
 
@@ -273,15 +282,20 @@ def label_modalities(
     labeler: str,
     with_images: bool = False,
     batch_size: int = 256,
+    retries: int = 2,
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """item_id -> validated modality label, and counts of what validation changed.
+    """item_id -> validated modality label for every question that got an answer, and what happened.
 
-    Questions not yet in the cache are classified in batches; every usable answer is appended (and
-    flushed) to a JSONL cache, so a killed run resumes where it stopped. Entries made by another labeler
-    are ignored, never mixed in. Labels outside the vocabulary become "none" and are counted by raw
-    label; questions the classifier could not label become "none", are counted, and are not cached
-    (asked again next run).
+    Questions not yet in the cache are classified in batches; a question the classifier could not label
+    (None: a failed request or an unparsable reply) is asked again, up to ``retries`` more rounds, and
+    then left out: it gets no label and is counted, never "none". A word outside the vocabulary becomes
+    "none" and is counted by word. Only labels in the vocabulary are appended (and flushed) to the JSONL
+    cache, so a killed run resumes where it stopped and a rerun asks again exactly the failed and
+    out-of-vocabulary questions. Entries made by another labeler, or holding a word outside the
+    vocabulary (older builds), are ignored, never mixed in.
     """
+    if retries < 0:
+        raise TrainingDataError(f"classification retries must be >= 0, got {retries}")
     vocabulary = modality_vocabulary()
     cache_path = Path(cache_path)
     known: dict[str, str] = {}
@@ -291,41 +305,64 @@ def label_modalities(
                 entry = json.loads(line)
             except ValueError:
                 continue  # blank, or a line cut short by a crash: that question is asked again
-            if isinstance(entry, dict) and entry.get("labeler") == labeler:
+            if isinstance(entry, dict) and entry.get("labeler") == labeler and entry.get("modality") in vocabulary:
                 known[entry["key"]] = entry["modality"]
-    todo = [item for item in items if _cache_key(item) not in known]
-    unlabeled: set[str] = set()
+    from_cache = sum(_cache_key(item) in known for item in items)
+    pending = {}  # key -> one item with that key (identical figure + question share a label)
+    for item in items:
+        if _cache_key(item) not in known:
+            pending.setdefault(_cache_key(item), item)
+    unknown: dict[str, str] = {}
+    asked = retried = 0
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     with cache_path.open("a", encoding="utf-8") as fh:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            images = [item["figure_path"] for item in batch] if with_images else None
-            answers = list(classify([item["question"] for item in batch], images))
-            if len(answers) != len(batch):
-                raise TrainingDataError(
-                    f"modality classifier {labeler!r} returned {len(answers)} labels for {len(batch)} questions"
-                )
-            for item, raw in zip(batch, answers):
-                key = _cache_key(item)
-                if raw is None:
-                    unlabeled.add(key)
-                    continue
-                fh.write(json.dumps({"key": key, "modality": str(raw), "labeler": labeler}) + "\n")
-                known[key] = str(raw)
-            fh.flush()
+        for round_ in range(retries + 1):
+            todo = list(pending.values())
+            if not todo:
+                break
+            asked += len(todo)
+            retried += len(todo) if round_ else 0
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                images = [item["figure_path"] for item in batch] if with_images else None
+                answers = list(classify([item["question"] for item in batch], images))
+                if len(answers) != len(batch):
+                    raise TrainingDataError(
+                        f"modality classifier {labeler!r} returned {len(answers)} labels for {len(batch)} questions"
+                    )
+                for item, raw in zip(batch, answers):
+                    key = _cache_key(item)
+                    label, outcome = validate_label(raw, vocabulary)
+                    if outcome == "failed":
+                        continue  # still pending: asked again next round
+                    del pending[key]
+                    if outcome == "unknown":
+                        unknown[key] = str(raw).strip().lower()
+                        continue  # counted and mapped to none, never cached as an answer
+                    fh.write(json.dumps({"key": key, "modality": label, "labeler": labeler}) + "\n")
+                    known[key] = label
+                fh.flush()
     labels: dict[str, str] = {}
-    counts = {"unknown": Counter(), "unlabeled": 0}
+    unknown_counts: Counter = Counter()
+    failed_rows: list[int] = []
     for item in items:
         key = _cache_key(item)
-        label, outcome = validate_label(None if key in unlabeled else known.get(key), vocabulary)
-        if outcome == "unknown":
-            counts["unknown"][str(known[key])] += 1
-        elif outcome == "unlabeled":
-            counts["unlabeled"] += 1
-        labels[item["item_id"]] = label
+        if key in known:
+            labels[item["item_id"]] = known[key]
+        elif key in unknown:
+            labels[item["item_id"]] = "none"
+            unknown_counts[unknown[key]] += 1
+        else:
+            failed_rows.append(item["row"])
     return labels, {
-        "unknown_to_none": dict(sorted(counts["unknown"].items())),
-        "unlabeled_to_none": counts["unlabeled"],
+        "labeled": len(labels),
+        "from_cache": from_cache,
+        "asked": asked,
+        "retried": retried,
+        "retries": retries,
+        "unknown_to_none": dict(sorted(unknown_counts.items())),
+        "failed": len(failed_rows),
+        "failed_rows": failed_rows[:100],  # CSV rows (the first 100) left out of the build
     }
 
 
@@ -371,20 +408,41 @@ def build_pmc_vqa_subset(
     cache_path: str | Path | None = None,
     with_images: bool = False,
     sft: bool = False,
+    retries: int = 2,
+    max_failed_share: float | None = None,
 ) -> dict[str, Any]:
     """PMC-VQA train CSV -> modality-balanced subset saved with ``save_to_disk`` + manifest.json.
 
     The paper's build: ``classify`` (the judge, :func:`judge_modalities`) labels every question with one of
     the project's modality categories or "none", and ``size`` rows are drawn evenly over the labels.
-    :func:`keyword_modalities` is the fallback a user must ask for. Returns the manifest (label counts
-    of the subset and of the whole CSV, and what label validation changed).
+    :func:`keyword_modalities` is the fallback a user must ask for. Questions whose classification failed
+    (after ``retries`` more rounds) are left out and counted; when they are more than ``max_failed_share``
+    of the CSV (None: ``DEFAULT_MAX_FAILED_SHARE``) the build is refused (``TrainingDataError``, exit 2)
+    before anything is written, the labels already obtained staying cached for the rerun. Returns the
+    manifest (label counts of the subset and of the whole CSV, failures, out-of-vocabulary words, retries,
+    the share allowed).
     """
+    max_failed_share = DEFAULT_MAX_FAILED_SHARE if max_failed_share is None else max_failed_share
+    if not 0.0 <= max_failed_share <= 1.0:
+        raise TrainingDataError(f"max_failed_share must be between 0 and 1, got {max_failed_share}")
     out_dir = Path(out_dir)
     items = read_pmc_vqa_csv(csv_path, image_dir)
     cache_path = (
         Path(cache_path) if cache_path is not None else out_dir.with_name(out_dir.name + ".modality_cache.jsonl")
     )
-    labels, validation = label_modalities(items, classify, cache_path, labeler=labeler, with_images=with_images)
+    labels, validation = label_modalities(
+        items, classify, cache_path, labeler=labeler, with_images=with_images, retries=retries
+    )
+    failed_share = validation["failed"] / len(items)
+    validation.update(failed_share=round(failed_share, 6), max_failed_share=max_failed_share)
+    if failed_share > max_failed_share:
+        raise TrainingDataError(
+            f"{csv_path}: the modality classifier ({labeler}) gave no usable label for {validation['failed']} of "
+            f"{len(items)} questions ({failed_share:.1%}) after {retries} retries, more than the "
+            f"{max_failed_share:.1%} allowed (--max-failed-share); nothing was built. First rows left out: "
+            f"{validation['failed_rows'][:10]}. The {validation['labeled']} labels obtained are kept in {cache_path}, "
+            "so the same command asks only for the rest; check the judge with `medbridge judge check --probe`."
+        )
     chosen = balanced_subset(labels, size, seed)
     by_id = {i["item_id"]: i for i in items}
     rows = []
@@ -414,6 +472,7 @@ def build_pmc_vqa_subset(
         "available_per_modality": dict(sorted(Counter(labels.values()).items())),
         "label_validation": validation,
         "rows_read": len(items),
+        "rows_labeled": len(labels),
         "format": "sft" if sft else "grpo",
         "prompt_version": PROMPT_VERSION,
         "modality_cache": str(cache_path),
