@@ -200,6 +200,11 @@ def with_mm_processor_kwargs(engine_cls: Callable[..., Any], mm_kwargs: dict[str
     return build
 
 
+# vLLM registers the routes TRL's client needs for multimodal prompts only with this flag (vLLM >= 0.30).
+SCALE_OUT_FLAG = "--enable-scale-out"
+SCALE_OUT_MIN_VLLM = "0.30.0"
+
+
 def vllm_serve_command(
     model: str,
     *,
@@ -209,6 +214,8 @@ def vllm_serve_command(
     port: int = 8000,
     host: str = "0.0.0.0",
     revision: str | None = None,
+    python: str | None = None,
+    vllm_version: str | None = None,
 ) -> list[str]:
     """The vLLM server command that TRL 1.16's server mode talks to, with the recipe's image budget.
 
@@ -216,7 +223,13 @@ def vllm_serve_command(
     command builder for the flags its client needs (weight transfer, processed logprobs) and runs vLLM's
     server directly (with ``VLLM_SERVER_DEV_MODE=1`` in the environment). Data parallel stays 1: TRL's
     server documents that data parallel > 1 errors on dense models (vLLM PR #30739).
+
+    ``python``: the interpreter of the environment vLLM is installed in (the command becomes
+    ``python -m vllm.entrypoints.cli.main serve ...``); default the ``vllm`` program. ``vllm_version``: the
+    version that will run, which decides ``--enable-scale-out`` (TRL decides it from the vLLM importable
+    here, which is not the server's when vLLM has an environment of its own); None keeps TRL's decision.
     """
+    from packaging.version import Version
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
     script_args = ScriptArguments(
@@ -228,18 +241,21 @@ def vllm_serve_command(
         port=port,
     )
     command = build_command(script_args, ["--mm-processor-kwargs", json.dumps(image_geometry(max_pixels, min_pixels))])
-    return ["vllm", *command[command.index("serve") :]]
+    serve = command[command.index("serve") :]
+    if vllm_version is not None:
+        serve = [arg for arg in serve if arg != SCALE_OUT_FLAG]
+        if Version(vllm_version) >= Version(SCALE_OUT_MIN_VLLM):
+            serve.insert(serve.index("--weight-transfer-config"), SCALE_OUT_FLAG)
+    prefix = ["vllm"] if python is None else [python, "-m", "vllm.entrypoints.cli.main"]
+    return [*prefix, *serve]
 
 
-def vllm_serve_shell(recipe: str, tensor_parallel_size: int, port: int) -> str:
-    """``VLLM_SERVER_DEV_MODE=1 vllm serve ...`` for a recipe's model and image budget (used by the SLURM script)."""
-    import yaml
-
-    config = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
+def vllm_serve_shell(recipe: str, tensor_parallel_size: int, port: int, **command_kwargs: Any) -> str:
+    """``VLLM_SERVER_DEV_MODE=1 vllm serve ...`` for a recipe's model and image budget (used by the SLURM script);
+    ``command_kwargs`` go to :func:`vllm_serve_command` (``python``, ``vllm_version``)."""
+    config = recipe_fields(recipe)
     from medbridge.training.configs import DEFAULT_MIN_PIXELS, PAPER_MAX_PIXELS
 
-    if not config.get("model_name_or_path"):
-        raise ValueError(f"{recipe}: model_name_or_path is not set")
     command = vllm_serve_command(
         config["model_name_or_path"],
         max_pixels=config.get("max_pixels", PAPER_MAX_PIXELS),
@@ -247,8 +263,20 @@ def vllm_serve_shell(recipe: str, tensor_parallel_size: int, port: int) -> str:
         tensor_parallel_size=tensor_parallel_size,
         port=port,
         revision=config.get("model_revision"),
+        **command_kwargs,
     )
     return "VLLM_SERVER_DEV_MODE=1 " + shlex.join(command)
+
+
+def recipe_fields(recipe: str) -> dict[str, Any]:
+    """A recipe file's mapping (size-limited read), with model_name_or_path required."""
+    from medbridge.harness_ext.errors import MedbridgeError
+    from medbridge.harness_ext.limited_io import CONFIG_LIMIT_BYTES, load_yaml
+
+    config = load_yaml(recipe, what="recipe", limit=CONFIG_LIMIT_BYTES) or {}
+    if not isinstance(config, dict) or not config.get("model_name_or_path"):
+        raise MedbridgeError(f"recipe {recipe}: model_name_or_path is not set")
+    return config
 
 
 def load_weights_from_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> None:
@@ -276,35 +304,9 @@ def load_weights_from_checkpoint(model: torch.nn.Module, checkpoint: str | Path)
     del loaded, state
 
 
-def serve_main(argv: list[str]) -> int:
-    """``python -m medbridge.training.model_utils vllm-serve RECIPE [TP] [PORT]``: print the server command
-    for a recipe and replace this process with it (run it on the server node, where vLLM is installed)."""
-    import os
-    import sys
-
-    if len(argv) < 2 or argv[0] != "vllm-serve":
-        print(
-            "usage: python -m medbridge.training.model_utils vllm-serve RECIPE.yaml [TENSOR_PARALLEL] [PORT]",
-            file=sys.stderr,
-        )
-        return 2
-    tensor_parallel = int(argv[2]) if len(argv) > 2 else 1
-    port = int(argv[3]) if len(argv) > 3 else 8000
-    shell = vllm_serve_shell(argv[1], tensor_parallel, port)
-    print(shell, flush=True)
-    command = shlex.split(shell.removeprefix("VLLM_SERVER_DEV_MODE=1 "))
-    try:
-        os.execvpe(command[0], command, {**os.environ, "VLLM_SERVER_DEV_MODE": "1"})
-    except FileNotFoundError:
-        print(
-            f"error: `{command[0]}` is not installed on this node; install vLLM here (pip install vllm)",
-            file=sys.stderr,
-        )
-        return 2
-    return 0  # not reached: the server replaced this process
-
-
 if __name__ == "__main__":
     import sys
+
+    from medbridge.training.vllm_server import serve_main
 
     sys.exit(serve_main(sys.argv[1:]))
