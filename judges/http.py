@@ -48,10 +48,13 @@ __all__ = [
     "RequestTimeout",
     "TransientReply",
     "Unreachable",
+    "argv_secrets",
     "get_json",
     "get_text",
     "looks_like_server_error",
     "public_url",
+    "redact_argv",
+    "redact_text",
     "retry_after_s",
     "scrub",
 ]
@@ -157,6 +160,40 @@ def scrub(text: str, secrets: tuple[str, ...] | list[str]) -> str:
     return text
 
 
+# Every secret of a judge client made in this process (keys, URL passwords and query values).
+_SECRETS_IN_USE: set[str] = set()
+_URL_RE = re.compile(r"https?://[^\s,'\"<>]+", re.IGNORECASE)
+_SECRET_FLAG_RE = re.compile(r"^--?[\w-]*(key|token|secret|password|passwd)[\w-]*$", re.IGNORECASE)
+
+
+def argv_secrets(argv: list[str]) -> tuple[str, ...]:
+    """The values of a command line's secret flags (``--api-key X``, ``--api-key=X``: any flag naming a key,
+    token, secret or password) and the secrets of every URL in it."""
+    found: list[str] = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if i and _SECRET_FLAG_RE.match(argv[i - 1]) and not arg.startswith("-"):
+            found.append(arg)
+        elif eq and _SECRET_FLAG_RE.match(flag):
+            found.append(value)
+        for url in _URL_RE.findall(arg):
+            found += url_secrets(url)
+    return tuple(found)
+
+
+def redact_text(text: str, extra: tuple[str, ...] = ()) -> str:
+    """Any text (a traceback, a command line) with every URL shown as ``public_url`` and every judge secret
+    (of the clients made here, the environment's judge key, ``extra``) replaced by REDACTED."""
+    text = _URL_RE.sub(lambda m: public_url(m.group(0)), text)
+    env_key = os.environ.get("MEDBRIDGE_JUDGE_API_KEY")
+    return scrub(text, (*_SECRETS_IN_USE, *extra, *((env_key,) if env_key else ())))
+
+
+def redact_argv(argv: list[str]) -> str:
+    """A command line as it may be written to a log: secret flags' values masked, every URL made public."""
+    return redact_text(" ".join(argv), argv_secrets(argv))
+
+
 def looks_like_server_error(text: str) -> bool:
     """Is this reply text a server's error message ("Error: upstream model overloaded", "Bad Gateway")?"""
     return bool(_SERVER_ERROR_RE.match(text.strip()))
@@ -184,7 +221,6 @@ def retry_after_s(status: int | None, headers: Mapping[str, str] | None) -> floa
 
 # httpx logs each request's full URL (INFO "HTTP Request: POST http://...?token=..."): every secret of a
 # judge URL in use is scrubbed from the records of httpx and httpcore before any handler sees them.
-_SECRETS_IN_USE: set[str] = set()
 
 
 class _ScrubSecrets(logging.Filter):

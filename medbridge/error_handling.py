@@ -70,13 +70,31 @@ def log_dir() -> Path:
     return fallback
 
 
+def _redactor(argv: list[str]) -> Callable[[str], str] | None:
+    """Text -> text without the judge secrets of this command line (or of clients made here); None when
+    the judge package cannot be loaded."""
+    try:
+        from medbridge.judges.http import argv_secrets, redact_text
+
+        secrets = argv_secrets(argv)
+    except Exception:  # noqa: BLE001 -- a broken install must not hide the original error
+        return None
+    return lambda text: redact_text(text, secrets)
+
+
 def write_traceback(err: BaseException, argv: list[str]) -> Path:
     """Write the full traceback of ``err`` (and the command line) to a new log file; return its path."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, name = tempfile.mkstemp(prefix=f"medbridge-error-{stamp}-", suffix=".log", dir=log_dir())
+    # The file is for a bug report: no judge key, token or URL credential goes into it.
+    redact = _redactor(argv)
+    if redact is None:  # the judge package itself is broken: keep neither
+        command, report = "(not recorded)", f"{type(err).__name__} (traceback not recorded)"
+    else:
+        command, report = redact(" ".join(argv)), redact("".join(traceback.format_exception(err)))
     with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as fh:
-        fh.write("command: medbridge " + " ".join(argv) + "\n\n")
-        fh.write("".join(traceback.format_exception(err)))
+        fh.write("command: medbridge " + command + "\n\n")
+        fh.write(report)
     return Path(name)
 
 
@@ -107,7 +125,8 @@ def run_guarded(func: Callable[[], int], argv: list[str], command: Callable[[], 
             where = f"the full traceback is in {write_traceback(err, argv)}"
         except OSError as log_err:
             where = f"no log file could be written ({log_err}); set {LOG_DIR_ENV} to a writable folder"
-        detail = _one_paragraph(str(err))[:500]
+        redact = _redactor(argv)
+        detail = _one_paragraph(redact(str(err)) if redact else "(message not shown)")[:500]
         print(f"{command()}: unexpected error: {type(err).__name__}: {detail}\n{where}. "
               "This is a bug in medbridge, not in your input: please report it with that file.", file=stderr)
         return BUG_EXIT

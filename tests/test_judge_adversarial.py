@@ -606,3 +606,26 @@ def test_adversarial_url_credentials_and_query_tokens_are_never_stored_or_logged
     _run(stub_judge_config(down, tmp_path, max_attempts=2), _b_jobs(1))
     assert verdicts[0].status == "failed" and "REDACTED" in caplog.text
     assert TOKEN not in caplog.text and PASSWORD not in caplog.text
+
+
+def test_adversarial_bug_path_log_file_carries_no_key_token_or_password(tmp_path, capsys, monkeypatch):
+    from medbridge.judges import server as vllm_server
+
+    from medbridge.cli import main
+
+    def crash(base_url, model=None, api_key=None, timeout=10.0):
+        raise RuntimeError(f"a bug while checking {base_url} with {api_key}")
+
+    monkeypatch.setenv("MEDBRIDGE_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr(vllm_server, "check_endpoint", crash)
+    url = f"http://judgeuser:{PASSWORD}@127.0.0.1:9/v1?token={TOKEN}"
+    assert main(["judge", "check", "--base-url", url, "--model", MODEL_NAME, f"--api-key={SECRET}"]) == 1
+    assert main(["judge", "check", "--base-url", url, "--model", MODEL_NAME, "--api-key", SECRET]) == 1
+    logs = list((tmp_path / "logs").glob("*.log"))
+    assert len(logs) == 2
+    captured = capsys.readouterr()
+    for text in [log.read_text() for log in logs] + [captured.out + captured.err]:
+        assert "a bug while checking" in text or "medbridge-error" in text
+        for secret in (SECRET, TOKEN, PASSWORD):
+            assert secret not in text
+    assert all("--api-key" in log.read_text() and "REDACTED" in log.read_text() for log in logs)
