@@ -57,10 +57,12 @@ _TABLE = (
     Setting("MEDBRIDGE_JUDGE_MODE", "",
             "`rules`, `judge` or `cascade` (rules first, the judge when they cannot); unset: `cascade` when "
             "a judge endpoint is configured, else `rules`."),
-    Setting("MEDBRIDGE_JUDGE_BASE_URL", "", "OpenAI-compatible endpoint of the judge, e.g. `http://127.0.0.1:8000/v1`."),
+    Setting("MEDBRIDGE_JUDGE_BASE_URL", "",
+            "OpenAI-compatible endpoint of the judge, e.g. `http://127.0.0.1:8000/v1`; several replicas "
+            "comma-separated."),
     Setting("MEDBRIDGE_JUDGE_MODEL", "", "Served model name of the judge."),
     Setting("MEDBRIDGE_JUDGE_API_KEY", "", "API key for the judge endpoint (never written anywhere)."),
-    Setting("MEDBRIDGE_JUDGE_CONCURRENCY", "16", "Judge requests in flight at once.", kind="int"),
+    Setting("MEDBRIDGE_JUDGE_CONCURRENCY", "16", "Judge requests in flight at once, per replica.", kind="int"),
     Setting("MEDBRIDGE_JUDGE_TIMEOUT", "120", "Seconds before one judge request times out.", kind="float"),
     Setting("MEDBRIDGE_JUDGE_MAX_ATTEMPTS", "8", "Attempts per judge request (retries on 429, 5xx, timeouts).",
             kind="int"),

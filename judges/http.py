@@ -185,7 +185,9 @@ def redact_text(text: str, extra: tuple[str, ...] = ()) -> str:
     """Any text (a traceback, a command line) with every URL shown as ``public_url`` and every judge secret
     (of the clients made here, the environment's judge key, ``extra``) replaced by REDACTED."""
     text = _URL_RE.sub(lambda m: public_url(m.group(0)), text)
-    env_key = os.environ.get("MEDBRIDGE_JUDGE_API_KEY")
+    from medbridge.harness_ext import settings
+
+    env_key = settings.get_str("MEDBRIDGE_JUDGE_API_KEY")
     return scrub(text, (*_SECRETS_IN_USE, *extra, *((env_key,) if env_key else ())))
 
 
