@@ -97,17 +97,20 @@ def test_non_editable_install_registers_the_installed_copy(tmp_path):
     code = (
         "import lmms_eval.models, sys; from lmms_eval.tasks import TaskManager; "
         "p = sys.modules['medbridge.harness_ext.plugin']; "
-        "tm = TaskManager('ERROR'); print(p.TASKS_DIR); print(tm.task_index['medmnist_mcq_oct']['yaml_path'])"
+        "tm = TaskManager('ERROR'); print(p.TASKS_DIR); print(tm.task_index['medmnist_mcq_oct']['yaml_path']); "
+        "print(sorted(t for t in tm.all_tasks if t.startswith('med')))"
     )
     env = {**__import__("os").environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    tasks_dir, yaml_path = out.stdout.strip().splitlines()[-2:]
+    tasks_dir, yaml_path, indexed = out.stdout.strip().splitlines()[-3:]
     assert tasks_dir.startswith(str(target)) and yaml_path.startswith(str(target))
     assert (Path(yaml_path).parent / "_template.yaml").exists()
     assert (Path(yaml_path).parent / "data_pointers" / "octmnist.jsonl").exists()
+    # Every family's tasks and groups are in the installed copy (its YAML and pointer files are package data).
+    assert (TASKS | GROUPS) <= set(__import__("ast").literal_eval(indexed))
 
 
 @pytest.mark.slow  # imports lmms-eval (the plugin installs its hook)
