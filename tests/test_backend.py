@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from medbridge.harness_ext.backend.cache import (
     ItemKey,
     SampleCache,
     model_fingerprint,
+    model_identity,
     prompt_fingerprint,
 )
 from medbridge.harness_ext.backend.grouping import (
@@ -153,18 +155,26 @@ def test_sample_cache_works_from_the_prepare_thread_and_the_generating_thread(tm
     cache.close()
 
 
-def test_fingerprints_follow_weights_config_prompt_and_pixels(tmp_path):
+def test_fingerprints_follow_weights_config_prompt_and_pixels(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("MEDBRIDGE_DATA_CACHE", str(tmp_path / "memo"))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text('{"a": 1}')
-    (ckpt / "model.safetensors").write_bytes(b"x" * 10)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(b"x" * 10)
     fp = model_fingerprint(ckpt)
     assert model_fingerprint(ckpt) == fp
-    (ckpt / "model.safetensors").write_bytes(b"y" * 11)
+    # New weights of the same size and the same mtime (a copy that kept its timestamps) are new weights.
+    stat = weights.stat()
+    weights.write_bytes(b"y" * 10)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     fp2 = model_fingerprint(ckpt)
     assert fp2 != fp
     (ckpt / "config.json").write_text('{"a": 2}')
     assert model_fingerprint(ckpt) != fp2
+    assert model_identity(ckpt)["files"]["model.safetensors"] == __import__("hashlib").sha256(b"y" * 10).hexdigest()
     with pytest.raises(FileNotFoundError, match="no weight files"):
         model_fingerprint(tmp_path)
     red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
@@ -180,6 +190,37 @@ def test_fingerprints_follow_weights_config_prompt_and_pixels(tmp_path):
         )
         == 4
     )
+
+
+def _hub_snapshot(hub: Path, repo: str, revision: str, weights: bytes) -> None:
+    """One revision of ``repo`` in the Hugging Face cache layout (blobs, snapshots/<revision>, refs/main)."""
+    import hashlib
+
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / revision).mkdir(parents=True)
+    for name, data in (("config.json", b'{"a": 1}'), ("model.safetensors", weights)):
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (folder / "snapshots" / revision / name).symlink_to(Path("../../blobs") / blob.name)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+
+
+def test_a_hub_id_is_fingerprinted_by_the_revision_and_weights_it_loads(tmp_path, monkeypatch):
+    """New weights behind the same hub name (a new revision in the cache) give a new fingerprint."""
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("MEDBRIDGE_DATA_CACHE", str(tmp_path / "memo"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    _hub_snapshot(hub, "org/tiny", "a" * 40, b"weights v1")
+    first = model_identity("org/tiny")
+    assert first["revision"] == "a" * 40 and first["name"] == "org/tiny"
+    _hub_snapshot(hub, "org/tiny", "b" * 40, b"weights v2")
+    second = model_identity("org/tiny")
+    assert second["revision"] == "b" * 40 and second["fingerprint"] != first["fingerprint"]
+    with pytest.raises(MedbridgeError, match="org/absent: neither a checkpoint folder nor a model"):
+        model_identity("org/absent")
 
 
 # ---------------------------------------------------------------------------- engine (tiny model)

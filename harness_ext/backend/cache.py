@@ -3,7 +3,8 @@
 lmms-eval's own ``--use_cache`` skips sampled requests (temperature > 0 or n > 1), which is
 exactly what a long Pass@16 run needs to survive a crash. A row is keyed by
 
-* the model fingerprint (config + weight files' names, sizes and mtimes: cheap, no full hash),
+* the model fingerprint (``model_identity``: the sha256 of the config, tokenizer and weight files, each
+  hashed once per file version; a hub id is resolved to the cached snapshot it loads, by revision),
 * the prompt fingerprint (task name, rendered prompt text and the pixels of every image),
 * the document id and the sample index,
 * the seed (-1 for greedy decoding, which does not depend on it),
@@ -45,27 +46,47 @@ _SMALL_FILES = (
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def model_fingerprint(pretrained: str | os.PathLike) -> str:
-    """A cheap fingerprint of a checkpoint: config/tokenizer files hashed, weights by name+size+mtime.
+def resolve_checkpoint(pretrained: str | os.PathLike) -> tuple[Path, str | None]:
+    """(the folder a model is loaded from, its hub revision or None): ``pretrained`` itself when it is a
+    folder, else the Hugging Face cache's snapshot of the hub id (the one ``from_pretrained`` and vLLM load,
+    after they downloaded it). A hub id that is not in the cache is an error: nothing would identify it."""
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return path, None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    A hub id that is not a local folder is fingerprinted by its name only.
-    """
-    path = Path(pretrained)
-    h = hashlib.sha256()
-    if not path.is_dir():
-        h.update(f"name:{pretrained}".encode())
-        return h.hexdigest()
-    for name in _SMALL_FILES:
-        f = path / name
-        if f.is_file():
-            h.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
-    weights = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    try:
+        folder = Path(snapshot_download(str(pretrained), local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as err:
+        raise MedbridgeError(
+            f"{pretrained}: neither a checkpoint folder nor a model in the Hugging Face cache, so its weights cannot "
+            f"be fingerprinted ({type(err).__name__}). Load it once (the engine downloads it) or pass the folder."
+        ) from None
+    return folder, folder.name  # snapshots/<commit>: the hub revision
+
+
+def model_identity(pretrained: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a checkpoint's behaviour: ``{"name", "revision", "files": {name: sha256}, "fingerprint"}``.
+
+    Every file in ``_SMALL_FILES`` and every weight file is hashed by content (tasks/content_hash.py: once per
+    file version, remembered across runs, so a 15 GB checkpoint is hashed once, not per run). New weights
+    behind the same name or folder change the fingerprint; so does another hub revision."""
+    from medbridge.tasks.content_hash import file_sha256
+
+    folder, revision = resolve_checkpoint(pretrained)
+    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
     if not weights:
-        raise FileNotFoundError(f"{path}: no weight files ({', '.join(_WEIGHT_SUFFIXES)}) to fingerprint")
-    for p in weights:
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
+        raise FileNotFoundError(f"{folder}: no weight files ({', '.join(_WEIGHT_SUFFIXES)}) to fingerprint")
+    files = {name: file_sha256(folder / name) for name in _SMALL_FILES if (folder / name).is_file()}
+    files.update({p.name: file_sha256(p) for p in weights})
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"name": str(pretrained), "revision": revision, "files": files, "fingerprint": digest}
+
+
+def model_fingerprint(pretrained: str | os.PathLike) -> str:
+    """sha256 over the content of a checkpoint's config, tokenizer and weight files (``model_identity``)."""
+    return model_identity(pretrained)["fingerprint"]
 
 
 def image_digest(image: Any) -> bytes:

@@ -1,8 +1,9 @@
 """What every generation engine shares: prompts, jobs, samples, counters, prompt rendering.
 
 The engines: ``TransformersEngine`` (transformers_engine.py, CPU or GPU: an item's greedy and K
-sampled continuations from one prefill, items batched) and ``VLLMEngine`` (GPU: ``SamplingParams(n=K)``;
-vLLM shares the prompt's prefill between the K children).
+sampled continuations from one prefill, items batched), ``VLLMEngine`` (GPU: ``SamplingParams(n=K)``;
+vLLM shares the prompt's prefill between the K children) and ``OpenAIEngine`` (served_engine.py: a
+served model, one ``n=K`` request per item).
 
 Both render prompts the way lmms-eval's ``qwen2_5_vl`` chat backend does: the processor's chat
 template over the task's messages and ``qwen_vl_utils.process_vision_info`` for the images.
@@ -40,6 +41,7 @@ class Job:
 class Sample:
     text: str
     n_tokens: int
+    failed: bool = False  # a request that got no answer (served engine): request_failed, never cached
 
 
 @dataclass

@@ -6,7 +6,7 @@ Usage::
       --model_args pretrained=Qwen/Qwen2.5-VL-7B-Instruct,engine=vllm,seed=0,cache_dir=runs/cache \\
       --tasks medmnist_mcq ...
 
-Model args: ``pretrained``; ``engine`` (``transformers`` | ``vllm``); ``device``, ``device_map``,
+Model args: ``pretrained``; ``engine`` (``transformers`` | ``vllm`` | ``openai``); ``device``, ``device_map``,
 ``dtype`` (default bfloat16, as lmms-eval's qwen2_5_vl), ``attn_implementation`` (transformers);
 ``min_pixels`` / ``max_pixels`` (image resizing, as qwen2_5_vl); ``seed`` (sampling seed, default 0);
 ``cache_dir`` (a folder for the resumable sample cache; off when unset); ``batch_size`` (lmms-eval's
@@ -14,7 +14,14 @@ Model args: ``pretrained``; ``engine`` (``transformers`` | ``vllm``); ``device``
 them, the transformers engine prefills that many prompts in one padded forward);
 ``gpu_memory_utilization``, ``tensor_parallel_size``, ``max_model_len`` (vLLM); ``stats_path`` (write
 counters as JSON after each generate_until call; under data parallel each rank writes
-``<stem>.rank<N><suffix>``).
+``<stem>.rank<N><suffix>``). ``engine=openai`` (a served model; ``pretrained`` is the served name):
+``base_url``, ``api_key`` (default ``EMPTY``), ``num_concurrent`` (requests in flight), ``timeout``
+(seconds per request), ``max_retries``.
+
+Sampling seeds are per item (``item_seed``): the run's ``seed``, the prompt, the document and the
+settings, never the model's files, so an edit of generation_config.json (which cannot reach decoding)
+cannot change the samples either. The sample cache is keyed by the model's fingerprint
+(``cache.model_identity``: the sha256 of its config, tokenizer and weight files).
 
 Data parallel: launched by ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1), each process
 loads the model on its own device (``cuda:<LOCAL_RANK>`` on GPUs, the CPU otherwise), lmms-eval
@@ -37,7 +44,7 @@ from lmms_eval.protocol import ChatMessages
 from medbridge.harness_ext.backend.cache import (
     ItemKey,
     SampleCache,
-    model_fingerprint,
+    model_identity,
     prompt_fingerprint,
 )
 from medbridge.harness_ext.backend.distributed import DataParallel
@@ -53,6 +60,8 @@ from medbridge.harness_ext.decoding import effective_settings, record_effective
 from tqdm import tqdm
 
 CACHE_FILENAME = "medbridge_samples.sqlite"
+# 2: item seeds no longer include the model fingerprint (cached samples drawn under scheme 1 are not reused).
+SEED_SCHEME = 2
 
 
 def _opt(value: Any) -> Any:
@@ -61,10 +70,9 @@ def _opt(value: Any) -> Any:
 
 
 def item_seed(seed: int, key: ItemKey, indices: list[int]) -> int:
-    """A per-item seed: the same item gets the same samples whatever else runs (and in a resumed run)."""
-    digest = hashlib.sha256(
-        f"{seed}|{key.model_fp}|{key.prompt_fp}|{key.doc_id}|{key.gen_fp}|{indices}".encode()
-    ).digest()
+    """A per-item seed: the same item gets the same samples whatever else runs (and in a resumed run). The
+    model's files are not part of it: bytes that cannot reach decoding cannot move the samples."""
+    digest = hashlib.sha256(f"{seed}|{key.prompt_fp}|{key.doc_id}|{key.gen_fp}|{indices}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -89,6 +97,11 @@ class MedbridgeVLM(DataParallel, lmms):
         tensor_parallel_size: int = 1,
         max_model_len: int | None = None,
         stats_path: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        num_concurrent: int = 8,
+        timeout: float = 600.0,
+        max_retries: int = 3,
         **unexpected: Any,
     ) -> None:
         super().__init__()
@@ -127,9 +140,21 @@ class MedbridgeVLM(DataParallel, lmms):
                 tensor_parallel_size=int(tensor_parallel_size),
                 max_model_len=None if _opt(max_model_len) is None else int(max_model_len),
             )
+        elif engine == "openai":
+            from medbridge.harness_ext.backend.served_engine import OpenAIEngine
+
+            self.engine = OpenAIEngine(
+                str(pretrained),
+                base_url=_opt(base_url),
+                api_key=_opt(api_key),
+                num_concurrent=int(_opt(num_concurrent) or 8),
+                timeout_s=float(_opt(timeout) or 600.0),
+                max_retries=int(_opt(max_retries) or 3),
+            )
         else:
-            raise ValueError(f"medbridge_vlm: engine must be 'transformers' or 'vllm', got {engine!r}")
-        self.model_fp = model_fingerprint(pretrained)
+            raise ValueError(f"medbridge_vlm: engine must be 'transformers', 'vllm' or 'openai', got {engine!r}")
+        self.model_identity = self.engine.identity() if engine == "openai" else model_identity(pretrained)
+        self.model_fp = self.model_identity["fingerprint"]
         self.cache = SampleCache(Path(cache_dir) / CACHE_FILENAME) if _opt(cache_dir) else None
         self.items_generated = 0  # items that needed the engine (any missing sample)
         self.items_from_cache = 0  # items answered entirely from the cache
@@ -146,7 +171,8 @@ class MedbridgeVLM(DataParallel, lmms):
 
     @property
     def tokenizer(self):
-        return self.engine.processor.tokenizer
+        processor = self.engine.processor
+        return None if processor is None else processor.tokenizer
 
     def loglikelihood(self, requests):
         raise NotImplementedError("medbridge_vlm only generates")
@@ -156,7 +182,7 @@ class MedbridgeVLM(DataParallel, lmms):
 
     # ------------------------------------------------------------------ generation
     def _item_key(self, group: RequestGroup, prompt_text: str, images: list[Any]) -> ItemKey:
-        gen = {"settings": group.settings.as_dict(), "engine": self.engine.signature}
+        gen = {"settings": group.settings.as_dict(), "engine": self.engine.signature, "seeds": SEED_SCHEME}
         return ItemKey(
             model_fp=self.model_fp,
             prompt_fp=prompt_fingerprint(group.task, prompt_text, images),
@@ -242,7 +268,9 @@ class MedbridgeVLM(DataParallel, lmms):
             for (i, key, missing), new in zip(owners, self.engine.generate(jobs)):
                 fresh = dict(zip(missing, new))
                 answers[i].update(fresh)
-                if self.cache is not None:
+                # A failed request (served engine) is answered as request_failed now and asked again next run.
+                fresh = {idx: s for idx, s in fresh.items() if not s.failed}
+                if self.cache is not None and fresh:
                     t0 = time.perf_counter()
                     self.cache.put(
                         key, {idx: (s.text, s.n_tokens) for idx, s in fresh.items()}, meta={"doc_id": chunk[i].doc_id}
@@ -264,6 +292,9 @@ class MedbridgeVLM(DataParallel, lmms):
             "wall_seconds": self.wall_seconds,
             "harness_phase_seconds": dict(self.phase_seconds),
             "model_fingerprint": self.model_fp,
+            "model": self.model_identity,
+            "decoding_sent": dict(getattr(self.engine, "sent", {}) or {}) or None,
+            "failed_requests": getattr(self.engine, "failed_requests", 0),
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
