@@ -31,6 +31,7 @@ def _ingest(store: Path, run_path: Path, **labels) -> int:
     return ingest_run(store, run_path, **labels)
 
 
+@pytest.mark.slow  # two builds with figures (~5 s)
 def test_adversarial_hostile_names_are_text_in_html_markdown_and_figures(tmp_path):
     store = tmp_path / "lb.sqlite"
     _ingest(
@@ -613,6 +614,7 @@ def _site_with_two_builds(tmp_path: Path) -> tuple[Path, Path]:
     return store, site
 
 
+@pytest.mark.slow  # eleven builds per case
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "file-by-file"])
 def test_whatever_step_of_the_swap_is_killed_index_html_is_there(tmp_path, monkeypatch, exchange):
     """Old code: a kill between its two renames left index.html missing (the old site only in a

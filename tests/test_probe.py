@@ -31,6 +31,7 @@ def probe_run(tiny_model_dir, tmp_path_factory):
     return results, root, cache
 
 
+@pytest.mark.slow  # the tiny model's vision tower over the fixtures
 def test_probe_beats_chance_by_a_clear_margin(probe_run):
     results, _, _ = probe_run
     print(format_results(results))
@@ -44,6 +45,7 @@ def test_probe_beats_chance_by_a_clear_margin(probe_run):
         assert r.best_c in probe_mod.C_GRID
 
 
+@pytest.mark.slow  # the tiny model's vision tower over the fixtures
 def test_features_are_cached_and_reused_without_loading_the_model(probe_run, tiny_model_dir, monkeypatch):
     results, root, cache = probe_run
     files = sorted(p.name for p in cache.glob("*.npz"))
@@ -60,6 +62,7 @@ def test_features_are_cached_and_reused_without_loading_the_model(probe_run, tin
     assert [(r.dataset, r.accuracy, r.best_c) for r in again] == [(r.dataset, r.accuracy, r.best_c) for r in results]
 
 
+@pytest.mark.slow  # the tiny model's vision tower over the fixtures
 def test_changed_data_file_invalidates_the_cache(tiny_model_dir, tmp_path):
     build_all(tmp_path / "data", test_per_class=1, train_per_class=2, val_per_class=1)
     mhash = probe_mod.model_hash(tiny_model_dir)
@@ -69,6 +72,7 @@ def test_changed_data_file_invalidates_the_cache(tiny_model_dir, tmp_path):
     assert probe_mod.cache_path(mhash, "breast", "test", tmp_path / "data", tmp_path / "c", "tower") != first
 
 
+@pytest.mark.slow  # the tiny model's vision tower over the fixtures
 def test_probe_rows_land_in_table1_once(probe_run, tiny_model_dir, tmp_path):
     results, _, _ = probe_run
     store = tmp_path / "lb.sqlite"
@@ -85,6 +89,7 @@ def test_probe_rows_land_in_table1_once(probe_run, tiny_model_dir, tmp_path):
     assert row[4].sort == pytest.approx(np.mean([r.accuracy for r in results]))
 
 
+@pytest.mark.slow  # the tiny model's vision tower over the fixtures
 def test_missing_data_file_names_the_file(tiny_model_dir, tmp_path):
     with pytest.raises(MedMNISTFileError, match="pathmnist_224.npz"):
         run_probe(tiny_model_dir, ["path"], root=tmp_path, cache=tmp_path / "c", progress=False)
