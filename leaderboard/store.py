@@ -386,18 +386,49 @@ def _connect_write(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _connect_read(path: Path) -> sqlite3.Connection:
-    _check_file(path)
-    if not path.exists():
-        raise StoreError(f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)")
+def _roll_back_unfinished_write(path: Path) -> None:
+    """A writer killed inside its transaction (kill -9 during an ingest) leaves a hot journal, which a
+    read-only connection cannot roll back. Opening the file for writing once makes SQLite restore the
+    last committed state (nothing of ours is written); then the read goes on read-only."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise StoreError(
+            f"leaderboard store {path} holds an unfinished write (its -journal file, left by a killed ingest) "
+            f"that cannot be rolled back here ({err}); run any medbridge leaderboard ingest on it where it is "
+            "writable, or restore its last good copy"
+        ) from None
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
     uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
     except sqlite3.Error as err:
         raise StoreError(f"leaderboard store {path}: cannot be opened ({err})") from None
     conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _connect_read(path: Path) -> sqlite3.Connection:
+    _check_file(path)
+    if not path.exists():
+        raise StoreError(f"no leaderboard store at {path} (ingest a run first: medbridge leaderboard ingest RUN)")
+    conn = _open_read_only(path)
     try:
-        _quick_check(conn, path)
+        try:
+            _quick_check(conn, path)
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err) or not Path(f"{path}-journal").exists():
+                raise
+            conn.close()
+            _roll_back_unfinished_write(path)
+            conn = _open_read_only(path)
+            _quick_check(conn, path)
         if "runs" not in _tables(conn):
             raise StoreError(
                 f"{path}: not a medbridge leaderboard store (no 'runs' table); "

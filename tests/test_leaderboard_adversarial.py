@@ -471,6 +471,28 @@ def test_a_store_written_by_the_old_schema_is_read_without_migration_and_migrate
         assert {r["model"] for r in fetch_rows(conn)} == {"old-run", "new-run"}
 
 
+def test_a_build_after_an_ingest_killed_mid_write_reads_the_last_committed_state(tmp_path):
+    """kill -9 inside an ingest's transaction leaves a hot journal, which a read-only connection cannot
+    roll back: the read rolls it back once (SQLite's own recovery) and builds from what was committed."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "lb.sqlite"
+    _ingest(store, medmnist_run(tmp_path / "a", ("breast",)), model="committed")
+    killer = (
+        "import os, sys; from medbridge.leaderboard.store import connect; c = connect(sys.argv[1], write=True); "
+        "c.execute('PRAGMA cache_size=1'); c.execute('BEGIN IMMEDIATE'); "
+        "c.executemany('INSERT INTO items VALUES (?,?,?,?,?,?)', [('x', 't', str(i), 1, 1, 1) for i in range(50000)]); "
+        "os._exit(9)"
+    )
+    subprocess.run([sys.executable, "-c", killer, str(store)], timeout=120)
+    assert Path(f"{store}-journal").exists()  # the killed writer's unfinished transaction
+    page = build_leaderboard(store, tmp_path / "site").read_text()
+    assert "committed" in page
+    with open_store(store) as conn:
+        assert count(conn, "items") == 12 * 2 and count(conn, "runs") == 1
+
+
 def _open_and_count(store: str) -> int:
     with open_store(store) as conn:
         return len(fetch_rows(conn, "metric = 'acc1'"))
