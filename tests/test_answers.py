@@ -720,8 +720,8 @@ def test_several_final_answers_must_agree(response, expected):
 )
 def test_adversarial_huge_responses_are_read_in_milliseconds(name, response, expected):
     options = {"A": "Malignant", "B": "Normal or benign"}
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: machine load does not count against the extractor
     result = extract_choice(response, options)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert result == expected
-    assert elapsed < 0.25, f"{name} took {elapsed:.3f}s"
+    assert elapsed < 0.25, f"{name} took {elapsed:.3f} CPU s"
