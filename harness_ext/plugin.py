@@ -13,7 +13,8 @@ Its other job, decoding: lmms-eval's own backends (``qwen2_5_vl`` chat and ``--f
 
 And errors: an error in a medbridge task (missing data, a bad setting) ends the lmms-eval process with
 one paragraph and exit 2 instead of a logged traceback and exit 0 (``harness_ext/lmms_eval_exit.py``);
-and its log is plain text when redirected (``harness_ext/lmms_eval_console.py``).
+its log is plain text when redirected (``harness_ext/lmms_eval_console.py``); and with ``--wandb_args`` the
+medbridge summary is logged beside lmms-eval's metrics (``harness_ext/wandb_summary.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import functools
 from pathlib import Path
 
 import medbridge.tasks
-from medbridge.harness_ext import lmms_eval_console, lmms_eval_exit
+from medbridge.harness_ext import lmms_eval_console, lmms_eval_exit, wandb_summary
 from medbridge.harness_ext.backend.lmms_eval_decoding import enforce_task_decoding
 
 # Where `medbridge.tasks` lives: site-packages after `pip install .`, the repo's tasks/ when editable.
@@ -68,3 +69,4 @@ register_tasks()
 enforce_task_decoding()
 lmms_eval_exit.install()
 lmms_eval_console.install()
+wandb_summary.install()
