@@ -170,6 +170,7 @@ for i in range(int(sys.argv[2]), int(sys.argv[3])):
 """
 
 
+@pytest.mark.slow
 def test_cache_is_safe_under_concurrent_writer_processes(tmp_path):
     path = tmp_path / "c.sqlite"
     VerdictCache(path)
@@ -388,6 +389,7 @@ def test_cascade_judges_only_what_rules_cannot_read_and_fills_records_in_place(t
     assert (stats["n_by_rules"], stats["n_by_judge"], stats["n_unparseable"]) == (2, 2, 2)
 
 
+@pytest.mark.slow
 def test_judge_mode_reports_agreement_and_kappa(tmp_path):
     responses = ["<answer>A</answer>", "<answer>B</answer>", "<answer>C</answer>", "<answer>D</answer>", "no idea"]
     with FakeJudgeServer() as server:
