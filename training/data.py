@@ -436,12 +436,13 @@ def build_pmc_vqa_subset(
     failed_share = validation["failed"] / len(items)
     validation.update(failed_share=round(failed_share, 6), max_failed_share=max_failed_share)
     if failed_share > max_failed_share:
+        kept = validation["labeled"] - sum(validation["unknown_to_none"].values())  # words outside: never cached
         raise TrainingDataError(
             f"{csv_path}: the modality classifier ({labeler}) gave no usable label for {validation['failed']} of "
             f"{len(items)} questions ({failed_share:.1%}) after {retries} retries, more than the "
             f"{max_failed_share:.1%} allowed (--max-failed-share); nothing was built. First rows left out: "
-            f"{validation['failed_rows'][:10]}. The {validation['labeled']} labels obtained are kept in {cache_path}, "
-            "so the same command asks only for the rest; check the judge with `medbridge judge check --probe`."
+            f"{validation['failed_rows'][:10]}. The {kept} labels obtained are kept in {cache_path}, so the same "
+            "command asks only for the rest; check the judge with `medbridge judge check --probe`."
         )
     chosen = balanced_subset(labels, size, seed)
     by_id = {i["item_id"]: i for i in items}
