@@ -3,7 +3,11 @@
 The checkpoint is meant for offline tests and demos: it loads through
 ``AutoProcessor`` / ``Qwen2_5_VLForConditionalGeneration.from_pretrained``, through
 lmms-eval's ``qwen2_5_vl`` backend, through TRL, and (with head_dim 32) through a
-vLLM CPU server.  Its outputs are noise; only the plumbing is real.
+vLLM CPU server.  Its outputs are noise (the same newlines for every prompt); only the plumbing is real.
+With ``fine_tune=True`` (``--fine-tune``) it is then trained for a few seconds (medbridge/tiny_finetune.py)
+so that it answers ``<answer>X</answer>`` with a letter read from the image: answers that depend on the
+item, for tests that compare two ways of producing them. ``cached_tiny_qwen2_5_vl`` keeps builds in a
+folder per content key (builder sources, library versions, seed), for test sessions.
 
 What gets written into ``out_dir``:
 
@@ -13,8 +17,8 @@ What gets written into ``out_dir``:
 * the image/video processor configs and ``chat_template.jinja``, plus ``preprocessor_config.json`` in
   the flat form real Qwen2.5-VL checkpoints ship (``min_pixels`` / ``max_pixels``, patch and merge
   sizes), which older loaders and vLLM read,
-* ``medbridge_tiny_model.json``, a marker with the builder version and seed; it is
-  written last, so its presence means the build finished.
+* ``medbridge_tiny_model.json``, a marker with the builder version and seed (and, when fine-tuned, the
+  fine-tune's version, settings and losses); it is written last, so its presence means the build finished.
 
 Configs follow the real checkpoints (Qwen/Qwen2.5-VL-7B-Instruct) except where CPU speed needs
 otherwise: ``generation_config.json`` holds the real sampling defaults (do_sample, temperature 0.1,
@@ -51,6 +55,12 @@ from medbridge.tiny_tokenizer import (
 # 2: generation_config carries the Qwen2.5-VL sampling defaults; 3: preprocessor_config.json as real checkpoints
 TINY_MODEL_VERSION = "3"
 MARKER_FILENAME = "medbridge_tiny_model.json"
+
+
+FINE_TUNE_HELP = (
+    "train it briefly so its answers depend on the item: <answer>X</answer>, the letter read from the image "
+    "(about 20 s more on one core)"
+)
 
 
 class OutputFolderError(MedbridgeError, FileExistsError):
@@ -210,6 +220,17 @@ def _make_model(config, seed: int):
 # --------------------------------------------------------------------------------------
 
 
+def _current_fine_tune_version() -> str:
+    from medbridge.tiny_finetune import FINE_TUNE_VERSION
+
+    return FINE_TUNE_VERSION
+
+
+def _fine_tune_version(marker: dict) -> str | None:
+    record = marker.get("fine_tune")
+    return str(record.get("version")) if isinstance(record, dict) else None
+
+
 def _read_marker(path: Path) -> dict | None:
     try:
         return json.loads((path / MARKER_FILENAME).read_text(encoding="utf-8"))
@@ -217,29 +238,38 @@ def _read_marker(path: Path) -> dict | None:
         return None
 
 
-def is_complete_checkpoint(path: str | Path, seed: int | None = None) -> bool:
-    """True if ``path`` holds a finished build of this builder version (and ``seed``)."""
+def is_complete_checkpoint(path: str | Path, seed: int | None = None, fine_tune: bool | None = None) -> bool:
+    """True if ``path`` holds a finished build of this builder version (and ``seed``, and fine-tuned
+    or not as ``fine_tune`` asks; ``None`` accepts either)."""
     path = Path(path)
     marker = _read_marker(path)
     if not isinstance(marker, dict) or marker.get("builder_version") != TINY_MODEL_VERSION:
         return False
     if seed is not None and marker.get("seed") != seed:
         return False
+    if fine_tune is not None and _fine_tune_version(marker) != (_current_fine_tune_version() if fine_tune else None):
+        return False
     if not all((path / name).is_file() for name in REQUIRED_FILES):
         return False
     return (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file()
 
 
-def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
+def build_tiny_qwen2_5_vl(
+    out_dir: str | Path, seed: int = 0, overwrite: bool = False, *, fine_tune: bool = False
+) -> Path:
     """Write a tiny random-weight Qwen2.5-VL checkpoint into ``out_dir`` and return it.
 
-    Idempotent: if ``out_dir`` already holds a complete build with the same builder version
-    and seed, nothing is rebuilt (unless ``overwrite``).  Builds are deterministic per seed.
+    ``fine_tune``: then train it briefly (medbridge/tiny_finetune.py, seconds on one core) so that its
+    greedy answers depend on the item (``<answer>X</answer>`` with a letter read from the image) instead
+    of being the same newlines for every prompt; configs, tokenizer and processor stay the same.
+
+    Idempotent: if ``out_dir`` already holds a complete build with the same builder version,
+    seed and ``fine_tune``, nothing is rebuilt (unless ``overwrite``).  Builds are deterministic per seed.
     The build happens in a temporary sibling directory that is renamed into place, so an
     interrupted build never leaves a half-written checkpoint behind.
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    if not overwrite and is_complete_checkpoint(out_dir, seed):
+    if not overwrite and is_complete_checkpoint(out_dir, seed, fine_tune):
         return out_dir
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -259,9 +289,9 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, overwrite: bool = 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
-        _build_into(work, seed)
+        _build_into(work, seed, fine_tune)
         if out_dir.exists():
-            if not overwrite and is_complete_checkpoint(out_dir, seed):
+            if not overwrite and is_complete_checkpoint(out_dir, seed, fine_tune):
                 # Another process finished the same build first; keep theirs.
                 shutil.rmtree(work, ignore_errors=True)
                 return out_dir
@@ -269,7 +299,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, overwrite: bool = 
         try:
             os.replace(work, out_dir)
         except OSError:
-            if is_complete_checkpoint(out_dir, seed):
+            if is_complete_checkpoint(out_dir, seed, fine_tune):
                 shutil.rmtree(work, ignore_errors=True)
                 return out_dir
             raise
@@ -279,11 +309,65 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, overwrite: bool = 
     return out_dir
 
 
-def _build_into(work: Path, seed: int) -> None:
+# What a fine-tuned build reads besides this module and the tokenizer's: its training items come from the
+# kit's fixture generators, catalogs and prompt layout.
+_FINE_TUNE_SOURCES = (
+    "medbridge.tiny_finetune",
+    "medbridge.harness_ext.prompts",
+    "medbridge.tasks.medmnist.catalog",
+    "medbridge.tasks.medmnist.data",
+    "medbridge.tasks.medmnist.fixtures",
+    "medbridge.tasks.medvqa.catalog",
+    "medbridge.tasks.medvqa.fixtures",
+)
+
+
+def builder_key(seed: int = 0, fine_tune: bool = False) -> str:
+    """A content key for a build: the builder's source files, the libraries that compute the weights, the seed.
+
+    Two builds with the same key are byte-identical (builds are deterministic), so a cache may reuse one;
+    any edit to the builder, its training items or a library version gives a new key."""
+    import hashlib
+    import importlib.util
+    from importlib.metadata import version
+
+    names = ("medbridge.tiny_model", "medbridge.tiny_tokenizer") + (_FINE_TUNE_SOURCES if fine_tune else ())
+    digest = hashlib.sha256(f"{TINY_MODEL_VERSION}:{seed}:{fine_tune}".encode())
+    for library in ("torch", "transformers", "tokenizers", "numpy", "pillow"):
+        digest.update(f"{library}={version(library)};".encode())
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"cannot find the source of {name} for the tiny model's content key")
+        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_tiny_qwen2_5_vl(cache_root: str | Path, seed: int = 0, *, fine_tune: bool = False) -> Path:
+    """The checkpoint of ``build_tiny_qwen2_5_vl(seed=..., fine_tune=...)`` in ``cache_root/<content key>``.
+
+    Built once per key (a file lock makes concurrent callers wait for the first build instead of
+    repeating it), then reused: for test sessions, which would otherwise rebuild it every time."""
+    from filelock import FileLock
+
+    root = Path(cache_root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"tiny-qwen2.5-vl-{'fine-tuned' if fine_tune else 'random'}-seed{seed}-{builder_key(seed, fine_tune)}"
+    with FileLock(str(root / f"{name}.lock")):
+        return build_tiny_qwen2_5_vl(root / name, seed=seed, fine_tune=fine_tune)
+
+
+def _build_into(work: Path, seed: int, fine_tune: bool = False) -> None:
     tokenizer, backend = build_tokenizer(work)
     processor = _make_processor(tokenizer)
     config = _make_config(tokenizer)
     model = _make_model(config, seed)
+    trained = None
+    if fine_tune:
+        from medbridge.tiny_finetune import FineTuneSettings
+        from medbridge.tiny_finetune import fine_tune as train
+
+        trained = train(model, processor, FineTuneSettings(seed=seed))
     model.generation_config = _make_generation_config(tokenizer)
     _save_quietly(model, work)
     # Saving the processor re-saves the tokenizer (and drops our tokenizer_config edits).
@@ -299,6 +383,7 @@ def _build_into(work: Path, seed: int) -> None:
         "vocab_size": config.text_config.vocab_size,
         "tokenizer_size": len(tokenizer),
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "fine_tune": trained,
     }
     (work / MARKER_FILENAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     # mkdtemp makes a 0700 directory; give the checkpoint ordinary permissions.
@@ -369,10 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory for the checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a matching checkpoint exists")
+    parser.add_argument("--fine-tune", action="store_true", help=FINE_TUNE_HELP)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        path = build_tiny_qwen2_5_vl(args.out, seed=args.seed, overwrite=args.overwrite)
+        path = build_tiny_qwen2_5_vl(args.out, seed=args.seed, overwrite=args.overwrite, fine_tune=args.fine_tune)
     except OutputFolderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -39,3 +39,18 @@ def tiny_model_dir(tmp_path_factory):
     from medbridge.tiny_model import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny") / "tiny-qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_answering_model_dir(request, tmp_path_factory):
+    """The tiny Qwen2.5-VL fine-tuned so its answers depend on the item (<answer>X</answer>, X read from
+    the image; medbridge/tiny_finetune.py), for tests that compare two ways of producing answers.
+
+    Built once per content key (builder sources, library versions) into pytest's cache folder
+    (.pytest_cache/d/medbridge_tiny_models), so later sessions reuse it; without the cache plugin, into
+    the session's tmp."""
+    from medbridge.tiny_model import cached_tiny_qwen2_5_vl
+
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("medbridge_tiny_models")) if cache is not None else tmp_path_factory.mktemp("tiny")
+    return cached_tiny_qwen2_5_vl(root, seed=0, fine_tune=True)
