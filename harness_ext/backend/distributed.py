@@ -5,13 +5,23 @@ gathers request counts across ranks through ``lm.accelerator`` and tensors on ``
 (lmms_eval/evaluator.py). Under ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1) the model
 builds an ``accelerate.Accelerator`` (NCCL on GPUs, gloo on the CPU) and takes its global rank,
 so several nodes form one run.
+
+The vLLM engine runs its model outside that group: each rank builds its own engine on its own GPU(s)
+(``vllm_device_plan``: LOCAL_RANK's group of ``tensor_parallel_size`` consecutive GPUs, or a share of
+one when there are more ranks than groups), started under ``engine_environment`` (only those GPUs
+visible, the launcher's variables hidden, so vLLM forms its own tensor-parallel group).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from medbridge.harness_ext.errors import MedbridgeError
 
 
 def launcher_world_size() -> int:
@@ -70,3 +80,106 @@ class DataParallel:
             return None if path is None else str(path)
         p = Path(path)
         return str(p.with_name(f"{p.stem}.rank{self._rank}{p.suffix}"))
+
+
+# ------------------------------------------------------------------ the vLLM engine's devices per rank
+
+# Variables torchrun / accelerate launch set for the evaluation's own process group. A rank's vLLM engine is a
+# group of its own (its workers rendezvous on a free local port), so it must not see them while it starts.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+                      "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """The devices one rank's vLLM engine is built on."""
+
+    local_rank: int
+    local_world_size: int
+    devices: tuple[str, ...]  # entries of CUDA_VISIBLE_DEVICES (ids or UUIDs); () = no GPU (vLLM's CPU backend)
+    tensor_parallel_size: int
+    gpu_memory_utilization: float  # per device, already divided among the ranks sharing it
+    ranks_per_device: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"local_rank": self.local_rank, "local_world_size": self.local_world_size,
+                "devices": list(self.devices), "tensor_parallel_size": self.tensor_parallel_size,
+                "gpu_memory_utilization": self.gpu_memory_utilization, "ranks_per_device": self.ranks_per_device}
+
+
+def visible_gpus() -> list[str]:
+    """The node's GPUs as this process sees them: CUDA_VISIBLE_DEVICES when set, else torch's device count."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")  # CUDA's own variable, not a MEDBRIDGE_* setting
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def vllm_device_plan(gpus: Sequence[str], *, local_rank: int, local_world_size: int, tensor_parallel_size: int,
+                     gpu_memory_utilization: float) -> DevicePlan:
+    """Which of the node's ``gpus`` rank ``local_rank`` of ``local_world_size`` builds its engine on.
+
+    The GPUs form ``len(gpus) // tensor_parallel_size`` groups of consecutive devices. With at least as many
+    groups as ranks, rank r takes group r. With more ranks than groups and a whole number of ranks per
+    group, consecutive ranks share a group and each gets ``gpu_memory_utilization / ranks_per_group``.
+    Anything else is an error that says what would fit. No GPUs: the engine runs on vLLM's CPU backend."""
+    tp = int(tensor_parallel_size)
+    if tp < 1:
+        raise MedbridgeError(f"tensor_parallel_size must be >= 1, got {tp}")
+    if not 0 <= local_rank < local_world_size:
+        raise MedbridgeError(f"LOCAL_RANK={local_rank} is not among the node's {local_world_size} ranks")
+    if not gpus:
+        return DevicePlan(local_rank, local_world_size, (), tp, gpu_memory_utilization, 1)
+    n = len(gpus)
+    shown = f"CUDA_VISIBLE_DEVICES={','.join(gpus)}" if "CUDA_VISIBLE_DEVICES" in os.environ else f"{n} GPUs"
+    if n % tp:
+        raise MedbridgeError(
+            f"engine=vllm, tensor_parallel_size={tp}: this node's {n} GPUs ({shown}) do not divide into groups of "
+            f"{tp}. Use a tensor_parallel_size that divides {n}, or set CUDA_VISIBLE_DEVICES to a multiple of {tp}.")
+    groups = n // tp
+    if local_world_size <= groups:
+        group, per = local_rank, 1
+    elif local_world_size % groups == 0:
+        per = local_world_size // groups
+        group = local_rank // per
+    else:
+        raise MedbridgeError(
+            f"engine=vllm: {local_world_size} ranks on this node cannot share {groups} group(s) of {tp} GPU(s) "
+            f"({shown}) evenly. Start {groups} rank(s) per node (or a multiple of {groups}), or change "
+            "tensor_parallel_size.")
+    return DevicePlan(local_rank, local_world_size, tuple(gpus[group * tp:(group + 1) * tp]), tp,
+                      gpu_memory_utilization / per, per)
+
+
+def local_topology() -> tuple[int, int]:
+    """(LOCAL_RANK, LOCAL_WORLD_SIZE) as the launcher set them; (0, 1) for a single process."""
+    def number(name: str, default: int) -> int:
+        raw = os.environ.get(name)  # the launchers' variables, not MEDBRIDGE_* settings
+        try:
+            return default if raw is None else int(raw)
+        except ValueError:
+            raise MedbridgeError(f"{name}={raw!r} is not an integer (set by torchrun / accelerate launch)") from None
+
+    world = launcher_world_size()
+    return number("LOCAL_RANK", 0), number("LOCAL_WORLD_SIZE", world)
+
+
+@contextmanager
+def engine_environment(plan: DevicePlan) -> Iterator[None]:
+    """While a rank's vLLM engine starts: only its own GPUs visible, the launcher's group variables hidden."""
+    saved = {name: os.environ.get(name) for name in (*LAUNCHER_VARIABLES, "CUDA_VISIBLE_DEVICES")}
+    try:
+        for name in LAUNCHER_VARIABLES:
+            os.environ.pop(name, None)
+        if plan.devices:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(plan.devices)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

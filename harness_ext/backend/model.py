@@ -24,7 +24,8 @@ cannot change the samples either. The sample cache is keyed by the model's finge
 (``cache.model_identity``: the sha256 of its config, tokenizer and weight files).
 
 Data parallel: launched by ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1), each process
-loads the model on its own device (``cuda:<LOCAL_RANK>`` on GPUs, the CPU otherwise), lmms-eval
+loads the model on its own device (transformers: ``cuda:<LOCAL_RANK>`` on GPUs, the CPU otherwise;
+vllm: its own group of ``tensor_parallel_size`` GPUs, distributed.py ``vllm_device_plan``), lmms-eval
 gives each rank its shard of the documents, and per-item seeds make every sample the one a
 single process would draw. All ranks may share one ``cache_dir`` (SQLite in WAL mode).
 """
@@ -128,8 +129,13 @@ class MedbridgeVLM(DataParallel, lmms):
                 batch_size=self.batch_size_per_call,
             )
         elif engine == "vllm":
+            from medbridge.harness_ext.backend.distributed import local_topology, visible_gpus, vllm_device_plan
             from medbridge.harness_ext.backend.vllm_engine import VLLMEngine
 
+            local_rank, local_world_size = local_topology()
+            plan = vllm_device_plan(visible_gpus(), local_rank=local_rank, local_world_size=local_world_size,
+                                    tensor_parallel_size=int(tensor_parallel_size),
+                                    gpu_memory_utilization=float(gpu_memory_utilization))
             self.engine = VLLMEngine(
                 str(pretrained),
                 dtype=str(dtype),
@@ -139,6 +145,7 @@ class MedbridgeVLM(DataParallel, lmms):
                 gpu_memory_utilization=float(gpu_memory_utilization),
                 tensor_parallel_size=int(tensor_parallel_size),
                 max_model_len=None if _opt(max_model_len) is None else int(max_model_len),
+                plan=plan,
             )
         elif engine == "openai":
             from medbridge.harness_ext.backend.served_engine import OpenAIEngine
@@ -298,6 +305,7 @@ class MedbridgeVLM(DataParallel, lmms):
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
+            "devices": getattr(self.engine, "device_record", None) or {"device": str(self.device)},
         }
 
     def _write_stats(self) -> None:

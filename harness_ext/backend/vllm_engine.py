@@ -8,16 +8,21 @@ and the LLM is built with ``generation_config="vllm"``, so a checkpoint's ``gene
 (Qwen2.5-VL: top_k 1, top_p 0.001, temperature 0.1, repetition_penalty 1.05) never fills a field in.
 Of the checkpoint's config vLLM itself reads only the eos token ids (its stop tokens).
 
+Under torchrun / accelerate launch each rank builds its own engine on its own GPU(s)
+(distributed.py ``vllm_device_plan``), with its share of the GPU memory.
+
 Runs on a GPU with the ``vllm`` package (``pip install 'medbridge[vllm]'``) and on a CPU in the venv of
 ``judges/install_vllm_cpu.sh --vision`` (tests/test_vllm_engine.py).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from medbridge.harness_ext.backend.distributed import DevicePlan, engine_environment, visible_gpus, vllm_device_plan
 from medbridge.harness_ext.backend.engines import EngineStats, Job, Prompt, Sample, render_prompt
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.settings import get_int
@@ -69,7 +74,7 @@ class VLLMEngine:
     def __init__(self, pretrained: str, *, dtype: str = "bfloat16", min_pixels: int | None = None,
                  max_pixels: int | None = None, seed: int = 0, gpu_memory_utilization: float = 0.9,
                  tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                 max_images: int | None = None) -> None:
+                 max_images: int | None = None, plan: DevicePlan | None = None) -> None:
         try:
             from vllm import LLM
         except ImportError as err:
@@ -79,9 +84,16 @@ class VLLMEngine:
 
         self.max_images = get_int(MAX_IMAGES_SETTING, minimum=1) if max_images is None else int(max_images)
 
+        if plan is None:  # one process: the first tensor_parallel_size GPUs, as vLLM would take them
+            plan = vllm_device_plan(visible_gpus(), local_rank=0, local_world_size=1,
+                                    tensor_parallel_size=tensor_parallel_size,
+                                    gpu_memory_utilization=gpu_memory_utilization)
+        if plan.local_world_size > 1 and plan.devices and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            raise MedbridgeError("engine=vllm under torchrun needs vLLM's engine in its own process (unset "
+                                 "VLLM_ENABLE_V1_MULTIPROCESSING=0): in this process CUDA already sees every GPU.")
         pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         llm_kwargs: dict[str, Any] = {
-            "model": pretrained, "dtype": dtype, "seed": seed, "gpu_memory_utilization": gpu_memory_utilization,
+            "model": pretrained, "dtype": dtype, "seed": seed, "gpu_memory_utilization": plan.gpu_memory_utilization,
             "tensor_parallel_size": tensor_parallel_size, "limit_mm_per_prompt": {"image": self.max_images},
             "enable_prefix_caching": True,
             # vLLM's own defaults for anything a request leaves out, never the checkpoint's
@@ -92,7 +104,12 @@ class VLLMEngine:
             llm_kwargs["mm_processor_kwargs"] = pixel_kwargs
         if max_model_len:
             llm_kwargs["max_model_len"] = max_model_len
-        self.llm = LLM(**llm_kwargs)
+        with engine_environment(plan):  # this rank's GPUs only; vLLM forms its own tensor-parallel group
+            self.llm = LLM(**llm_kwargs)
+        from vllm.platforms import current_platform
+
+        # What the engine was built on: the GPUs it was given (CUDA_VISIBLE_DEVICES entries) and vLLM's platform.
+        self.device_record = {**plan.as_dict(), "platform": str(current_platform.device_type)}
         self.processor = AutoProcessor.from_pretrained(pretrained, **pixel_kwargs)
         self.stats = EngineStats()
         self.signature = {"engine": self.name, "dtype": str(dtype), "min_pixels": min_pixels, "max_pixels": max_pixels,
