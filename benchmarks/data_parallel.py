@@ -18,6 +18,11 @@ CPU, tiny random model (builds fixtures and the model under --workdir):
 GPUs (one process per GPU against one):
     python benchmarks/data_parallel.py --model-dir /models/Qwen2.5-VL-7B-Instruct --device cuda --procs 8 \\
         --data-root /data/medmnist --limit 64 --max-new-tokens 256 --threads 8
+GPUs, the vLLM engine (each rank builds its engine on its own GPU group; --tp GPUs per rank):
+    python benchmarks/data_parallel.py --engine vllm --model-dir /models/Qwen2.5-VL-7B-Instruct --procs 8 \\
+        --data-root /data/medmnist --limit 256 --max-new-tokens 256 --dtype bfloat16
+The vLLM engine needs GPUs: on a machine without one it prints why it skipped and exits 0 (vLLM's CPU
+backend is a test path here, not a throughput figure). Per-rank devices come from each rank's stats.
 """
 
 from __future__ import annotations
@@ -40,15 +45,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _gpu_count(python: str) -> int:
+    """GPUs the Python that runs lmms-eval sees (0 without CUDA)."""
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0
+
+
 def run(procs: int, out: Path, args: argparse.Namespace, model_dir: Path, data_root: Path) -> dict[str, Any]:
     """One lmms-eval run with ``procs`` processes; returns its timings and logged responses."""
     from medbridge.tasks.families import passk_twin
 
     model_args = (
-        f"pretrained={model_dir},engine=transformers,device={args.device},dtype={args.dtype},"
-        f"attn_implementation=sdpa,min_pixels={args.min_pixels},max_pixels={args.max_pixels},seed=0,"
-        f"stats_path={out / 'stats.json'}"
+        f"pretrained={model_dir},engine={args.engine},dtype={args.dtype},min_pixels={args.min_pixels},"
+        f"max_pixels={args.max_pixels},seed=0,stats_path={out / 'stats.json'}"
     )
+    if args.engine == "vllm":
+        model_args += f",tensor_parallel_size={args.tp},gpu_memory_utilization={args.gpu_memory_utilization}"
+        model_args += f",max_model_len={args.max_model_len}" if args.max_model_len else ""
+    else:
+        model_args += f",device={args.device},attn_implementation=sdpa"
     tasks = [args.task, passk_twin(args.task)]
     cli = [
         "-m",
@@ -77,7 +93,7 @@ def run(procs: int, out: Path, args: argparse.Namespace, model_dir: Path, data_r
         "TOKENIZERS_PARALLELISM": "false",
     }
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable] + cli, env=env, capture_output=True, text=True)
+    proc = subprocess.run([args.python] + cli, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not list((out / "results").rglob("*_results.json")):
         raise SystemExit(f"lmms-eval with {procs} process(es) failed:\n{proc.stderr[-4000:]}")
@@ -93,6 +109,7 @@ def run(procs: int, out: Path, args: argparse.Namespace, model_dir: Path, data_r
         "generate_seconds": max(s["wall_seconds"] for s in stats),
         "per_rank_generate_seconds": [s["wall_seconds"] for s in stats],
         "per_rank_items": [s["items_generated"] for s in stats],
+        "per_rank_devices": [s.get("devices") for s in stats],
         "threads_per_process": threads,
         "responses": responses,
         "items": len(logged.samples[args.task]),
@@ -113,8 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--min-pixels", type=int, default=3136)
     ap.add_argument("--max-pixels", type=int, default=50176)
+    ap.add_argument("--engine", choices=("transformers", "vllm"), default="transformers")
+    ap.add_argument("--tp", type=int, default=1, help="vllm: tensor_parallel_size (GPUs per rank)")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm: per GPU")
+    ap.add_argument("--max-model-len", type=int, default=0, help="vllm: 0 = the model's")
+    ap.add_argument("--python", default=sys.executable, help="the Python that runs lmms-eval (a venv with vllm)")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
     args = ap.parse_args(argv)
+    if args.engine == "vllm":
+        gpus = _gpu_count(args.python)
+        if gpus == 0:
+            print("skipped: --engine vllm measures GPU throughput and this machine has no GPU (vLLM's CPU backend "
+                  "is covered by tests/test_vllm_devices.py, not timed here)")
+            return 0
+        if args.procs * args.tp > gpus:
+            raise SystemExit(f"--procs {args.procs} x --tp {args.tp} needs {args.procs * args.tp} GPUs; {gpus} found")
 
     for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(k, "1")
@@ -134,16 +164,19 @@ def main(argv: list[str] | None = None) -> int:
             build_all(data_root, test_per_class=2, train_per_class=1, val_per_class=1)
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    print(f"[1/2] one process on {args.device}", flush=True)
+    where = args.device if args.engine == "transformers" else f"{args.tp} GPU(s) each, vllm"
+    print(f"[1/2] one process on {where}", flush=True)
     one = run(1, work / f"one-{stamp}", args, model_dir, data_root)
-    print(f"[2/2] {args.procs} processes (torchrun) on {args.device}", flush=True)
+    print(f"[2/2] {args.procs} processes (torchrun) on {where}", flush=True)
     many = run(args.procs, work / f"many-{stamp}", args, model_dir, data_root)
     same = one["responses"] == many["responses"]
     items = one["items"]
     figures = {
         "items": items,
         "procs": args.procs,
-        "device": args.device,
+        "device": args.device if args.engine == "transformers" else "cuda (vllm)",
+        "engine": args.engine,
+        "per_rank_devices": many["per_rank_devices"],
         "cpu_count": os.cpu_count(),
         "threads_per_process": {"1proc": one["threads_per_process"], f"{args.procs}proc": many["threads_per_process"]},
         "generate_seconds": {"1proc": one["generate_seconds"], f"{args.procs}proc": many["generate_seconds"]},
