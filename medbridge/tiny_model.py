@@ -34,6 +34,7 @@ this module (e.g. from the CLI) stays cheap.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -367,7 +368,8 @@ def _build_into(work: Path, seed: int, fine_tune: bool = False) -> None:
         from medbridge.tiny_finetune import FineTuneSettings
         from medbridge.tiny_finetune import fine_tune as train
 
-        trained = train(model, processor, FineTuneSettings(seed=seed))
+        # A copy: padding a batch leaves its settings in the tokenizer, which would then be saved.
+        trained = train(model, copy.deepcopy(processor), FineTuneSettings(seed=seed))
     model.generation_config = _make_generation_config(tokenizer)
     _save_quietly(model, work)
     # Saving the processor re-saves the tokenizer (and drops our tokenizer_config edits).

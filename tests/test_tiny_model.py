@@ -13,12 +13,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from medbridge.tiny_finetune import FINE_TUNE_VERSION, FineTuneSettings
 from medbridge.tiny_model import (
     MARKER_FILENAME,
     SPECIAL_TOKENS,
     TINY_MODEL_VERSION,
     OutputFolderError,
     build_tiny_qwen2_5_vl,
+    builder_key,
+    cached_tiny_qwen2_5_vl,
     is_complete_checkpoint,
     main,
 )
@@ -381,3 +384,175 @@ def test_import_is_lightweight():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ.copy()
     )
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- the fine-tuned model (answers depend on the item)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_answering_model_dir):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(tiny_answering_model_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa").eval()
+    return path, AutoProcessor.from_pretrained(path), model
+
+
+@pytest.fixture(scope="module")
+def kit_items(tmp_path_factory) -> list[dict]:
+    """The kit's fixtures as the tasks load them: 4 items of each MedMNIST set, 2 of each VQA benchmark."""
+    from medbridge.tasks.medmnist import data as medmnist_data
+    from medbridge.tasks.medmnist.catalog import SETS
+    from medbridge.tasks.medmnist.fixtures import build_all
+    from medbridge.tasks.medvqa import data as medvqa_data
+    from medbridge.tasks.medvqa.catalog import SETS as VQA_SETS
+    from medbridge.tasks.medvqa.fixtures import build_medvqa_fixture
+
+    root = tmp_path_factory.mktemp("kit")
+    build_all(root / "medmnist", test_per_class=1, train_per_class=1, val_per_class=1)
+    vqa = build_medvqa_fixture(root / "medvqa", 2)
+    items = []
+    for spec in SETS:
+        for item in medmnist_data.build_items(spec.name, "test", root=root / "medmnist")[:4]:
+            items.append({**item, "images": [item["image"].convert("RGB")]})
+    for spec in VQA_SETS:
+        for item in medvqa_data.build_items(spec.name, source=str(vqa))[0]:
+            items.append({**item, "images": [im.convert("RGB") for im in medvqa_data.doc_images(item)]})
+    return items
+
+
+def _inputs(processor, images, prompt: str):
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    return processor(text=[text], images=images, return_tensors="pt")
+
+
+def _generate(model, processor, inputs, n: int = 1, **decoding) -> list[str]:
+    """Decode with a generation config built from nothing (the checkpoint's carries Qwen's top_k 1)."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    config = GenerationConfig(max_new_tokens=8, num_return_sequences=n, eos_token_id=saved.eos_token_id,
+                              pad_token_id=saved.pad_token_id, **decoding)
+    with torch.no_grad():
+        out = model.generate(**inputs, generation_config=config)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _greedy(model, processor, inputs) -> str:
+    return _generate(model, processor, inputs, do_sample=False)[0]
+
+
+@pytest.mark.slow  # the first session builds the model (~12 s of CPU)
+def test_fine_tuned_model_keeps_the_real_checkpoint_configs(tiny_answering_model_dir, ckpt):
+    """Same generation_config (Qwen2.5-VL's sampling defaults), chat template, tokenizer and processor pixel
+    limits as the random build; config.json differs only in an untied lm_head (as Qwen2.5-VL-7B)."""
+    tuned_dir = Path(tiny_answering_model_dir)
+    for name in ("generation_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json",
+                 "preprocessor_config.json", "processor_config.json", "vocab.json", "merges.txt"):
+        assert (tuned_dir / name).read_bytes() == (ckpt / name).read_bytes(), name
+    tuned_config, random_config = (json.loads((d / "config.json").read_text()) for d in (tuned_dir, ckpt))
+    assert tuned_config["tie_word_embeddings"] is False and tuned_config["text_config"]["tie_word_embeddings"] is False
+    for config in (tuned_config, random_config):
+        config.pop("tie_word_embeddings")
+        config["text_config"].pop("tie_word_embeddings")
+    assert tuned_config == random_config
+    assert "lm_head.weight" in load_file(str(tuned_dir / "model.safetensors"))
+    record = json.loads((tuned_dir / MARKER_FILENAME).read_text())["fine_tune"]
+    assert record["version"] == FINE_TUNE_VERSION and record["settings"]["steps"] == FineTuneSettings().steps
+    assert record["last_loss"] < record["first_loss"] / 10
+    assert is_complete_checkpoint(tuned_dir, seed=0, fine_tune=True)
+    assert not is_complete_checkpoint(tuned_dir, seed=0, fine_tune=False)
+    assert not is_complete_checkpoint(ckpt, seed=0, fine_tune=True)
+
+
+@pytest.mark.slow
+def test_fine_tuned_greedy_answers_depend_on_the_item(tuned, kit_items):
+    """Over the kit's fixtures: readable answers, most of them <answer>X</answer> with a letter of the item's
+    options (the project's extractor reads it), several different ones, and different ones within a set."""
+    from medbridge.harness_ext.answers import extract_choice
+
+    _, processor, model = tuned
+    answers = [_greedy(model, processor, _inputs(processor, item["images"], item["prompt"])) for item in kit_items]
+    assert all(a.strip() for a in answers)
+    letters = [extract_choice(a, json.loads(item["options"])) for a, item in zip(answers, kit_items)]
+    assert sum(letter is not None for letter in letters) >= 0.8 * len(kit_items), list(zip(answers, letters))
+    assert len(set(answers)) >= 4, answers
+    per_set: dict[str, set[str]] = {}
+    for item, answer in zip(kit_items, answers):
+        per_set.setdefault(item["dataset"], set()).add(answer)
+    assert sum(len(seen) > 1 for seen in per_set.values()) >= len(per_set) // 2, per_set
+
+
+@pytest.mark.slow
+def test_fine_tuned_answer_follows_the_images_brightness(tuned):
+    """The construction's promise: the same prompt with a darker or brighter image gets an earlier or later
+    letter (the letter is read from the image, not from the prompt)."""
+    from medbridge.harness_ext.prompts import format_mcq_prompt, lettered
+
+    _, processor, model = tuned
+    prompt = format_mcq_prompt("Which class is shown?", lettered([f"class {i}" for i in range(8)]))
+    letters = []
+    for level in (40, 90, 140, 190, 240):
+        answer = _greedy(model, processor, _inputs(processor, [Image.new("RGB", (224, 224), (level,) * 3)], prompt))
+        assert answer.startswith("<answer>") and answer.endswith("</answer>"), answer
+        letters.append(answer[len("<answer>")])
+    assert letters == sorted(letters) and len(set(letters)) >= 3, letters
+
+
+@pytest.mark.slow
+def test_fine_tuned_samples_differ_from_greedy_and_between_samples(tuned, kit_items):
+    _, processor, model = tuned
+    items = kit_items[::6]
+    differ_from_greedy, distinct = 0, []
+    torch.manual_seed(0)
+    for item in items:
+        inputs = _inputs(processor, item["images"], item["prompt"])
+        greedy = _greedy(model, processor, inputs)
+        samples = _generate(model, processor, inputs, n=8, do_sample=True, temperature=0.7, top_p=0.9, top_k=0,
+                            repetition_penalty=1.0)
+        differ_from_greedy += sum(s != greedy for s in samples)
+        distinct.append(len(set(samples)))
+    assert sum(d > 1 for d in distinct) >= 0.8 * len(items), distinct
+    assert differ_from_greedy >= len(items) * 8 // 4, differ_from_greedy
+
+
+@pytest.mark.slow
+def test_fine_tuned_build_is_deterministic_and_cached_by_content(tiny_answering_model_dir, tmp_path):
+    """A fresh build in another folder is byte-identical to the session's cached one (whose folder name is
+    the content key), and the cache hands the same folder back without building."""
+    cached = Path(tiny_answering_model_dir)
+    assert cached.name.endswith(builder_key(0, fine_tune=True))
+    assert len({builder_key(0, True), builder_key(1, True), builder_key(0, False)}) == 3
+    fresh = build_tiny_qwen2_5_vl(tmp_path / "fresh", seed=0, fine_tune=True)
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (fresh / name).read_bytes() == (cached / name).read_bytes(), name
+    before = (cached / "model.safetensors").stat().st_mtime_ns
+    assert cached_tiny_qwen2_5_vl(cached.parent, seed=0, fine_tune=True) == cached
+    assert (cached / "model.safetensors").stat().st_mtime_ns == before
+    assert build_tiny_qwen2_5_vl(fresh, seed=0, fine_tune=False) == fresh.resolve()  # asks for the other variant
+    assert is_complete_checkpoint(fresh, seed=0, fine_tune=False) and "lm_head.weight" not in load_file(
+        str(fresh / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_fine_tuned_model_answers_through_lmms_eval_qwen2_5_vl(tiny_answering_model_dir, kit_items):
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+    from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
+
+    lm = Qwen2_5_VL(pretrained=str(tiny_answering_model_dir), device="cpu", device_map="cpu",
+                    attn_implementation="sdpa", min_pixels=56 * 56, max_pixels=224 * 224)
+    docs = [item for item in kit_items if item["dataset"] == "blood"][:2]
+    lm.task_dict = {"tiny": {"test": docs}}
+
+    def doc_to_messages(doc):
+        content = [{"type": "image", "url": im} for im in doc["images"]] + [{"type": "text", "text": doc["prompt"]}]
+        return [{"role": "user", "content": content}]
+
+    requests = [Instance(request_type="generate_until",
+                         arguments=("", doc_to_messages, {"max_new_tokens": 8, "temperature": 0}, i, "tiny", "test"),
+                         idx=0, metadata={"task": "tiny", "doc_id": i, "repeats": 1}) for i in range(len(docs))]
+    texts = [getattr(r, "text", r) for r in lm.generate_until(requests)]
+    assert all(t.startswith("<answer>") and t.endswith("</answer>") for t in texts), texts
