@@ -109,13 +109,11 @@ class DevicePlan:
 
 
 def visible_gpus() -> list[str]:
-    """The node's GPUs as this process sees them: CUDA_VISIBLE_DEVICES when set, else torch's device count."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")  # CUDA's own variable, not a MEDBRIDGE_* setting
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
-    import torch
+    """The node's GPUs as this process may use them (CUDA_VISIBLE_DEVICES when set, else every /dev/nvidiaN;
+    no CUDA call, so the parent of a vLLM engine never initialises CUDA): the judge's own rule, one code."""
+    from medbridge.judges.server import visible_gpus as judge_visible_gpus
 
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return judge_visible_gpus()
 
 
 def vllm_device_plan(gpus: Sequence[str], *, local_rank: int, local_world_size: int, tensor_parallel_size: int,
