@@ -38,7 +38,7 @@ def qwen_cpu_model_args(model_dir: Path) -> str:
 
 def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, batch_size: int = 16,
              tasks: str = "medmnist_mcq") -> int:
-    from medbridge.harness_ext.report import format_table, groups_for, load_run, summarize, write_summary
+    from medbridge.harness_ext.report import format_table, load_run, summarize_run, write_summary
     from medbridge.tasks.medmnist.fixtures import build_all
     from medbridge.tiny_model import build_tiny_qwen2_5_vl
 
@@ -59,16 +59,16 @@ def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, ba
     ]
     print("[3/3] " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, env=offline_env(data_root))
-    # lmms-eval logs task errors and still exits 0: the results file is the truth.
+    if proc.returncode != 0:
+        # lmms-eval's own message (or medbridge's one paragraph from inside it) is just above.
+        print(f"medbridge demo: lmms-eval exited with code {proc.returncode} (its message is above)", file=sys.stderr)
+        return proc.returncode if proc.returncode in (1, 2) else 1
     try:
-        run = load_run(results_dir)
+        run = load_run(results_dir, latest=True)  # an earlier demo in the same --out left older runs there
     except FileNotFoundError as err:
-        print(f"lmms-eval (exit {proc.returncode}) wrote no results: {err}", file=sys.stderr)
+        print(f"medbridge demo: lmms-eval wrote no results: {err}", file=sys.stderr)
         return 1
-    if not run.records:
-        print(f"{run.results_path}: no sample records", file=sys.stderr)
-        return 1
-    summary = summarize(run.records, groups=groups_for(run.records))
+    summary = summarize_run(run)
     print()
     print(format_table(summary))
     summary_name = run.results_path.name.replace("_results.json", "_medbridge_summary.json")
@@ -76,8 +76,11 @@ def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, ba
     print(f"\nlmms-eval results: {run.results_path}\nmedbridge summary: {summary_path}")
     from medbridge.leaderboard import build_leaderboard, ingest_run
 
-    store = out / "leaderboard" / "leaderboard.sqlite"
-    ingest_run(store, results_dir, model="tiny-qwen2.5-vl (random weights)")
-    index = build_leaderboard(store, out / "leaderboard" / "site")
-    print(f"leaderboard store: {store}\nleaderboard: {index}")
+    # The demo's own store, so a random tiny model never lands in your default leaderboard
+    # (./medbridge_leaderboard/leaderboard.sqlite or $MEDBRIDGE_LEADERBOARD).
+    store, site = out / "leaderboard" / "leaderboard.sqlite", out / "leaderboard" / "site"
+    ingest_run(store, run.results_path, model="tiny-qwen2.5-vl (random weights)")
+    index = build_leaderboard(store, site)
+    print(f"leaderboard store: {store}\nleaderboard: {index}\n  open it: {Path(index).resolve().as_uri()}\n"
+          f"  rebuild it: medbridge leaderboard build --store {store} --out {site}")
     return 0
