@@ -36,10 +36,34 @@ def _one_paragraph(text: str) -> str:
     return " ".join(text.split())
 
 
+def extra_of_module(module: str) -> str | None:
+    """The medbridge extra (pyproject's optional-dependencies) that installs ``module``, if any."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        requirements = requires("medbridge") or []
+    except PackageNotFoundError:
+        return None
+    top = module.split(".")[0].lower()
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        if "extra ==" not in marker:
+            continue
+        distribution = name.strip().split()[0]
+        for stop in "<>=!~[ ":
+            distribution = distribution.split(stop)[0]
+        if distribution.lower().replace("-", "_") == top:
+            return marker.split("extra ==")[1].strip().strip("'\"")
+    return None
+
+
 def user_error_message(err: BaseException) -> str | None:
     """The one-paragraph message for an error the user can fix, or None when ``err`` is a bug."""
     if isinstance(err, MedbridgeError):
         return _one_paragraph(str(err)) or type(err).__name__
+    if isinstance(err, ModuleNotFoundError) and err.name and (extra := extra_of_module(err.name)):
+        return (f"this command needs the {extra!r} extra, which is not installed here (no module {err.name!r}): "
+                f"pip install 'medbridge[{extra}]'")
     if isinstance(err, OSError) and err.filename is not None:
         # Any OSError on a path (missing, a folder, a name too long, no permission, a read-only disk...)
         # is about a path the user gave or the machine; the message names the path.

@@ -481,3 +481,25 @@ def test_adversarial_lmms_eval_run_with_a_task_error_exits_2(tmp_path, env, expe
     assert len(ours) == 1 and expected.format(tmp=tmp_path) in ours[0], done.stderr[-3000:]
     assert "Error during evaluation" not in done.stderr and not list((tmp_path / "out").rglob("*_results.json"))
     assert "\x1b[" not in done.stdout + done.stderr  # lmms-eval's log is plain text when redirected
+
+
+# ------------------------------------------------------------------ a missing extra
+
+
+@pytest.mark.parametrize(("module", "extra"), [("trl", "training"), ("peft.tuners", "training"),
+                                               ("tenacity", "judge"), ("vllm", "vllm"), ("flash_attn", "flash-attn"),
+                                               ("deepspeed", "deepspeed")])
+def test_adversarial_a_missing_extra_says_which_to_install(capsys, module, extra):
+    """Read from the installed package's metadata (pyproject's optional-dependencies), not a list of ours."""
+    def command() -> int:
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    assert run_guarded(command, [], lambda: "medbridge x") == USER_ERROR_EXIT
+    err = capsys.readouterr().err.strip()
+    assert err == (f"medbridge x: error: this command needs the {extra!r} extra, which is not installed here "
+                   f"(no module {module!r}): pip install 'medbridge[{extra}]'")
+
+
+def test_adversarial_a_missing_module_of_no_extra_is_a_bug(capsys):
+    code = run_guarded(lambda: __import__("no_such_module_of_ours"), [], lambda: "medbridge x")
+    assert code == 1 and "unexpected error: ModuleNotFoundError" in capsys.readouterr().err
