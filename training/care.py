@@ -157,6 +157,23 @@ def _local(param: torch.nn.Parameter) -> torch.Tensor:
     return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
 
 
+def _refresh_gathered_zero3_params(module: torch.nn.Module) -> None:
+    """Under ZeRO-3, after this process's shards (``ds_tensor``) were written: the parameters that are held
+    gathered (persistent ones: every parameter under ``stage3_param_persistence_threshold`` elements, e.g. the
+    norms and biases of a 7B model, all of a tiny one) keep their full copy and would never see the new
+    shards; release that copy and gather it again from the shards, as DeepSpeed does for the policy after
+    each optimizer step. A collective: every process calls it (the EMA callback runs on every rank)."""
+    from_zero3 = [p for p in module.parameters() if hasattr(p, "ds_tensor") and hasattr(p, "ds_status")]
+    if not from_zero3:
+        return
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    held = [p for p in from_zero3 if p.ds_status == ZeroParamStatus.AVAILABLE]
+    if held:
+        held[0].partition(param_list=held, has_been_updated=False)  # frees the stale full copies
+        held[0].all_gather(param_list=held)  # full copies again, from the updated shards
+
+
 class EMAReference:
     """The CARE reference as an exact EMA of the policy: ``ref <- d * ref + (1 - d) * policy``.
 
@@ -198,6 +215,7 @@ class EMAReference:
             target = _local(ref_param)
             if target is not shadow:
                 target.copy_(shadow)
+        _refresh_gathered_zero3_params(self.reference)
         self.updates += 1
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -228,6 +246,7 @@ class EMAReference:
             target = _local(ref_param)
             if target is not shadow:
                 target.copy_(shadow)
+        _refresh_gathered_zero3_params(self.reference)
         self.updates = int(state["updates"])
 
 
