@@ -168,7 +168,7 @@ def rescore_run(run: Run) -> dict[str, list[dict[str, Any]]]:
                    "answer_letter": old["answer"]}
             responses = responses_of(line)
             rec = score_doc(doc, responses)
-            for key in ("decoding", "subset", "source", "n_skipped_in_source", "data_sha256"):
+            for key in ("decoding", "model", "subset", "source", "n_skipped_in_source", "data_sha256"):
                 if key in old:
                     rec[key] = old[key]  # what the run recorded about itself stays with the item
             if len(responses) > 1:

@@ -20,6 +20,7 @@ from typing import Any
 from medbridge.harness_ext import decoding, metrics
 from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext.answers import extract_choice
+from medbridge.harness_ext.backend.identity import recorded_model
 
 from medbridge import judges as judge
 
@@ -73,6 +74,8 @@ def _annotate(record: dict[str, Any], doc: Mapping[str, Any], sampled: bool) -> 
     task = task_name(doc, sampled)
     # None: the backend recorded nothing (it does not go through harness_ext/decoding.py).
     record["decoding"] = decoding.effective_for(task) if task else None
+    if (model := recorded_model()) is not None:  # medbridge_vlm: name, revision, weights' fingerprint
+        record["model"] = model
     return record
 
 

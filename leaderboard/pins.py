@@ -213,6 +213,7 @@ def task_provenance(results: Mapping[str, Any], task: str, records: Sequence[Map
     subsets = sorted({str(r["subset"]) for r in records if r.get("subset") is not None})
     sources = sorted({str(r["source"]) for r in records if r.get("source") is not None})
     digests = sorted({canonical_json(r["data_sha256"]) for r in records if r.get("data_sha256")})  # file -> sha256
+    models = [json.loads(m) for m in sorted({canonical_json(r["model"]) for r in records if r.get("model")})]
     data = {
         "path": cfg.get("dataset_path"),
         "name": cfg.get("dataset_name"),
@@ -228,6 +229,8 @@ def task_provenance(results: Mapping[str, Any], task: str, records: Sequence[Map
         "decoding": _decoding_of(records),
         "extractor_version": EXTRACTOR_VERSION,
         "data": {k: v for k, v in data.items() if v is not None},
+        # The weights' fingerprint medbridge_vlm recorded (harness_ext/backend/identity.py), when it did.
+        **({"model": models[0] if len(models) == 1 else models} if models else {}),
     }
 
 

@@ -528,3 +528,27 @@ def test_each_request_gets_its_own_generation_settings(backend):
     assert all(r.token_counts.output_tokens <= 2 for r in out[:4])
     assert max(r.token_counts.output_tokens for r in out[4:]) > 2
     assert backend.engine.stats.jobs == 2
+
+
+def test_the_model_fingerprint_reaches_the_records_and_the_leaderboard_pin(tmp_path, monkeypatch):
+    """Two checkpoints under one name with different weights: different records, different provenance."""
+    from medbridge.harness_ext import scoring
+    from medbridge.harness_ext.backend.identity import clear_model, record_model
+    from medbridge.leaderboard.pins import task_provenance
+
+    monkeypatch.setenv("MEDBRIDGE_DATA_CACHE", str(tmp_path / "memo"))
+    doc = {"item_id": "bloodmnist/test/1", "dataset": "blood", "answer_letter": "B", "task": "medmnist_mcq_blood",
+           "options": '{"A": "basophil", "B": "eosinophil"}'}
+    provenance = []
+    for weights in (b"v1", b"v2"):
+        ckpt = tmp_path / weights.decode()
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes(weights)
+        record_model(model_identity(ckpt))
+        record = scoring.process_greedy(doc, ["<answer>B</answer>"])["acc1"]
+        assert record["model"]["fingerprint"] == model_fingerprint(ckpt) and "files" not in record["model"]
+        provenance.append(task_provenance({}, "medmnist_mcq_blood", [record])["model"])
+    assert provenance[0] != provenance[1]
+    clear_model()
+    assert "model" not in scoring.process_greedy(doc, ["<answer>B</answer>"])["acc1"]
+    assert "model" not in task_provenance({}, "medmnist_mcq_blood", [])

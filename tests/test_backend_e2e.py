@@ -268,13 +268,16 @@ def test_clone_path_with_the_same_samples_reports_the_same_metrics(fixtures, ful
     replayed = load_run(root / "replay")
     assert _responses(replayed) == responses
     assert _metrics(replayed) == _metrics(run)
-    # medbridge_vlm records the decoding it used in every record; the replay model records none.
-    assert all(r["decoding"] for t in TASKS for r in run.records[t])
-    assert _without_decoding(replayed.records) == _without_decoding(run.records)
+    # medbridge_vlm records the decoding it used and the model it loaded in every record; the replay model
+    # records neither.
+    assert all(r["decoding"] and r["model"]["fingerprint"] for t in TASKS for r in run.records[t])
+    assert all("model" not in r for t in TASKS for r in replayed.records[t])
+    assert _without_backend_records(replayed.records) == _without_backend_records(run.records)
 
 
-def _without_decoding(records: dict) -> dict:
-    return {t: [{k: v for k, v in r.items() if k != "decoding"} for r in rs] for t, rs in records.items()}
+def _without_backend_records(records: dict) -> dict:
+    return {t: [{k: v for k, v in r.items() if k not in ("decoding", "model")} for r in rs]
+            for t, rs in records.items()}
 
 
 if __name__ == "__main__":

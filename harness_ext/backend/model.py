@@ -57,6 +57,7 @@ from medbridge.harness_ext.backend.grouping import (
     group_requests,
     stable_hash,
 )
+from medbridge.harness_ext.backend.identity import record_model
 from medbridge.harness_ext.decoding import effective_settings, record_effective
 from tqdm import tqdm
 
@@ -162,6 +163,7 @@ class MedbridgeVLM(DataParallel, lmms):
             raise ValueError(f"medbridge_vlm: engine must be 'transformers', 'vllm' or 'openai', got {engine!r}")
         self.model_identity = self.engine.identity() if engine == "openai" else model_identity(pretrained)
         self.model_fp = self.model_identity["fingerprint"]
+        record_model(self.model_identity)  # scoring copies it into every sample record (provenance)
         self.cache = SampleCache(Path(cache_dir) / CACHE_FILENAME) if _opt(cache_dir) else None
         self.items_generated = 0  # items that needed the engine (any missing sample)
         self.items_from_cache = 0  # items answered entirely from the cache
