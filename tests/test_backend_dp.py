@@ -135,7 +135,11 @@ def _backend_args(model_dir: Path, out: Path, cache: Path) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_medbridge_vlm_two_processes_equal_one_and_resume_from_the_shared_cache(tmp_path, data_root, tiny_model_dir):
+def test_medbridge_vlm_two_processes_equal_one_and_resume_from_the_shared_cache(
+    tmp_path, data_root, tiny_answering_model_dir
+):
+    # The tiny model fine-tuned to answer from the image (conftest): greedy answers differ between items.
+    tiny_model_dir = tiny_answering_model_dir
     one = launch(
         "single", BACKEND_LAUNCHER, _backend_args(tiny_model_dir, tmp_path / "one", tmp_path / "c1"), data_root
     )
@@ -145,6 +149,10 @@ def test_medbridge_vlm_two_processes_equal_one_and_resume_from_the_shared_cache(
     )
     assert two.returncode == 0, two.stderr[-3000:]
     same_results(_results(tmp_path / "one" / "results"), _results(tmp_path / "two" / "results"), RULES_TASKS)
+    from medbridge.harness_ext.report import responses_of
+
+    greedy = [responses_of(s)[0] for s in _results(tmp_path / "one" / "results").samples["medmnist_mcq_blood"]]
+    assert len(set(greedy)) > 1, greedy  # the runs agree on answers that differ by item, not on a constant
 
     single = json.loads((tmp_path / "one" / "stats.json").read_text())
     ranks = [json.loads((tmp_path / "two" / f"stats.rank{r}.json").read_text()) for r in (0, 1)]
