@@ -332,47 +332,81 @@ def test_seed_makes_sampling_reproducible(engine):
     assert [s.text for s in engine.generate([Job(prompt, 4, settings, seed=2)])[0]] != first
 
 
-def _varied_prompts(engine, n: int):
-    """Prompts of different lengths and image sizes, so a batch needs padding."""
-    return [
-        engine.render(
-            [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image", "image": _image(i, 56 + 28 * (i % 3))},
-                        {"type": "text", "text": f"Question {i}: which class? " + "x " * (3 * i)},
-                    ],
-                }
-            ]
+@pytest.fixture(scope="module")
+def answering_engine(tiny_answering_model_dir):
+    """The engine on the tiny model fine-tuned to answer <answer>X</answer>, X read from the image (conftest):
+    its greedy answers differ between items, so the equality tests below compare answers, not constants."""
+    from medbridge.harness_ext.backend.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        str(tiny_answering_model_dir),
+        device="cpu",
+        dtype="float32",
+        attn_implementation="sdpa",
+        min_pixels=3136,
+        max_pixels=50176,
+    )
+
+
+def _answering_prompts(engine, n: int, *, same_text: bool = False):
+    """BloodMNIST-style items laid out as the tasks lay them out, images of n classes from dark to bright
+    (the answering model's letter follows brightness). ``same_text``: one prompt text for all (as the
+    items of an ordinal set share theirs) and 224 px images; else rotated, shortened option lists and
+    56-112 px images, so a batch needs padding."""
+    from medbridge.harness_ext.prompts import format_mcq_prompt, lettered
+    from medbridge.tasks.medmnist.catalog import get_set
+    from medbridge.tasks.medmnist.data import question_text
+    from medbridge.tasks.medmnist.fixtures import class_image
+
+    spec, rng, prompts = get_set("blood"), np.random.default_rng(0), []
+    for i in range(n):
+        side = 224 if same_text else 56 + 28 * (i % 3)
+        image = Image.fromarray(class_image(spec, (i * 7) // max(n - 1, 1), rng)).resize((side, side))
+        options = list(spec.classes) if same_text else (list(spec.classes[i:]) + list(spec.classes[:i]))[: 8 - i % 3]
+        content = [{"type": "image", "image": image},
+                   {"type": "text", "text": format_mcq_prompt(question_text(spec), lettered(options))}]
+        prompts.append(engine.render([{"role": "user", "content": content}]))
+    return prompts
+
+
+@pytest.mark.slow
+def test_greedy_and_k_samples_share_one_prefill_and_equal_separate_runs(answering_engine):
+    """Each item's greedy request and its K sampled requests: one prefill, and exactly the outputs of
+    a separate greedy run and a separate sampled run. Two items prefilled together, with one prompt text
+    and different images: their greedy answers differ, so a greedy twin decoded from another item's
+    prefill (or two items merged into one prefill) cannot pass."""
+    from medbridge.harness_ext.backend.engines import Job
+    from medbridge.harness_ext.backend.instrument import count_forward_tokens
+
+    engine = answering_engine
+    jobs = []
+    for i, prompt in enumerate(_answering_prompts(engine, 2, same_text=True)):
+        jobs.append(Job(prompt, 1, normalize_gen_kwargs({"max_new_tokens": 6, "temperature": 0}), seed=0))
+        jobs.append(
+            Job(prompt, 16, normalize_gen_kwargs({"max_new_tokens": 10, "temperature": 0.7, "top_p": 0.9}), seed=3 + i)
         )
-        for i in range(n)
-    ]
+    separate = [[s.text for s in engine.generate([job])[0]] for job in jobs]
+    engine.batch_size = 2
+    try:
+        with count_forward_tokens(type(engine.model)) as log:
+            shared = [[s.text for s in x] for x in engine.generate(jobs)]
+    finally:
+        engine.batch_size = 1
+    assert shared == separate
+    greedy = [separate[0][0], separate[2][0]]
+    assert greedy[0] != greedy[1] and all(g.startswith("<answer>") for g in greedy), greedy
+    assert all(len(set(separate[k])) > 1 and set(separate[k]) != {greedy[k // 2]} for k in (1, 3))
+    assert log.prefill_calls == 1 and log.calls[0][0] == 2  # two prompt rows prefilled for 2 x 17 rows of output
+    assert all(rows == 34 for rows, _, cached in log.calls if cached)
 
 
-def test_greedy_and_k_samples_share_one_prefill_and_equal_separate_runs(engine):
-    """An item's greedy request and its K sampled requests: one prefill, and exactly the outputs of
-    a separate greedy run and a separate sampled run."""
+@pytest.mark.slow
+def test_items_batched_with_padding_give_the_outputs_of_batch_one(answering_engine):
     from medbridge.harness_ext.backend.engines import Job
     from medbridge.harness_ext.backend.instrument import count_forward_tokens
 
-    prompt = _varied_prompts(engine, 2)[1]
-    sampled = Job(prompt, 16, normalize_gen_kwargs({"max_new_tokens": 10, "temperature": 0.7, "top_p": 0.9}), seed=3)
-    greedy = Job(prompt, 1, normalize_gen_kwargs({"max_new_tokens": 6, "temperature": 0}), seed=0)
-    separate = [engine.generate([greedy])[0], engine.generate([sampled])[0]]
-    with count_forward_tokens(type(engine.model)) as log:
-        shared = engine.generate([greedy, sampled])
-    assert [[s.text for s in x] for x in shared] == [[s.text for s in x] for x in separate]
-    assert len({s.text for s in shared[1]}) > 1
-    assert log.prefill_calls == 1 and log.calls[0][0] == 1  # one prompt row prefilled for 17 rows of output
-    assert all(rows == 17 for rows, _, cached in log.calls if cached)
-
-
-def test_items_batched_with_padding_give_the_outputs_of_batch_one(engine):
-    from medbridge.harness_ext.backend.engines import Job
-    from medbridge.harness_ext.backend.instrument import count_forward_tokens
-
-    prompts = _varied_prompts(engine, 5)
+    engine = answering_engine
+    prompts = _answering_prompts(engine, 5)
     jobs = []
     for i, prompt in enumerate(prompts):
         jobs.append(
@@ -386,6 +420,9 @@ def test_items_batched_with_padding_give_the_outputs_of_batch_one(engine):
         jobs.append(Job(prompt, 1, normalize_gen_kwargs({"max_new_tokens": 7, "temperature": 0}), seed=0))
     assert len({int(engine.encode([p])["input_ids"].shape[1]) for p in prompts}) > 1  # padding is exercised
     single = [[s.text for s in engine.generate([job])[0]] for job in jobs]
+    # The items' greedy answers differ (the answering model reads the image): a batch that hands one
+    # item's answer to another cannot pass.
+    assert len({single[2 * i + 1][0] for i in range(len(prompts))}) >= 3, single
     engine.batch_size = 8
     try:
         with count_forward_tokens(type(engine.model)) as log:
