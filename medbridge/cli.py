@@ -7,7 +7,10 @@ paragraph and exit code 2, anything else names the log file that holds its trace
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from medbridge import __version__
@@ -58,10 +61,32 @@ def _cmd_build_fixtures(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def stdout_for_the_result_only() -> Iterator[None]:
+    """While a command works, whatever libraries print to stdout (deepspeed's accelerator notice is a
+    logging handler bound to the real stdout) goes to stderr, so ``$(medbridge build-tiny-model ...)``
+    captures the one line the command prints after."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (an embedded interpreter): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
     from medbridge.tiny_model import build_tiny_qwen2_5_vl
 
-    print(build_tiny_qwen2_5_vl(folder_to_write(args.out, "--out"), seed=args.seed, overwrite=args.overwrite))
+    with stdout_for_the_result_only():
+        path = build_tiny_qwen2_5_vl(folder_to_write(args.out, "--out"), seed=args.seed, overwrite=args.overwrite)
+    print(path)
     return 0
 
 
@@ -98,7 +123,8 @@ def _cmd_report(args: argparse.Namespace, rescore: bool = False) -> int:
 
 
 def _cmd_tasks_path(args: argparse.Namespace) -> int:
-    from medbridge.harness_ext.plugin import TASKS_DIR
+    with stdout_for_the_result_only():
+        from medbridge.harness_ext.plugin import TASKS_DIR
 
     print(TASKS_DIR)
     return 0

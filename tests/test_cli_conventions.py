@@ -115,3 +115,16 @@ def test_lmms_eval_logger_is_plain_unless_a_terminal(monkeypatch, stream, env, c
     finally:
         logger.remove(sink)
     assert ("\x1b[" in stream.getvalue()) is coloured and "hello" in stream.getvalue()
+
+
+@pytest.mark.slow
+def test_build_tiny_model_stdout_is_the_path_alone(tmp_path):
+    """`$(medbridge build-tiny-model --out DIR)` in the README: libraries' notices (deepspeed's accelerator
+    warning, a logging handler bound to the real stdout) went into the captured path before."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "medbridge.cli", "build-tiny-model", "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"{tmp_path / 'm'}\n"
