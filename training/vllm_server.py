@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext import settings
 from medbridge.harness_ext.errors import MedbridgeError
 
 __all__ = [
@@ -166,7 +167,7 @@ def _serve(recipe: str, tensor_parallel: str, port: int, dry_run: bool) -> int:
             f"{', '.join(map(str, valid))}. Give the server node that many GPUs (a heterogeneous job, see "
             "training/slurm/train_multinode.slurm) or set VLLM_TP to one of them"
         )
-    if gpus is not None and size < gpus and os.environ.get(ALLOW_IDLE_ENV) != "1":
+    if gpus is not None and size < gpus and not settings.get_flag(ALLOW_IDLE_ENV):
         raise MedbridgeError(
             f"tensor parallel {size} leaves {gpus - size} of this node's {gpus} GPUs idle (data parallel stays 1: "
             f"TRL's server mode). Use VLLM_TP={max(v for v in valid if v <= gpus)}, give the server node exactly "
