@@ -60,7 +60,7 @@ MARKER_FILENAME = "medbridge_tiny_model.json"
 
 FINE_TUNE_HELP = (
     "train it briefly so its answers depend on the item: <answer>X</answer>, the letter read from the image "
-    "(about 20 s more on one core)"
+    "(about 10 s more CPU)"
 )
 
 
