@@ -13,10 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from medbridge.training.configs import parse_recipe
+
+# Every test here trains or evaluates the tiny model (tens of seconds each): out of the fast lane.
+pytestmark = pytest.mark.slow
 
 RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
+
+
+def parse_recipe(kind: str, argv: list[str]):
+    from medbridge.training.configs import parse_recipe as parse  # TRL: imported by the tests that run
+
+    return parse(kind, argv)
 CPU = ["--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--dataloader_num_workers", "0"]
 
 
@@ -81,6 +88,7 @@ def _sampled_ids(trainer, completions) -> list[list[int]]:
 
 
 def test_care_consistency_matches_a_direct_reference_forward(care_trainer):
+    import torch
     from trl.data_utils import apply_chat_template
 
     trainer = care_trainer
@@ -147,6 +155,8 @@ def test_care_bonus_is_added_after_gathering_inside_the_trainer(care_trainer):
 
 
 def test_care_trainer_owns_an_ema_reference(care_trainer):
+    import torch
+
     trainer = care_trainer
     assert trainer.ref_model is None  # TRL loads none at beta = 0
     ref, policy = trainer.care_ref_model, trainer.model

@@ -45,7 +45,6 @@ __all__ = [
     "build_eval_command",
     "checkpoint_eval_callback",
     "evaluate_checkpoint",
-    "finish_checkpoint_evaluations",
     "ingest_into_leaderboard",
     "pending_checkpoints",
     "read_records",
@@ -475,17 +474,3 @@ def checkpoint_eval_callback(script_args: Any, training_args: Any) -> Checkpoint
         leaderboard_store=script_args.leaderboard_store or default_store_path(),
         during_training=script_args.ckpt_eval_device is not None,
     )
-
-
-def finish_checkpoint_evaluations(trainer: Any) -> list[dict[str, Any]]:
-    """After training and the final save: the main process runs the queued evaluations and waits.
-
-    Other ranks return at once, so no rank sits in a collective while rank 0 evaluates.
-    """
-    if not trainer.accelerator.is_main_process:
-        return []
-    records: list[dict[str, Any]] = []
-    for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, CheckpointEvalCallback):
-            records += cb.finish()
-    return records
