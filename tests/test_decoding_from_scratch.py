@@ -41,12 +41,13 @@ GREEDY = {"until": [], "max_new_tokens": MAX_NEW, "do_sample": False, "temperatu
 
 
 def _docs() -> list[dict]:
-    import numpy as np
+    """Three MCQ items whose grey levels make the answering tiny model pick different letters."""
+    from medbridge.harness_ext.prompts import format_mcq_prompt, lettered
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    return [{"image": Image.fromarray((rng.random((56, 56, 3)) * 255).astype("uint8")),
-             "prompt": f"Question {i}: which class is shown? Options: A. {'xyz'[i]} B. {'uvw'[i]}"} for i in range(3)]
+    options = lettered(["basophil", "eosinophil", "erythroblast", "lymphocyte", "monocyte", "neutrophil"])
+    return [{"image": Image.new("RGB", (56, 56), (level, level, level)),
+             "prompt": format_mcq_prompt("Which cell type is shown?", options)} for level in (105, 140, 175)]
 
 
 def _messages(doc: dict) -> list[dict]:
@@ -107,8 +108,9 @@ def generate(lm, kind: str, *, protected: bool = True, n_docs: int = 3) -> list[
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tiny_model_dir):
-    return hostile_and_neutral_checkpoints(tiny_model_dir, tmp_path_factory.mktemp("generation_configs"))
+def checkpoints(tmp_path_factory, tiny_answering_model_dir):
+    """The answering tiny model (its answers depend on the item) with a hostile and a neutral config."""
+    return hostile_and_neutral_checkpoints(tiny_answering_model_dir, tmp_path_factory.mktemp("generation_configs"))
 
 
 def test_the_hostile_config_sets_every_field_transformers_knows(checkpoints, tmp_path):
@@ -139,6 +141,7 @@ def test_every_field_of_generation_config_json_leaves_outputs_unchanged(kind, ch
     clean = generate(clean_lm, kind)
     got = generate(hostile_lm, kind)
     n_greedy = 3
+    assert len(set(clean[:n_greedy])) > 1, clean[:n_greedy]  # answers that depend on the item
     assert len(set(clean[n_greedy:n_greedy + K])) > 1  # real samples, not K copies of one answer
     assert got[:n_greedy] == clean[:n_greedy], "greedy answers changed"
     assert got[n_greedy:] == clean[n_greedy:], "samples changed"
