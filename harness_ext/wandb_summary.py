@@ -1,8 +1,8 @@
 """W&B: the medbridge summary beside lmms-eval's own metrics.
 
-Given ``--wandb_args``, lmms-eval 0.7.3 logs each task's raw aggregate (``acc1,none``, ``pass_at_16,none``)
-through ``WandbLogger.log_eval_result``: no confidence interval, no support gap, no modality mean, and
-nothing saying how the numbers were decoded. ``install()`` (called once by the plugin) adds, right after
+Given ``--wandb_args``, lmms-eval 0.7.3 logs each task's raw aggregates (one number per metric and
+filter) through ``WandbLogger.log_eval_result``: no confidence interval, no support gap, no modality
+mean, and nothing saying how the numbers were decoded. ``install()`` (called once by the plugin) adds, right after
 lmms-eval's own logging, what ``medbridge report`` computes from the same run:
 
 - summary ``medbridge/<task or group>/<metric>`` with ``..._ci_low``, ``..._ci_high`` and ``..._n``, for
