@@ -15,6 +15,8 @@
 #   care_zero2_colocate GRPO-CARE on the tiny model, DeepSpeed ZeRO-2 (accelerate), vLLM colocate, 20 steps:
 #                       straight; killed (SIGKILL) inside step 13; resumed with --resume_from_checkpoint
 #                       true; final policy and EMA reference (care_ema.pt) compared with the straight run (~3)
+#   vllm_ranks          (2+ GPUs; SKIP on one) medbridge_vlm engine=vllm under torchrun: each rank's engine on its
+#                       own GPU, from the per-rank stats (multi-GPU block near the end)                (~2)
 # Environment: PYTHON (default: .venv/bin/python, else python3) must have medbridge[training,vllm,deepspeed];
 # VLLM_PYTHON (default PYTHON) runs the judge server. Exit status: 0 when no check FAILed.
 set -uo pipefail
@@ -28,7 +30,7 @@ while (( $# )); do
         --dry-run) DRY_RUN=1 ;;
         --workdir) WORKDIR=${2:?--workdir needs a folder}; shift ;;
         --only) ONLY=${2:?--only needs check names}; shift ;;
-        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gpu_smoke.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -229,6 +231,46 @@ EOF
         fi
     fi
 fi
+
+# ======================================================================================================
+# Multi-GPU block (engineer "backends", issue 26): medbridge_vlm engine=vllm under torchrun, one engine per
+# GPU. Needs 2+ GPUs (prints SKIP on one). Each rank's stats record the CUDA devices its engine was built on;
+# PASS when rank r's engine got the r-th visible GPU and both ranks generated their shard.
+#   vllm_ranks  torchrun --nproc_per_node min(GPUs, 8) on the tiny model, blood greedy + Pass@16, 8 items (~2)
+# ======================================================================================================
+if wanted vllm_ranks; then
+    NGPU=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
+    NPROC=$(( NGPU > 8 ? 8 : NGPU ))
+    ranks_cmd=("$PYTHON" -m torch.distributed.run --nproc_per_node "$(( NPROC > 1 ? NPROC : 2 ))"
+               --master_port $(( 29500 + RANDOM % 1000 )) -m lmms_eval --model medbridge_vlm
+               --model_args "pretrained=$W/tiny,engine=vllm,dtype=bfloat16,seed=0,gpu_memory_utilization=0.3,max_model_len=4096,min_pixels=3136,max_pixels=50176,stats_path=$W/vllm_ranks_stats.json"
+               --tasks medmnist_mcq_blood,medmnist_mcq_blood_passk --limit 8 --gen_kwargs max_new_tokens=16
+               --output_path "$W/vllm_ranks")
+    if (( DRY_RUN )); then
+        show "${ranks_cmd[@]}"
+        result vllm_ranks DRY "command prepared (runs with 2+ GPUs)"
+    elif (( NGPU < 2 )); then
+        result vllm_ranks SKIP "needs 2+ GPUs, found $NGPU"
+    elif run vllm_ranks 300 "${ranks_cmd[@]}"; then
+        figures=$("$PYTHON" - "$W" "$NPROC" <<'EOF2' 2>&1
+import json, os, sys
+from pathlib import Path
+w, n = Path(sys.argv[1]), int(sys.argv[2])
+stats = [json.loads((w / f"vllm_ranks_stats.rank{r}.json").read_text()) for r in range(n)]
+visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+gpus = visible.split(",") if visible else [str(i) for i in range(n)]
+devices = [s["devices"]["devices"] for s in stats]
+ok = devices == [[gpus[r]] for r in range(n)] and all(s["items_generated"] > 0 for s in stats)
+print(("ok " if ok else "MISMATCH ") + f"ranks={n} devices={json.dumps(devices)} "
+      f"items_per_rank={[s['items_generated'] for s in stats]} memory={[s['devices']['gpu_memory_utilization'] for s in stats]}")
+EOF2
+)
+        if [[ $figures == ok* ]]; then result vllm_ranks PASS "${figures#ok }"; else result vllm_ranks FAIL "$figures"; fi
+    else
+        result vllm_ranks FAIL "exit $? (log $W/vllm_ranks.log)"
+    fi
+fi
+# ======================================================================================================
 
 # What needs no GPU, run in a dry run too: the comparison above, on the tiny model against itself.
 if (( DRY_RUN )); then
