@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from medbridge.tiny_finetune import FINE_TUNE_VERSION, FineTuneSettings
 from medbridge.tiny_model import (
@@ -25,6 +23,13 @@ from medbridge.tiny_model import (
     is_complete_checkpoint,
     main,
 )
+
+
+def load_file(path: str) -> dict:
+    from safetensors.torch import load_file as load
+
+    return load(path)
+
 
 MCQ_TEXT = "Question: Which finding is shown?\nOptions:\nA. pneumonia\nB. normal\nAnswer with the option's letter."
 
@@ -71,6 +76,7 @@ def _mcq_inputs(processor, n_images: int = 1):
 # ---------------------------------------------------------------- layout & config
 
 
+@pytest.mark.slow
 def test_checkpoint_layout_and_marker(ckpt):
     names = {p.name for p in ckpt.iterdir()}
     for required in (
@@ -97,7 +103,9 @@ def test_checkpoint_layout_and_marker(ckpt):
     assert [p.name for p in ckpt.parent.iterdir()] == [ckpt.name]
 
 
+@pytest.mark.slow
 def test_config_is_tiny_and_consistent_with_tokenizer(ckpt):
+    import torch
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     cfg = AutoConfig.from_pretrained(ckpt)
@@ -135,6 +143,7 @@ def test_config_is_tiny_and_consistent_with_tokenizer(ckpt):
 # ---------------------------------------------------------------- tokenizer & template
 
 
+@pytest.mark.slow
 def test_tokenizer_special_tokens_and_tag_roundtrip(processor):
     tok = processor.tokenizer
     assert type(tok).__name__ == "Qwen2Tokenizer"
@@ -158,6 +167,7 @@ def test_tokenizer_special_tokens_and_tag_roundtrip(processor):
         assert tok.decode(tok.encode(word)) == word
 
 
+@pytest.mark.slow
 def test_chat_template_rendering(processor):
     rendered = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
@@ -191,7 +201,10 @@ def test_chat_template_rendering(processor):
 # ---------------------------------------------------------------- model
 
 
+@pytest.mark.slow
 def test_generate_with_image_on_cpu(processor, model):
+    import torch
+
     text, inputs = _mcq_inputs(processor)
     assert text.count("<|image_pad|>") == 1
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 64
@@ -204,6 +217,7 @@ def test_generate_with_image_on_cpu(processor, model):
     assert isinstance(processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)[0], str)
 
 
+@pytest.mark.slow
 def test_generation_config_carries_qwen2_5_vl_sampling_defaults(ckpt):
     """The real checkpoints' generation_config.json, field for field: what a backend inherits when it
     does not set every decoding field itself."""
@@ -212,6 +226,7 @@ def test_generation_config_carries_qwen2_5_vl_sampling_defaults(ckpt):
         "do_sample": True, "temperature": 0.1, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
 
 
+@pytest.mark.slow
 def test_processor_has_real_checkpoint_pixel_limits_capped_at_224(ckpt, processor):
     flat = json.loads((ckpt / "preprocessor_config.json").read_text())
     # Real Qwen2.5-VL: min_pixels 3136, max_pixels 12845056; ours caps at 224x224 for CPU speed.
@@ -236,9 +251,12 @@ def test_processor_has_real_checkpoint_pixel_limits_capped_at_224(ckpt, processo
     assert grid(448, min_pixels=3136, max_pixels=12845056) == (1, 32, 32)  # a caller's limits still win
 
 
+@pytest.mark.slow
 def test_inherited_top_k_collapses_sampling_unless_overridden(processor, model):
     """The trap the real defaults set: asking only for temperature/top_p keeps the checkpoint's top_k 1,
     so every sample is the greedy answer; overriding top_k and repetition_penalty brings diversity."""
+    import torch
+
     _, inputs = _mcq_inputs(processor)
 
     def distinct(**decoding) -> int:
@@ -251,7 +269,10 @@ def test_inherited_top_k_collapses_sampling_unless_overridden(processor, model):
     assert distinct(do_sample=True, temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.0) > 1
 
 
+@pytest.mark.slow
 def test_sampling_and_multiple_return_sequences(processor, model):
+    import torch
+
     _, inputs = _mcq_inputs(processor)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -262,7 +283,10 @@ def test_sampling_and_multiple_return_sequences(processor, model):
     assert out.shape[1] <= inputs["input_ids"].shape[1] + 6
 
 
+@pytest.mark.slow
 def test_two_images_and_text_only_batch(processor, model):
+    import torch
+
     _, inputs = _mcq_inputs(processor, n_images=2)
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 128
     texts = [
@@ -278,6 +302,7 @@ def test_two_images_and_text_only_batch(processor, model):
 # ---------------------------------------------------------------- lmms-eval backend
 
 
+@pytest.mark.slow
 def test_lmms_eval_qwen2_5_vl_backend(ckpt):
     pytest.importorskip("lmms_eval")
     from lmms_eval.api.instance import Instance
@@ -321,13 +346,17 @@ def test_lmms_eval_qwen2_5_vl_backend(ckpt):
 # ---------------------------------------------------------------- builder behaviour
 
 
+@pytest.mark.slow
 def test_rebuild_is_skipped_when_complete(ckpt):
     before = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}
     assert build_tiny_qwen2_5_vl(ckpt, seed=0) == ckpt
     assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_determinism_and_seed_sensitivity(ckpt, tmp_path):
+    import torch
+
     reference = load_file(str(ckpt / "model.safetensors"))
     other = tmp_path / "other"
     build_tiny_qwen2_5_vl(other, seed=1)
@@ -354,6 +383,7 @@ def test_determinism_and_seed_sensitivity(ckpt, tmp_path):
         assert (other / name).read_bytes() == (ckpt / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_overwrite_rebuilds_and_foreign_dirs_are_protected(tmp_path, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -430,6 +460,7 @@ def _inputs(processor, images, prompt: str):
 
 def _generate(model, processor, inputs, n: int = 1, **decoding) -> list[str]:
     """Decode with a generation config built from nothing (the checkpoint's carries Qwen's top_k 1)."""
+    import torch
     from transformers import GenerationConfig
 
     saved = model.generation_config
@@ -503,6 +534,8 @@ def test_fine_tuned_answer_follows_the_images_brightness(tuned):
 
 @pytest.mark.slow
 def test_fine_tuned_samples_differ_from_greedy_and_between_samples(tuned, kit_items):
+    import torch
+
     _, processor, model = tuned
     items = kit_items[::6]
     differ_from_greedy, distinct = 0, []
