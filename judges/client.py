@@ -3,9 +3,11 @@
 ``JudgeClient.judge(template, inputs)`` asks one question of a ``PromptTemplate`` (prompts.py):
 MCQ choice, free-text grading and modality classification all go through it. Per question: the
 verdict cache first, then in-flight de-duplication (identical questions share one request), then
-a request to the least busy replica (replicas.py) with tenacity retries. Every byte goes through
-http.py's ``JudgeHTTP`` (no redirect to another origin, a whole-request deadline, a reply-size
-cap, transient errors raised, secrets scrubbed).
+a request to the least busy replica (replicas.py) with tenacity retries. The chat request goes
+through the official openai SDK (``AsyncOpenAI.post`` with the plain dict body, its own retries off);
+``/v1/models`` through ``JudgeHTTP.request``. Every byte of both passes http.py's one policy transport
+(no redirect to another origin, a whole-request deadline, a reply-size cap, transient errors raised,
+secrets set there and scrubbed everywhere else).
 
 What a question can end as (``Verdict.status``): one of the template's settled statuses (the only
 ones cached), or ``invalid`` (the judge answered, but not in the template's exact format: prose, a
@@ -142,6 +144,8 @@ class JudgeClient:
             ],
             per_replica=config.concurrency,
         )
+        for replica in self.replicas.replicas:
+            replica.http.openai_client()  # the SDK now: a missing `judge` extra is an error here, not a failed verdict
         if cache is True:
             cache = VerdictCache(config.cache_path or default_cache_path()) if config.cache_enabled else None
         self.cache: VerdictCache | None = cache or None
@@ -342,9 +346,8 @@ class JudgeClient:
         async def chat(replica: Replica) -> Any:
             self.stats["requests"] += 1
             # The template header says which prompt asks (a test judge answers by it; a proxy can route by it).
-            reply = await replica.http.request_json(
-                "POST", "/chat/completions", body=body, headers={TEMPLATE_HEADER: template.key},
-                timeout_s=self._request_timeout(),
+            reply = await replica.http.post_openai(
+                "/chat/completions", body, headers={TEMPLATE_HEADER: template.key}, timeout_s=self._request_timeout()
             )
             content = _reply_content(reply)
             # A server's error message in place of an answer is transient: retried, never a verdict.

@@ -15,8 +15,9 @@ a number, a list, a dict, null, a lone surrogate, no choices, a body that is not
 reply can be delayed (requests are answered in parallel, so concurrency shows in wall time and
 in ``max_inflight``) or hang; ``capacity`` caps the requests answered at once (the rest queue).
 ``root`` is what ``/v1/models`` reports as the served model's path, as vLLM does. ``GET /stats``
-returns request counts. Run in a thread (``FakeJudgeServer``) or as a process
-(``python -m medbridge.tests.fake_judge_server --port P ...``) that a test can kill.
+returns request counts; ``state.headers`` holds (method, path, headers) of every request. Run in a
+thread (``FakeJudgeServer``) or as a process (``python -m medbridge.tests.fake_judge_server --port P ...``)
+that a test can kill.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class _State:
         # Requests answered at once (0: no limit); a fixed capacity per server is what replicas multiply.
         self.capacity = threading.BoundedSemaphore(capacity) if capacity else contextlib.nullcontext()
         self.request_times: list[float] = []
+        self.headers: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers) of every request
         self.lock = threading.Lock()
         self.counts = Counter()
         self.attempts_per_prompt = Counter()
@@ -188,6 +190,7 @@ def make_handler(state: _State):
         def do_GET(self):
             path = self.path.split("?", 1)[0]  # a judge URL may carry a query (a token): ignored here
             with state.lock:
+                state.headers.append(("GET", path, dict(self.headers)))
                 state.counts["gets"] += 1
                 if self.headers.get("Authorization", "") not in ("", "Bearer EMPTY"):
                     state.counts["get_with_key"] += 1
@@ -210,6 +213,7 @@ def make_handler(state: _State):
             prompt = _text_of(content)
             template = template_name(self.headers.get(TEMPLATE_HEADER))
             with state.lock:
+                state.headers.append(("POST", self.path, dict(self.headers)))
                 state.counts["requests"] += 1
                 state.counts[f"template:{template}"] += 1
                 state.request_times.append(time.monotonic())

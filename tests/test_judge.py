@@ -228,6 +228,51 @@ def test_retries_transient_errors_then_succeeds(tmp_path, status):
     assert seen["counts"]["requests"] == 18 and seen["counts"][f"failed_{status}"] == 12
 
 
+def test_verdicts_go_through_the_openai_sdk_with_its_own_retries_off(tmp_path, monkeypatch):
+    import httpx
+    import openai
+    from medbridge.judges import http
+
+    # What the SDK would take from the environment must never reach the judge (nor send it elsewhere).
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key-never-sent")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-env-never-sent")
+    with FakeJudgeServer() as elsewhere, FakeJudgeServer(fail_first=1, fail_status=500) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", elsewhere.base_url)
+        cfg = _config(server.base_url, tmp_path, max_attempts=3)
+        verdicts, stats = _run(cfg, _jobs(1))
+        assert [v.letter for v in verdicts] == ["A"] and stats["requests"] == 2
+        seen = list(server.state.headers)
+        assert elsewhere.state.headers == []
+        with FakeJudgeServer(fail_first=10**6, fail_status=500) as down:
+            cfg = _config(down.base_url, tmp_path, api_key=None, judge_id="down", max_attempts=3, breaker_failures=0)
+            verdicts, stats = _run(cfg, _jobs(1))
+            failing = [h for method, _, h in down.state.headers if method == "POST"]
+    # The verdict request is the SDK's (its User-Agent and X-Stainless-* headers); /v1/models is ours.
+    (get,) = [h for method, path, h in seen if method == "GET"]
+    posts = [{k.lower(): v for k, v in h.items()} for method, _, h in seen if method == "POST"]
+    assert get["user-agent"] == "medbridge-judge" and get["Authorization"] == f"Bearer {SECRET}"
+    assert len(posts) == 2
+    for post in posts:
+        assert post["user-agent"] == f"AsyncOpenAI/Python {openai.__version__}"
+        assert post["x-stainless-lang"] == "python" and post["x-stainless-async"].startswith("async:")
+        assert post["x-stainless-retry-count"] == "0"  # the SDK never retried: the second try is tenacity's
+        assert post["authorization"] == f"Bearer {SECRET}" and "openai-organization" not in post
+        assert post["x-medbridge-judge-prompt"] == MCQ_CHOICE.key
+    # A judge failing every try gets exactly max_attempts requests (the SDK's own 2 retries would make 9),
+    # and no key: neither ours (none configured) nor the SDK's from the environment.
+    assert [v.error for v in verdicts] == ["HTTP 500"] and stats["requests"] == 3 and len(failing) == 3
+    assert all("Authorization" not in h and "OpenAI-Organization" not in h for h in failing)
+    # Our transport's errors come back as themselves, also when an SDK version wraps them.
+    refused = http.RedirectRefused("judge http://127.0.0.1:9/v1/chat/completions: redirect refused")
+    try:
+        try:
+            raise refused
+        except http.RedirectRefused as exc:
+            raise openai.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1:9/v1")) from exc
+    except openai.APIConnectionError as wrapped:
+        assert http._carried(wrapped) is refused
+
+
 def test_client_errors_are_not_retried_and_fail_resumably(tmp_path):
     jobs = _jobs(5)
     with FakeJudgeServer(fail_first=99, fail_status=400) as server:

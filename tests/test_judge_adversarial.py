@@ -397,7 +397,8 @@ class HostileJudge:
     (2 MiB, not compressed), "redirect" (chat requests answered with ``redirect_status`` to ``target``;
     /v1/models too when ``redirect_models``), "overloaded" (a 200 saying "Error: upstream model
     overloaded" for the first ``fail_first`` tries of each question), "models_list" (/v1/models is a
-    JSON list). ``seen`` holds (method, path, Authorization) of every request."""
+    JSON list), "hangup" (chat requests read, then the connection closed without a reply). ``seen``
+    holds (method, path, Authorization) of every request."""
 
     def __init__(self, mode="normal", *, target=None, redirect_status=307, redirect_models=False, fail_first=2,
                  trickle_s=15.0, root="/models/hostile"):
@@ -445,6 +446,9 @@ class HostileJudge:
                 answer = "VERDICT: B"
                 if mode == "redirect":
                     return self._redirect()
+                if mode == "hangup":
+                    self.close_connection = True
+                    return
                 if mode == "overloaded" and tries[body] <= fail_first:
                     answer = "Error: upstream model overloaded"
                 completion = json.dumps({"object": "chat.completion", "choices": [
@@ -515,6 +519,8 @@ def test_adversarial_trickling_judge_is_cut_by_the_whole_request_deadline(tmp_pa
 def test_adversarial_reply_size_is_capped_compressed_and_inflated(tmp_path, mode):
     import tracemalloc
 
+    import openai  # noqa: F401 -- the SDK's modules (~25 MiB, once per process) are loaded before measuring
+
     with HostileJudge(mode) as server:
         if mode == "bomb":
             _bomb()  # built before measuring
@@ -559,6 +565,15 @@ def test_adversarial_judge_check_never_follows_a_redirect_or_leaks_the_key(tmp_p
     assert code == 1 and "not an OpenAI model list" in captured.out
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
     assert SECRET not in captured.out + captured.err
+
+
+def test_adversarial_connection_dropped_mid_request_is_retried_by_us_alone(tmp_path):
+    with HostileJudge("hangup") as server:
+        verdicts, stats = _run(stub_judge_config(server.base_url, tmp_path, max_attempts=3), _b_jobs(1))
+        posts = [path for method, path, _ in server.seen if method == "POST"]
+    assert [(v.status, v.error) for v in verdicts] == [("failed", "Unreachable")]
+    assert len(posts) == 3 and stats["requests"] == 3  # tenacity's 3 tries, none of the SDK's own
+    assert VerdictCache(tmp_path / "cache.sqlite").count() == 0
 
 
 def test_adversarial_overloaded_200_is_retried_and_never_cached(tmp_path):
