@@ -257,6 +257,7 @@ def _prompt(engine, seed: int = 0):
     )
 
 
+@pytest.mark.slow
 def test_one_prefill_draws_what_generate_draws_from_k_prefills(engine):
     """Same seed, same settings: our sampler (1 prefill + expanded KV cache) returns exactly the
     K sequences of transformers' generate(num_return_sequences=K), which prefills K times.
@@ -296,6 +297,7 @@ def test_one_prefill_draws_what_generate_draws_from_k_prefills(engine):
     assert all(rows == k and seq == 1 for rows, seq, cached in ours.calls if cached)
 
 
+@pytest.mark.slow
 def test_greedy_samples_are_identical_and_equal_generate(engine):
     from medbridge.harness_ext.backend.engines import Job
 
@@ -322,6 +324,7 @@ def test_greedy_samples_are_identical_and_equal_generate(engine):
     assert [s.text for s in top1] == [samples[0].text] * 3
 
 
+@pytest.mark.slow
 def test_seed_makes_sampling_reproducible(engine):
     from medbridge.harness_ext.backend.engines import Job
 
@@ -433,6 +436,7 @@ def test_items_batched_with_padding_give_the_outputs_of_batch_one(answering_engi
     assert log.prefill_calls == 1 and log.calls[0][0] == len(prompts)
 
 
+@pytest.mark.slow
 def test_checkpoint_sampling_defaults_never_reach_decoding(backend):
     """The tiny model carries Qwen2.5-VL's generation_config (top_k 1, top_p 0.001, temperature 0.1,
     repetition_penalty 1.05): the task's settings alone decide, so Pass@K samples differ, and the
@@ -484,6 +488,7 @@ def backend(tiny_model_dir, tmp_path):
     return lm
 
 
+@pytest.mark.slow
 def test_backend_answers_each_item_from_one_prefill_and_then_from_the_cache(backend, tiny_model_dir):
     from medbridge.harness_ext.backend.instrument import count_forward_tokens
     from medbridge.harness_ext.backend.model import MedbridgeVLM
@@ -537,13 +542,15 @@ def test_backend_answers_each_item_from_one_prefill_and_then_from_the_cache(back
     assert res[:32] != out[:32] and res[32:] == out[32:] and other.items_generated == 2
 
 
-def test_backend_rejects_unknown_model_args(tiny_model_dir):
+@pytest.mark.slow  # imports lmms-eval and torch
+def test_backend_rejects_unknown_model_args(tmp_path):
     from medbridge.harness_ext.backend.model import MedbridgeVLM
 
+    # Refused before any model is loaded (the folder holds none).
     with pytest.raises(ValueError, match="temperatur"):
-        MedbridgeVLM(pretrained=str(tiny_model_dir), temperatur=0.7)
-    with pytest.raises(ValueError, match="engine"):
-        MedbridgeVLM(pretrained=str(tiny_model_dir), engine="tgi")
+        MedbridgeVLM(pretrained=str(tmp_path), temperatur=0.7)
+    with pytest.raises(ValueError, match="'transformers', 'vllm' or 'openai', got 'tgi'"):
+        MedbridgeVLM(pretrained=str(tmp_path), engine="tgi")
 
 
 def test_manifest_names_the_chat_class():
@@ -558,6 +565,7 @@ def test_manifest_names_the_chat_class():
     assert cls.__module__ == "medbridge.harness_ext.backend.model"
 
 
+@pytest.mark.slow
 def test_each_request_gets_its_own_generation_settings(backend):
     short = _instance(1, {**SAMPLED, "max_new_tokens": 2}, repeats=4)
     long = _instance(1, {**SAMPLED, "max_new_tokens": 9}, repeats=4)
