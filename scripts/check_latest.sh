@@ -8,7 +8,7 @@
 #   --keep     keep the venv (its path is printed) instead of deleting it at the end
 #   --no-vllm  leave out the [vllm] extra (its wheels are CUDA builds of several GB)
 #   --print    print the commands without running them
-# Needs the network (the package index) and about 10 GB of disk with [vllm]; takes 10-30 minutes.
+# Needs the network (the package index) and 11 GB of disk with [vllm]; took 20 minutes here (mostly downloads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
