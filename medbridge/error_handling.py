@@ -45,6 +45,7 @@ def extra_of_module(module: str) -> str | None:
     except PackageNotFoundError:
         return None
     top = module.split(".")[0].lower()
+    extras = []
     for requirement in requirements:
         name, _, marker = requirement.partition(";")
         if "extra ==" not in marker:
@@ -53,8 +54,13 @@ def extra_of_module(module: str) -> str | None:
         for stop in "<>=!~[ ":
             distribution = distribution.split(stop)[0]
         if distribution.lower().replace("-", "_") == top:
-            return marker.split("extra ==")[1].strip().strip("'\"")
-    return None
+            extras.append(marker.split("extra ==")[1].strip().strip("'\""))
+    # A package in several extras (deepspeed: [deepspeed] and [test]): the one named after it, else the
+    # first that is not the tests' own.
+    for extra in extras:
+        if extra.replace("-", "_") == top:
+            return extra
+    return next((e for e in extras if e != "test"), extras[0] if extras else None)
 
 
 def user_error_message(err: BaseException) -> str | None:
