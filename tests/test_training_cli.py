@@ -84,7 +84,7 @@ def test_eval_checkpoint_says_where_results_and_rows_went(tmp_path, monkeypatch,
     common = ["eval-checkpoint", str(ckpt), "--tasks", "medmnist_mcq_breast", "--output", str(results.parent)]
     assert main(common) == 0
     out = capsys.readouterr().out
-    assert f"results: {results}" in out and "leaderboard: not added (pass --leaderboard STORE" in out
+    assert f"results: {results}" in out and "leaderboard: not added (pass --store STORE" in out
     monkeypatch.chdir(tmp_path)
     assert main([*common, "--leaderboard", "lb.sqlite", "--run", "r", "--step", "3"]) == 0
     out = capsys.readouterr().out
