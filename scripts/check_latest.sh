@@ -40,8 +40,10 @@ trap cleanup EXIT
 
 run "$PY" -m venv "$VENV"
 run "$VENV/bin/python" -m pip install -q --upgrade pip
-# No -c constraints/cpu-tests.txt: the resolver takes the newest version each range allows.
-run "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+# No -c constraints/cpu-tests.txt: the resolver takes the newest version each range allows. The registry's
+# view, as scripts/check_vllm_extra.sh takes it: no local wheel folder, no machine-wide pip config or caps.
+run env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+    "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
 if [ "$PRINT" = 0 ]; then
     echo "versions under test:"
     "$VENV/bin/python" -m pip list --format=freeze \
