@@ -44,13 +44,11 @@ def test_dry_run_prepares_every_check(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     checks = [line for line in out.splitlines() if line.startswith("CHECK ")]
-    assert [c.split(":")[0] for c in checks] == [
-        "CHECK passk_transformers",
-        "CHECK passk_vllm",
-        "CHECK judge_vllm",
-        "CHECK care_zero2_colocate",
-    ]
-    assert all(": DRY " in c for c in checks) and (work / "figures.txt").read_text().count("CHECK ") == 4
+    names = [c.split(":")[0].removeprefix("CHECK ") for c in checks]
+    # The single-GPU checks, in order (sections for more GPUs may follow them).
+    assert names[:4] == ["passk_transformers", "passk_vllm", "judge_vllm", "care_zero2_colocate"]
+    assert all(": DRY " in c for c in checks)
+    assert (work / "figures.txt").read_text().count("CHECK ") == len(checks)
     # What needs no GPU was built and run.
     assert (work / "tiny" / "config.json").is_file() and (work / "tiny-judge" / "config.json").is_file()
     assert (work / "medmnist").is_dir() and "checkpoint comparison helper ok" in out
