@@ -3,8 +3,12 @@
 - ``prompts.yaml``: the prompt texts, their versions and the project's one modality vocabulary;
   ``prompts.py`` fills them in (messages + strict parser per template)
 - ``config.py``: ``JudgeConfig`` (explicit > task metadata > environment; the API key bound to its URL)
-- ``client.py``: the async OpenAI client (cache, de-duplication, concurrency, retries with
-  Retry-After, deadline, circuit breaker) and the thread-backed ``JudgePool``
+- ``client.py``: the async judge client (cache, de-duplication, concurrency, retries with
+  Retry-After, deadline, circuit breaker) and the thread-backed ``JudgePool``; ``replicas.py``
+  spreads its requests over several servers of one judge
+- ``http.py``: the one HTTP policy of every judge request, as an httpx transport under the openai SDK
+  (verdicts) and ``JudgeHTTP`` (``/v1/models``, check, health); ``redaction.py``: secrets kept out of
+  everything shown, logged or stored
 - ``cache.py``: the SQLite verdict cache keyed by judge identity
 - ``cascade.py``: rules first, the judge for the rest; per-item records that settle before a
   distributed gather; judge counts and rule-vs-judge agreement

@@ -576,6 +576,21 @@ def test_adversarial_connection_dropped_mid_request_is_retried_by_us_alone(tmp_p
     assert VerdictCache(tmp_path / "cache.sqlite").count() == 0
 
 
+def test_adversarial_an_environment_proxy_is_used_under_the_same_policy(tmp_path, monkeypatch):
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    judge_url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there: only the proxy can answer
+    with HostileJudge("normal") as proxy:
+        monkeypatch.setenv("http_proxy", proxy.origin)
+        verdicts, _ = _run(stub_judge_config(judge_url, tmp_path, api_key=SECRET), _b_jobs(1))
+        assert [v.letter for v in verdicts] == ["B"]
+        assert [(method, path) for method, path, _ in proxy.seen] == [
+            ("GET", judge_url + "/models"), ("POST", judge_url + "/chat/completions")]
+        monkeypatch.setenv("no_proxy", "127.0.0.1")  # the judge excluded: asked directly (and down)
+        verdicts, _ = _run(stub_judge_config(judge_url, tmp_path, max_attempts=1, judge_id="x"), _b_jobs(1))
+        assert verdicts[0].status == "failed" and len(proxy.seen) == 2
+
+
 def test_adversarial_overloaded_200_is_retried_and_never_cached(tmp_path):
     with HostileJudge("overloaded", fail_first=2) as server:
         verdicts, stats = _run(stub_judge_config(server.base_url, tmp_path), _b_jobs(3))
