@@ -394,7 +394,8 @@ def _bomb() -> bytes:
 class HostileJudge:
     """A judge server on 127.0.0.1 that misbehaves on purpose. ``mode``: "normal" (always ``VERDICT: B``),
     "trickle" (the reply's bytes one every 0.5 s, for at most ``trickle_s``), "bomb" (gzip bomb), "big"
-    (2 MiB, not compressed), "redirect" (chat requests answered with ``redirect_status`` to ``target``;
+    (2 MiB, not compressed), "redirect" (chat requests answered with ``redirect_status`` to ``target``, a
+    path under "/moved/" excepted, so ``target`` may be the server's own origin + "/moved";
     /v1/models too when ``redirect_models``), "overloaded" (a 200 saying "Error: upstream model
     overloaded" for the first ``fail_first`` tries of each question), "models_list" (/v1/models is a
     JSON list), "hangup" (chat requests read, then the connection closed without a reply). ``seen``
@@ -407,6 +408,7 @@ class HostileJudge:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.seen: list[tuple[str, str, str]] = []
+        self.target = target
         tries: Counter = Counter()
         owner = self
 
@@ -428,11 +430,11 @@ class HostileJudge:
                     pass
 
             def _redirect(self):
-                self._reply(redirect_status, b"", {"Location": target + self.path})
+                self._reply(redirect_status, b"", {"Location": owner.target + self.path})
 
             def do_GET(self):
                 owner.seen.append(("GET", self.path, self.headers.get("Authorization", "")))
-                if mode == "redirect" and redirect_models:
+                if mode == "redirect" and redirect_models and not self.path.startswith("/moved/"):
                     return self._redirect()
                 if mode == "models_list":
                     return self._reply(200, json.dumps([{"id": MODEL_NAME}]).encode())
@@ -444,7 +446,7 @@ class HostileJudge:
                 owner.seen.append(("POST", self.path, self.headers.get("Authorization", "")))
                 tries[body] += 1
                 answer = "VERDICT: B"
-                if mode == "redirect":
+                if mode == "redirect" and not self.path.startswith("/moved/"):
                     return self._redirect()
                 if mode == "hangup":
                     self.close_connection = True
@@ -546,6 +548,21 @@ def test_adversarial_cross_origin_redirect_is_refused_and_the_key_never_leaves(t
     assert {v.error for v in verdicts} == {"RedirectRefused"}
     assert other.seen == []  # nothing was sent to the other origin: no request, no key
     assert VerdictCache(tmp_path / "cache.sqlite").count() == 0
+
+
+def test_adversarial_same_origin_redirect_is_followed_with_body_and_key_but_never_into_a_get(tmp_path):
+    with HostileJudge("redirect", redirect_status=307, redirect_models=True) as server:
+        server.target = server.origin + "/moved"
+        verdicts, _ = _run(stub_judge_config(server.base_url, tmp_path, api_key=SECRET), _b_jobs(1))
+    assert [v.letter for v in verdicts] == ["B"]  # the 307 kept the POST and its body
+    assert server.seen == [(method, path, f"Bearer {SECRET}") for method, path in [
+        ("GET", "/v1/models"), ("GET", "/moved/v1/models"),
+        ("POST", "/v1/chat/completions"), ("POST", "/moved/v1/chat/completions")]]
+    with HostileJudge("redirect", redirect_status=302) as server:  # a 302 would turn the POST into a GET
+        server.target = server.origin + "/moved"
+        verdicts, _ = _run(stub_judge_config(server.base_url, tmp_path / "x", judge_id="x"), _b_jobs(1))
+    assert [(v.status, v.error) for v in verdicts] == [("failed", "RedirectRefused")]
+    assert [path for _, path, _ in server.seen] == ["/v1/chat/completions"]
 
 
 def test_adversarial_judge_check_never_follows_a_redirect_or_leaks_the_key(tmp_path, capsys, monkeypatch):
