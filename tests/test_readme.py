@@ -195,8 +195,11 @@ def test_cpu_block_runs_as_written(block, session):
 
         vllm_python_or_skip()
     done = run_block(block, folder, env)
+    logs = "".join(f"\n--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+                   for log in re.findall(r"> *(\S+\.log)", block.text) for log in [folder / log] if log.is_file())
     assert done.returncode == 0, (f"README line {block.line} failed (exit {done.returncode}):\n{block.text}\n"
-                                  f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-4000:]}")
+                                  f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-4000:]}{logs}")
+    assert "request_failed" not in done.stderr, done.stderr[-3000:] + logs  # a served run whose requests all failed
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     for line in block.text.splitlines():
         if line.startswith("medbridge report "):
