@@ -220,9 +220,9 @@ def outcome_rate(records: Sequence[Mapping[str, Any]], outcome: str) -> float:
 
 
 def sampling_diversity(records: Sequence[Mapping[str, Any]]) -> float:
-    """Mean number of distinct responses per sampled item (records without ``distinct`` are skipped);
-    NaN when no record carries it."""
-    values = [r["distinct"] for r in records if r.get("distinct") is not None]
+    """Mean number of distinct responses per sampled item over the scorable items (records without
+    ``distinct`` are skipped); NaN when none carries it. A failed request's marker is no response."""
+    values = [r["distinct"] for r in scorable(records) if r.get("distinct") is not None]
     return float(np.mean(values)) if values else math.nan
 
 
@@ -257,8 +257,8 @@ class SamplerCheck:
     """What a sampled task's records say about its sampler.
 
     ``collapsed`` is True when the recorded settings cannot sample, or when (almost) no item's samples
-    differ: then Pass@K is Acc@1 in disguise and draws no verdict. None when the records say nothing
-    (no ``distinct`` recorded: runs from before the field)."""
+    differ: then Pass@K is Acc@1 in disguise and draws no verdict. None when the records say nothing:
+    no ``distinct`` recorded (runs from before the field), or every item left out (EXCLUDED_OUTCOMES)."""
 
     collapsed: bool | None
     reason: str
@@ -276,7 +276,16 @@ def check_sampler(records: Sequence[Mapping[str, Any]]) -> SamplerCheck:
 
     Pass the records of every sampled task that shares one sampler (same backend and settings): the
     more items, the surer the check. A confident model keeps some items whose samples differ; a sampler
-    that ignores the temperature has none (or the settings it recorded already say it cannot sample)."""
+    that ignores the temperature has none (or the settings it recorded already say it cannot sample).
+
+    Items left out of every score (a failed request, a failed judge verdict) are left out here too: 16
+    copies of one failure marker say nothing about the sampler. With none left there is no evidence."""
+    left_out = excluded_items(records)
+    records = scorable(records)
+    if left_out and not records:
+        causes = ", ".join(f"{len(ids)} {outcome}" for outcome, ids in left_out.items())
+        return SamplerCheck(None, f"no evidence: every item was left out ({causes}), so nothing shows how the "
+                            "sampler decodes")
     for settings in {_settings_key(r.get("decoding")): r.get("decoding") for r in records}.values():
         why = degenerate_settings(settings)
         if why:

@@ -1,3 +1,4 @@
+import math
 from fractions import Fraction
 from math import comb
 
@@ -118,6 +119,27 @@ def test_sampling_diversity_and_collapse(caplog):
     with caplog.at_level("WARNING"):
         assert scoring.agg_distinct_per_item([same, spaced]) == 1.0
     assert "COLLAPSED SAMPLING" in caplog.text
+
+
+def test_a_sampled_task_whose_every_request_failed_gives_no_evidence_about_its_sampler(caplog):
+    # Sixteen copies of one failure marker are one "distinct response" per item: not a collapsed sampler.
+    from medbridge.harness_ext import scoring
+
+    failed = [scoring.process_sampled({**DOC, "item_id": f"x/{i}"}, [[FAIL] * 16])["pass_at_16"] for i in range(4)]
+    assert {r["distinct"] for r in failed} == {1} and all(metrics.excluded_outcome(r) for r in failed)
+    check = metrics.check_sampler(failed)
+    assert check.collapsed is None
+    assert check.reason.startswith("no evidence: every item was left out (4 request_failed)")
+    with caplog.at_level("WARNING"):
+        assert math.isnan(scoring.agg_distinct_per_item(failed))
+    assert "COLLAPSED" not in caplog.text
+    judged_out = metrics.make_record("x/9", "x", "B", ["B"] * 16, outcomes=["correct"] * 15 + ["judge_failed"])
+    judged_out["distinct"] = 1
+    assert metrics.check_sampler([judged_out]).reason.startswith("no evidence: every item was left out (1 judge_failed")
+    # Left-out items do not dilute the evidence of the answered ones either.
+    varied = scoring.process_sampled(DOC, [[f"<think>{i}</think><answer>B</answer>" for i in range(16)]])["pass_at_16"]
+    assert metrics.check_sampler(failed + [varied]).collapsed is False
+    assert metrics.sampling_diversity(failed + [varied]) == 16
 
 
 def test_records_carry_the_decoding_the_backend_recorded():
