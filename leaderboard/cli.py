@@ -30,17 +30,17 @@ def _store(args: argparse.Namespace) -> Path:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from medbridge.leaderboard.ingest import expand_runs, ingest_many
+    from medbridge.leaderboard.ingest import Ingested, expand_runs, ingest_many
     from medbridge.leaderboard.store import display_path
 
     store = _store(args)
     paths = expand_runs(args.runs)
+    new_runs = 0
 
-    def report(path: str, added: int | None, why: str | None) -> None:
-        if why is not None:
-            print(f"skipped {path}: {why}", file=sys.stderr)
-        else:
-            print(f"{path}: {added} rows added" if added else f"{path}: already in the store, nothing added")
+    def report(outcome: Ingested) -> None:
+        nonlocal new_runs
+        new_runs += outcome.added
+        print(outcome.message(), file=sys.stderr if outcome.skipped is not None else sys.stdout)
 
     added, skipped = ingest_many(
         store,
@@ -54,7 +54,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         allow_partial=args.allow_partial,
     )
     failed = len(skipped)
-    print(f"store {display_path(store)}: {added} rows added from {len(paths) - failed} run(s); {failed} skipped")
+    stored = len(paths) - failed - new_runs
+    print(
+        f"store {display_path(store)}: {new_runs} run(s) added with {added} rows; {stored} already in the store; "
+        f"{failed} skipped"
+    )
     if failed and failed == len(paths):
         raise MedbridgeError(f"none of the {failed} run(s) could be ingested (reasons above)")
     return 0

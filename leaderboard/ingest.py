@@ -83,6 +83,30 @@ class IngestError(MedbridgeError, ValueError):
     """A results folder that cannot be ingested; the message names the file and the reason."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Ingested:
+    """What ingesting one run did: added (``rows`` result rows, possibly 0), already stored, or skipped."""
+
+    path: str
+    rows: int | None = None  # result rows the newly added run wrote; None when nothing was written
+    partial: str | None = None  # the added run's partial note (items left out, tasks missing)
+    skipped: str | None = None  # why the run was not ingested
+
+    @property
+    def added(self) -> bool:
+        return self.rows is not None
+
+    def message(self) -> str:
+        if self.skipped is not None:
+            return f"skipped {self.path}: {self.skipped}"
+        if self.rows is None:
+            return f"{self.path}: already in the store, nothing added"
+        text = f"{self.path}: run added, {self.rows} rows added"
+        if self.rows == 0:
+            text += " (no item was answered, so it has no numbers)"
+        return text + (f"; marked partial: {self.partial}" if self.partial else "")
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
@@ -377,8 +401,9 @@ def ingest_run(
     allow_partial: bool = False,
 ) -> int:
     """Ingest one lmms-eval output folder; returns the number of result rows added (0 when the
-    run is already in the store). Raises IngestError naming the file when it cannot be read
-    (nothing of a failed run is written) and StoreError when the store is damaged or not a store."""
+    run is already in the store, or when a partial run had no item answered). Raises IngestError
+    naming the file when it cannot be read (nothing of a failed run is written) and StoreError when
+    the store is damaged or not a store."""
     bundle = bundle_from_run(
         run_path,
         model=model,
@@ -389,10 +414,11 @@ def ingest_run(
         allow_partial=allow_partial,
     )
     with open_store(store_path or default_store_path(), write=True) as conn:
-        return _write(conn, bundle, Path(store_path or default_store_path()))
+        return _write(conn, bundle, Path(store_path or default_store_path())) or 0
 
 
-def _write(conn: sqlite3.Connection, bundle: RunBundle, store: Path) -> int:
+def _write(conn: sqlite3.Connection, bundle: RunBundle, store: Path) -> int | None:
+    """Rows added by the new run, or None when it was already in the store (nothing written)."""
     try:
         return write_bundle(conn, bundle, now_iso())
     except sqlite3.DatabaseError as err:
@@ -420,7 +446,7 @@ def ingest_many(
     store_path: str | Path | None,
     run_paths: Iterable[str | Path],
     *,
-    on_run: Callable[[str, int | None, str | None], None] | None = None,
+    on_run: Callable[[Ingested], None] | None = None,
     **labels: Any,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Ingest several runs through one write connection; a run that fails, whatever the reason
@@ -428,7 +454,7 @@ def ingest_many(
     named and skipped and the others go on. Only a damaged or foreign store stops the sweep
     (StoreError), before anything is written to it.
 
-    ``on_run(path, rows_added, why_skipped)`` is called after each run (the CLI prints from it).
+    ``on_run(Ingested)`` is called after each run (the CLI prints its message).
     Returns (rows added, [(path, why)])."""
     store = Path(store_path or default_store_path())
     added, skipped = 0, []
@@ -436,7 +462,8 @@ def ingest_many(
         for path in run_paths:
             name = display_path(path)
             try:
-                n = _write(conn, bundle_from_run(path, **labels), store)
+                bundle = bundle_from_run(path, **labels)
+                n = _write(conn, bundle, store)
             except StoreError:
                 raise
             except IngestError as err:
@@ -445,12 +472,12 @@ def ingest_many(
                 log.debug("ingest of %s failed", name, exc_info=True)
                 why = f"{name}: could not be ingested ({type(err).__name__}: {err})"
             else:
-                added += n
+                added += n or 0
                 if on_run is not None:
-                    on_run(name, n, None)
+                    on_run(Ingested(name, n, bundle.run.partial if n is not None else None))
                 continue
             why = storable_text(why)
             skipped.append((name, why))
             if on_run is not None:
-                on_run(name, None, why)
+                on_run(Ingested(name, skipped=why))
     return added, skipped

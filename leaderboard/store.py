@@ -482,8 +482,9 @@ def has_run(conn: sqlite3.Connection, run_id: str) -> bool:
     return conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
 
 
-def write_bundle(conn: sqlite3.Connection, bundle: RunBundle, ingested_at: str) -> int:
-    """Insert one run atomically; returns the number of result rows added (0 if already there).
+def write_bundle(conn: sqlite3.Connection, bundle: RunBundle, ingested_at: str) -> int | None:
+    """Insert one run atomically; returns the number of result rows added, or None when the run was
+    already there (nothing written). A new run may add 0 rows: every item of a partial run left out.
 
     The connection must come from ``connect(..., write=True)``. The run is checked for and written
     inside one IMMEDIATE transaction, so two processes ingesting the same run add it once."""
@@ -492,7 +493,7 @@ def write_bundle(conn: sqlite3.Connection, bundle: RunBundle, ingested_at: str) 
     try:
         if has_run(conn, r.run_id):
             conn.execute("ROLLBACK")
-            return 0
+            return None
         conn.execute(
             "INSERT INTO runs (run_id, kind, model, checkpoint, run, step, trained_on, base_model, date, ingested_at,"
             " source, partial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

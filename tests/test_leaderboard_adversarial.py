@@ -170,6 +170,35 @@ def test_judge_failures_refuse_ingest_unless_partial_and_are_never_scored(tmp_pa
     assert row["value"] == 1.0 and row["n"] == 6  # the 6 answered items, all correct; not 60%
 
 
+def test_a_refused_run_writes_nothing_and_the_partial_ingest_after_it_says_it_added_the_run(tmp_path):
+    """Every item's verdict failed: the refused ingest writes nothing; --allow-partial then adds the run
+    (marked partial, no numbers) and says so; it used to print 'already in the store, nothing added'."""
+    greedy = records("breast", 5, p=1.0)
+    for r in greedy:
+        r["outcomes"], r["c"] = ["judge_failed"], 0
+    run = write_run(tmp_path / "run", {"medmnist_mcq_breast": greedy})
+    store = tmp_path / "lb.sqlite"
+
+    def stored() -> tuple[list, int]:
+        with open_store(store) as conn:
+            return [tuple(r) for r in conn.execute("SELECT partial FROM runs")], count(conn, "results")
+
+    code, out, err = _cli(["leaderboard", "ingest", str(run), "--store", str(store)])
+    assert code == 2 and "failed judge verdicts" in err
+    assert "0 run(s) added with 0 rows; 0 already in the store; 1 skipped" in out
+    assert stored() == ([], 0)
+    code, out, err = _cli(["leaderboard", "ingest", str(run), "--store", str(store), "--allow-partial"])
+    assert code == 0, err
+    assert "already in the store" not in out.splitlines()[0]
+    assert "run added, 0 rows added (no item was answered, so it has no numbers); marked partial: 5 item(s) with " \
+        "failed judge verdicts (medmnist_mcq_breast: 5)" in out
+    assert "1 run(s) added with 0 rows; 0 already in the store; 0 skipped" in out
+    assert stored() == ([("5 item(s) with failed judge verdicts (medmnist_mcq_breast: 5)",)], 0)
+    code, out, err = _cli(["leaderboard", "ingest", str(run), "--store", str(store), "--allow-partial"])
+    assert code == 0 and "already in the store, nothing added" in out
+    assert "0 run(s) added with 0 rows; 1 already in the store; 0 skipped" in out
+
+
 def test_collapsed_sampling_is_flagged_on_the_page_and_in_the_verdict(tmp_path):
     tasks = {
         "medmnist_mcq_breast": records("breast", 8, p=0.5),
@@ -296,7 +325,7 @@ def test_ingest_finds_every_run_in_a_multi_node_output_tree(tmp_path, capsys):
     store = tmp_path / "lb.sqlite"
     args = parser.parse_args(["leaderboard", "ingest", str(root), "--store", str(store)])
     assert args.func(args) == 0
-    assert "from 2 run(s); 0 skipped" in capsys.readouterr().out
+    assert "2 run(s) added with " in capsys.readouterr().out
     with open_store(store) as conn:
         assert sorted(r["model"] for r in conn.execute("SELECT model FROM runs")) == ["ckpt-100", "ckpt-200"]
 
@@ -615,7 +644,7 @@ def test_one_odd_run_is_named_and_skipped_and_the_sweep_goes_on(tmp_path, monkey
         ["leaderboard", "ingest", *map(str, (good1, not_utf8, huge_step, crashes, good2)), "--store", str(store)]
     )
     assert code == 0, err
-    assert "from 3 run(s); 2 skipped" in out
+    assert re.search(r"3 run\(s\) added with \d+ rows; 0 already in the store; 2 skipped", out)
     assert "huge" in err and "training step 100000000000000000000 is out of range" in err
     assert "crashes" in err and "ZeroDivisionError: an unforeseen bug" in err
     with open_store(store) as conn:
