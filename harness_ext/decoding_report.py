@@ -106,8 +106,9 @@ def task_decoding(records: Sequence[Mapping[str, Any]], asked: Mapping[str, Any]
 
 
 def _fmt(value: Any) -> str:
+    """A setting as it was given: an integer (top_k, num_beams) as one, a float with its point (T 1.0)."""
     number = _as_number(value)
-    if number is None or isinstance(value, str):
+    if number is None or isinstance(value, str | int):
         return str(value)
     return f"{number:.1f}" if number == int(number) and abs(number) < 1e6 else f"{number:g}"
 
@@ -119,7 +120,7 @@ def describe(settings: Mapping[str, Any] | None) -> str:
     if settings.get("do_sample"):
         top_k = settings.get("top_k")
         parts = [f"T {_fmt(settings.get('temperature'))}", f"top_p {_fmt(settings.get('top_p'))}",
-                 f"top_k {'off' if top_k is None else top_k}"]
+                 f"top_k {'off' if top_k is None else _fmt(top_k)}"]
     else:
         parts = ["greedy"]
     parts.append(f"repetition_penalty {_fmt(settings.get('repetition_penalty', 1.0))}")

@@ -120,6 +120,17 @@ def test_the_report_shows_the_decoding_and_where_it_differs_from_the_papers(tmp_
     assert rows["medmnist_mcq_organa"]["decoding"]["sampled"]["source"] == "recorded"
 
 
+def test_integer_settings_are_shown_as_integers():
+    from medbridge.harness_ext import decoding_report
+
+    recorded = decoding_report.normalized({"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": 1.0,
+                                           "repetition_penalty": 1.05, "num_beams": 4})
+    assert decoding_report.paper_differences(recorded, sampled=True) == [
+        "temperature 1.0 (paper: 0.7)", "top_k 1 (paper: off)", "repetition_penalty 1.05 (paper: 1.0)",
+        "num_beams 4 (paper: 1)"]
+    assert decoding_report.describe(recorded) == "T 1.0, top_p 0.9, top_k 1, repetition_penalty 1.05, num_beams 4"
+
+
 def test_paper_settings_draw_no_difference_line(tmp_path, capsys):
     path = medmnist_run(tmp_path, ("breast",), n_items=4)
     assert main(["report", str(path), "--bootstrap", "50"]) == 0
