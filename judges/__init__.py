@@ -21,7 +21,7 @@ A new judge prompt is one entry in prompts.yaml, asked with ``pool.judge_many(te
 
 The dependency runs one way: ``medbridge.harness_ext``'s scoring and report call the judge; the judge
 uses only harness_ext's leaf modules (settings, errors, sqlite_store, the answer extractor, the outcome
-names in metrics), never scoring, report or the plugin.
+names in metrics, the metric registry's names), never scoring, report or the plugin.
 """
 
 from medbridge.judges.cache import VerdictCache, default_cache_path, verdict_key
@@ -33,7 +33,6 @@ from medbridge.judges.cascade import (
     resolve_pending,
     score_doc_judged,
     settle_records,
-    stats_aggregation,
 )
 from medbridge.judges.classify import classify_modalities, modality_verdicts
 from medbridge.judges.client import JudgeClient, JudgePool, Verdict, choice_inputs, get_pool
@@ -65,6 +64,5 @@ __all__ = [
     "resolve_pending",
     "score_doc_judged",
     "settle_records",
-    "stats_aggregation",
     "verdict_key",
 ]

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medbridge.harness_ext import metrics
+from medbridge.harness_ext import metric_registry, metrics
 from medbridge.harness_ext.answers import extract_choice
 from medbridge.judges.client import JudgePool, Verdict, get_pool
 from medbridge.judges.config import JudgeConfig
@@ -41,21 +41,11 @@ __all__ = [
     "resolve_pending",
     "score_doc_judged",
     "settle_records",
-    "stats_aggregation",
 ]
 
-# Extra per-task metrics. None is a substring of another or of the score metrics (acc1,
-# unparsed_greedy, pass_at_XX, maj_at_16, all_at_16, unparsed_sampled): lmms-eval's group
-# aggregation matches metric names by substring.
-JUDGE_METRICS = (
-    "n_by_rules",
-    "n_by_judge",
-    "n_unparseable",
-    "n_judge_invalid",
-    "n_judge_down",
-    "rule_judge_agree",
-    "rule_judge_kappa",
-)
+# The per-task metrics judge_stats computes, as the metric registry declares them (judged_only); their
+# lmms-eval aggregations are the registry's (harness_ext/scoring.py builds them).
+JUDGE_METRICS = tuple(m.name for m in metric_registry.METRICS.values() if m.judged_only)
 
 _JUDGE_OUTCOME = {"none": "unparsed", "invalid": "invalid", "failed": "judge_failed"}
 _SETTLE_LOCK = threading.Lock()
@@ -209,15 +199,3 @@ def judge_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     out["rule_judge_kappa"] = cohen_kappa(both_rule, both_judge)
     out["n_both"] = len(both_rule)
     return out
-
-
-def stats_aggregation(name: str):
-    """lmms-eval aggregation for one of JUDGE_METRICS."""
-    if name not in JUDGE_METRICS:
-        raise KeyError(f"unknown judge metric {name!r}")
-
-    def agg(records: list[dict[str, Any]]) -> float:
-        return float(judge_stats(records)[name])
-
-    agg.__name__ = f"agg_{name}"
-    return agg
