@@ -93,7 +93,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     from medbridge.leaderboard.verdict import format_verdicts, recipe
 
     try:
-        source, verdicts = recipe(args.target, tau=args.tau, store=_store(args))
+        source, verdicts = recipe(args.target, tau=args.tau, store=_store(args), latest=args.latest)
     except MedbridgeError:
         raise
     except (FileNotFoundError, KeyError, ValueError) as err:
@@ -168,6 +168,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("target", help="an lmms-eval output folder / results JSON, or a model or run name in the store")
     p.add_argument("--tau", type=float, default=0.5, help="reliability threshold on support Pass@16 (default 0.5)")
     p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--latest", action="store_true",
+                   help="read the newest run of a folder that holds several (default: refuse and list them)")
     p.set_defaults(func=_cmd_recipe)
 
     p = subparsers.add_parser("probe", help="linear probe of a VLM's frozen vision tower on MedMNIST (Table 1)")

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from medbridge.harness_ext import metric_registry as registry
-from medbridge.harness_ext.report import load_run, summarize_run
+from medbridge.harness_ext.report import summarize_run
+from medbridge.harness_ext.runs import load_run, written_at
 from medbridge.leaderboard.store import default_store_path, fetch_rows, open_store
 from medbridge.leaderboard.view import View, entry_of
 from medbridge.tasks.families import entry_of as catalog_entry_of
@@ -143,13 +144,15 @@ def _rows_from_summary(
     return out
 
 
-def rows_for_run(path: str | Path) -> tuple[str, list[dict[str, Any]]]:
-    run = load_run(path)
+def rows_for_run(path: str | Path, *, latest: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """The rows of the run at ``path``, read as ``medbridge report`` reads it: a folder holding several runs
+    is refused unless ``latest``, and the source names the results file read and when it was written."""
+    run = load_run(path, latest=latest)
     if not run.records:
         raise ValueError(f"{run.results_path}: no medbridge per-item records (was --log_samples set?)")
     # The report's own summary: failed requests or judge verdicts refuse the run, as they do there.
     summary = summarize_run(run, iters=200)
-    return str(run.results_path), _rows_from_summary(summary, run.records)
+    return f"{run.results_path} (written {written_at(run.results_path)})", _rows_from_summary(summary, run.records)
 
 
 def rows_for_model(store: str | Path, name: str) -> tuple[str, list[dict[str, Any]]]:
@@ -185,12 +188,18 @@ def rows_for_model(store: str | Path, name: str) -> tuple[str, list[dict[str, An
 
 
 def recipe(
-    target: str, *, tau: float = 0.5, store: str | Path | None = None, recipes_dir: Path | None = None
+    target: str,
+    *,
+    tau: float = 0.5,
+    store: str | Path | None = None,
+    recipes_dir: Path | None = None,
+    latest: bool = False,
 ) -> tuple[str, list[Verdict]]:
+    """Verdicts for a run (a results file, or a folder: ``latest`` as in ``rows_for_run``) or a model in the store."""
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau is a Pass@16 threshold in [0, 1], got {tau}")
     if Path(target).exists():
-        source, rows = rows_for_run(target)
+        source, rows = rows_for_run(target, latest=latest)
     else:
         source, rows = rows_for_model(store or default_store_path(), target)
     verdicts = []

@@ -48,6 +48,29 @@ def test_recipe_files_are_matched_by_dataset_and_ranked_by_verdict(tmp_path):
     assert matching_recipes("medmnist_mcq_derma", "derma", tmp_path) == []
 
 
+def test_a_folder_of_several_runs_is_read_as_the_report_reads_it(tmp_path, capsys):
+    import os
+
+    from medbridge.cli import main
+
+    from .synthetic_runs import medmnist_run
+
+    old = medmnist_run(tmp_path, ("breast",), n_items=4, stamp="20260101_000000")
+    new = medmnist_run(tmp_path, ("organa",), n_items=4, stamp="20260102_000000")
+    os.utime(old, (1_700_000_000, 1_700_000_000))
+    os.utime(new, (1_800_000_000, 1_800_000_000))
+    with pytest.raises(MedbridgeError, match=r"holds 2 lmms-eval runs: .*--latest"):
+        recipe(str(tmp_path))
+    assert main(["recipe", str(tmp_path)]) == 2
+    assert "--latest" in capsys.readouterr().err
+    source, verdicts = recipe(str(tmp_path), latest=True)
+    assert source == f"{new} (written 2027-01-15 08:00:00 UTC)"
+    assert [v.task for v in verdicts] == ["medmnist_mcq_organa"]
+    assert main(["recipe", str(tmp_path), "--latest"]) == 0
+    assert f"medbridge recipe for {new} (written 2027-01-15 08:00:00 UTC)" in capsys.readouterr().out
+    assert recipe(str(old))[0] == f"{old} (written 2023-11-14 22:13:20 UTC)"  # a results file names itself
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("tau", [0.5, 1.0])
 def test_verdicts_follow_the_run_numbers(run_dir, tau, tmp_path):
@@ -55,7 +78,7 @@ def test_verdicts_follow_the_run_numbers(run_dir, tau, tmp_path):
     source, verdicts = recipe(str(run_dir), tau=tau, recipes_dir=tmp_path)
     run = load_run(run_dir)
     summary = summarize(run.records, iters=200)["datasets"]
-    assert len(verdicts) == 12 and source.endswith("_results.json")
+    assert len(verdicts) == 12 and "_results.json (written " in source
     for v in verdicts:
         row = summary[v.task]
         assert v.acc1 == pytest.approx(row["acc1"]) and v.pass16 == pytest.approx(row["pass_at_16"])
