@@ -1,19 +1,11 @@
 """`medbridge leaderboard build`: the paper's tables and figures regenerated from the store.
 
-The page is view -> tables -> figures -> render: ``view.View`` reads the store, ``tables`` and
-``comparisons`` build one table per function, ``figures`` draws the PNGs, and ``render`` writes
-``leaderboard.md`` and a static ``index.html`` (sortable columns, a few lines of inline JS, no
-server, no CDN) from one list of sections, ``SECTIONS`` below:
-
-* Table 1: linear-probe accuracy of the frozen vision tower per MedMNIST dataset;
-* Table 2: Acc@1 per MedMNIST dataset grouped by modality, and the modality means;
-* the support gap Pass@16 - Acc@1 in the same layout;
-* Pass@K curves per modality (``passk_<modality>.png``) and their numbers;
-* Table 3: the six medical VQA benchmarks and their average;
-* the same benchmarks under MedVLThinker's protocol, beside MedVLThinker's published rows;
-* checkpoints of each training run over steps (``steps_<run>.png``) with paired tests;
-* the RQ3 transfer table (base vs RL-trained: in-domain / within / cross-modality deltas);
-* the ingested runs.
+The page is view -> tables -> figures -> render: ``view.View`` reads the store, ``tables.py``
+declares the page (one ``@on_page`` function per table, figure row or group of tables, in page
+order: ``tables.SECTIONS``), ``comparisons`` and ``figures`` supply the paired tables and the PNGs,
+and ``render`` writes ``leaderboard.md`` and a static ``index.html`` (sortable columns, a few lines
+of inline JS, no server, no CDN) from that one list of sections. This module runs the list and
+writes the site.
 
 Tables 1-3 carry the paper's published rows (``reference.py``), also on an empty store. The site
 is written to a temporary folder beside ``out_dir`` and swapped in only when complete, so a failed
@@ -32,100 +24,20 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 from medbridge.harness_ext.errors import MedbridgeError
-from medbridge.leaderboard import comparisons, figures, tables
-from medbridge.leaderboard.cells import Table
+from medbridge.leaderboard import comparisons, tables
 from medbridge.leaderboard.reference import ReferenceRow, load_references
-from medbridge.leaderboard.render import Section, render_html, render_markdown
+from medbridge.leaderboard.render import render_html, render_markdown
 from medbridge.leaderboard.store import connect, default_store_path, display_path, empty_store, fetch_rows
 from medbridge.leaderboard.view import View
 
 # Files a build writes; anything else already in the output folder is carried over untouched.
 OUTPUT_PATTERNS = ("index.html", "leaderboard.md", "passk_*.png", "steps_*.png")
 DEFAULT_OUT = Path("medbridge_leaderboard") / "site"
-
-
-@dataclass
-class Context:
-    view: View
-    conn: sqlite3.Connection
-    refs: list[ReferenceRow]
-    out: Path  # the folder being built
-    transfer: list[comparisons.TransferPair]
-
-
-def _table(fn: Callable[[Context], Table]) -> Callable[[Context], list[Section]]:
-    def make(ctx: Context) -> list[Section]:
-        t = fn(ctx)
-        return [Section(t.id, t.title, table=t)]
-
-    return make
-
-
-def _figures(
-    title: str, empty: Callable[[Context], str], fig_id: str, draw: Callable[[Context], list[tuple[str, Path]]]
-) -> Callable[[Context], list[Section]]:
-    def make(ctx: Context) -> list[Section]:
-        return [Section(fig_id, title, figures=draw(ctx), empty=empty(ctx))]
-
-    return make
-
-
-def _step_sections(ctx: Context) -> list[Section]:
-    """The figure row of every training run's curve, then one table per run."""
-    made, figs = [], []
-    for run_name, entries in comparisons.training_runs(ctx.view).items():
-        t, curve = comparisons.checkpoint_table(ctx.view, ctx.conn, run_name, entries)
-        made.append(Section(t.id, t.title, table=t))
-        path = figures.steps_figure(curve, ctx.out)
-        if path is not None:
-            figs.append((run_name, path))
-    head = Section(
-        "step-figures",
-        "Checkpoints over training steps",
-        figures=figs,
-        empty="no training-run checkpoints (runs with a step) in the store yet",
-    )
-    return [head] + made
-
-
-def _transfer_sections(ctx: Context) -> list[Section]:
-    made = [comparisons.transfer_table(ctx.view, ctx.conn, p) for p in ctx.transfer]
-    if made:
-        return [Section(t.id, t.title, table=t) for t in made]
-    return [
-        Section(
-            "transfer",
-            "RQ3 transfer (in-domain / within-modality / cross-modality)",
-            empty="no base / RL-trained pair: ingest checkpoints with --trained-on DATASET (step 0 = base), "
-            "or build with --base MODEL --rl MODEL --trained-on DATASET",
-        )
-    ]
-
-
-# The page, in order. A new table: one function in tables.py and one line here.
-SECTIONS: list[Callable[[Context], list[Section]]] = [
-    _table(lambda c: tables.table1(c.view, c.refs)),
-    _table(lambda c: tables.table2(c.view, c.refs)),
-    _table(lambda c: tables.gap_table(c.view)),
-    _figures(
-        "Pass@K curves per modality",
-        lambda c: tables.no_curves_message(c.view),
-        "passk-figures",
-        lambda c: figures.passk_figures(c.view, c.out),
-    ),
-    _table(lambda c: tables.passk_table(c.view)),
-    _table(lambda c: tables.table3(c.view, c.refs)),
-    _table(lambda c: tables.medvlthinker_table(c.view, c.refs)),
-    _step_sections,
-    _transfer_sections,
-    _table(lambda c: tables.runs_table(c.conn)),
-]
 
 
 # ------------------------------------------------------------------ writing the site
@@ -297,8 +209,8 @@ def build_leaderboard(
                 ]
             else:
                 pairs = comparisons.auto_pairs(view)
-            ctx = Context(view, conn, refs, building, pairs)
-            sections = [s for make in SECTIONS for s in make(ctx)]
+            page = tables.Page(view, conn, refs, building, pairs)
+            sections = [s for make in tables.SECTIONS for s in make(page)]
             store_note = _store_note(store, exists, conn)
         ref_note = (
             f"{len(refs)} published rows (italic, marked Published) come from the sources named under each table."

@@ -1,7 +1,7 @@
 """Render the leaderboard's sections as a static HTML page and as Markdown, from one list.
 
 Both outputs come from Jinja2 templates (``leaderboard/templates/``) over the same ``Section``
-list, so a new table is one function in tables.py and one entry in build.SECTIONS. Every piece of
+list (tables.SECTIONS), so a new table is one ``@on_page`` function in tables.py. Every piece of
 text from the store (model, run and judge names, settings) is escaped: HTML by Jinja2's
 autoescape, Markdown by the ``md`` filter.
 """

@@ -1,19 +1,33 @@
-"""The leaderboard's tables, one function each, built from a ``View``.
+"""The leaderboard page: its tables, one function each, and every section in page order.
+
+Each ``@on_page`` function makes one part of the page (``leaderboard.md`` and ``index.html`` both),
+in the order the functions are defined in this file: the paper's Table 1, Table 2, the support gap,
+the Pass@K figures and their numbers, Table 3, MedVLThinker's protocol, the training runs'
+checkpoints, the RQ3 transfer tables and the ingested runs. A new table is one decorated function
+here; ``build.py`` only runs the list. A section function names what it reads as its parameters
+(the fields of ``Page``: ``view``, ``refs``, ``conn``, ``out``, ``transfer``) and returns a
+``Table`` or a list of ``Section`` objects (figures, several tables); called directly it is a plain
+function.
 
 Task names, titles, modalities and the table each family feeds come from ``tasks/families.py`` and
 its catalogs; metric names and labels from ``harness_ext/metric_registry.py``. Numbers only share
 a column when their pins match (``cells.PinLegend``); a column whose decoding differs from the
 paper's is marked (``cells.DecodingMarks``); published rows and their notes are ``published.py``'s.
-Table 2 is Acc@1 alone, as in the paper (12 datasets and 3 modality means: 16 columns); the support
-gap has a table of its own in the same layout.
+Table 2 is Acc@1 alone, as in the paper (one column per MedMNIST dataset and one per modality
+mean); the support gap has a table of its own in the same layout.
 """
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
 from medbridge.harness_ext import metric_registry as registry
+from medbridge.leaderboard import comparisons, figures
 from medbridge.leaderboard.cells import (
     DASH,
     DIFFERS,
@@ -35,6 +49,7 @@ from medbridge.leaderboard.cells import (
 )
 from medbridge.leaderboard.published import add_reference_rows
 from medbridge.leaderboard.reference import ReferenceRow
+from medbridge.leaderboard.render import Section
 from medbridge.leaderboard.view import (
     PROBE_METRIC,
     PROTOCOL_METRIC,
@@ -51,6 +66,44 @@ GAP = registry.GAP.name
 PASS16 = registry.pass_at(registry.N_SAMPLES).name
 PASSK_METRICS = tuple(registry.pass_at(k).name for k in registry.PASS_KS)
 MEANS_BAND = "modality means"
+
+
+# ------------------------------------------------------------------ the page, in order
+
+
+@dataclass
+class Page:
+    """What the sections of one build read: a section function names the fields it needs."""
+
+    view: View
+    conn: sqlite3.Connection
+    refs: Sequence[ReferenceRow]
+    out: Path  # the folder being built: figures are drawn into it
+    transfer: Sequence[comparisons.TransferPair]  # the base / RL pairs of the RQ3 tables
+
+
+SECTIONS: list[Callable[[Page], list[Section]]] = []
+"""The page: one maker per ``@on_page`` function, in the order they are defined below."""
+
+
+def on_page(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Put ``fn`` on the page after the sections defined before it; returns ``fn`` unchanged.
+
+    ``fn``'s parameters are ``Page`` fields by name; it returns a ``Table`` (one section) or a list of
+    ``Section`` objects. A parameter that is no ``Page`` field is a TypeError when the module is imported."""
+    names = list(inspect.signature(fn).parameters)
+    known = [f.name for f in fields(Page)]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise TypeError(f"@on_page {fn.__name__}: parameter(s) {unknown} are not Page fields ({', '.join(known)})")
+
+    def make(page: Page) -> list[Section]:
+        made = fn(**{n: getattr(page, n) for n in names})
+        return [Section(made.id, made.title, table=made)] if isinstance(made, Table) else list(made)
+
+    make.__name__ = make.__qualname__ = fn.__name__
+    SECTIONS.append(make)
+    return fn
 
 
 def mcq_task(name: str) -> str:
@@ -76,6 +129,7 @@ def _finish(t: Table, legend: PinLegend, marks: DecodingMarks) -> None:
 # ------------------------------------------------------------------ Table 1
 
 
+@on_page
 def table1(view: View, refs: Sequence[ReferenceRow]) -> Table:
     legend = PinLegend()
     specs = [
@@ -107,6 +161,7 @@ def table1(view: View, refs: Sequence[ReferenceRow]) -> Table:
 # ------------------------------------------------------------------ Table 2 and the support gap
 
 
+@on_page
 def table2(view: View, refs: Sequence[ReferenceRow]) -> Table:
     """Acc@1 per MedMNIST dataset and modality mean, as the paper's Table 2 (no gap columns)."""
     legend, marks = PinLegend(), DecodingMarks()
@@ -176,6 +231,7 @@ def no_curves_message(view: View) -> str:
     )
 
 
+@on_page
 def gap_table(view: View) -> Table:
     """The support gap Pass@16 − Acc@1 per MedMNIST dataset and modality mean (paired over items)."""
     legend, marks = PinLegend(), DecodingMarks()
@@ -195,6 +251,14 @@ def gap_table(view: View) -> Table:
     return t
 
 
+@on_page
+def passk_curves(view: View, out: Path) -> list[Section]:
+    """Pass@K curves per modality (``passk_<modality>.png``), or why there are none."""
+    drawn = figures.passk_figures(view, out)
+    return [Section("passk-figures", "Pass@K curves per modality", figures=drawn, empty=no_curves_message(view))]
+
+
+@on_page
 def passk_table(view: View) -> Table:
     heads = [registry.acc1().label] + [registry.get(name).label for name in PASSK_METRICS] + [GAP]
     t = Table(
@@ -247,6 +311,7 @@ def passk_table(view: View) -> Table:
 # ------------------------------------------------------------------ Table 3
 
 
+@on_page
 def table3(view: View, refs: Sequence[ReferenceRow]) -> Table:
     legend, marks = PinLegend(), DecodingMarks()
     tasks = MEDVQA.greedy_tasks
@@ -276,6 +341,7 @@ def table3(view: View, refs: Sequence[ReferenceRow]) -> Table:
 # ------------------------------------------------------------------ MedVLThinker's protocol
 
 
+@on_page
 def medvlthinker_table(view: View, refs: Sequence[ReferenceRow]) -> Table:
     """Runs of the ``medvqa_medvlthinker`` tasks (MedVLThinker's protocol) beside MedVLThinker's
     published rows, with a Δ row for each run of a published model; the paper's Table 3 keeps its own."""
@@ -324,9 +390,50 @@ def medvlthinker_table(view: View, refs: Sequence[ReferenceRow]) -> Table:
     return t
 
 
+# ------------------------------------------------------------------ training runs: checkpoints and RQ3 transfer
+
+
+@on_page
+def step_sections(view: View, conn: sqlite3.Connection, out: Path) -> list[Section]:
+    """The figure row of every training run's curve (``steps_<run>.png``), then one table per run."""
+    made, drawn = [], []
+    for run_name, entries in comparisons.training_runs(view).items():
+        t, curve = comparisons.checkpoint_table(view, conn, run_name, entries)
+        made.append(Section(t.id, t.title, table=t))
+        path = figures.steps_figure(curve, out)
+        if path is not None:
+            drawn.append((run_name, path))
+    head = Section(
+        "step-figures",
+        "Checkpoints over training steps",
+        figures=drawn,
+        empty="no training-run checkpoints (runs with a step) in the store yet",
+    )
+    return [head] + made
+
+
+@on_page
+def transfer_sections(
+    view: View, conn: sqlite3.Connection, transfer: Sequence[comparisons.TransferPair]
+) -> list[Section]:
+    """One RQ3 table per base / RL pair, or a note on how to get one."""
+    made = [comparisons.transfer_table(view, conn, p) for p in transfer]
+    if made:
+        return [Section(t.id, t.title, table=t) for t in made]
+    return [
+        Section(
+            "transfer",
+            "RQ3 transfer (in-domain / within-modality / cross-modality)",
+            empty="no base / RL-trained pair: ingest checkpoints with --trained-on DATASET (step 0 = base), "
+            "or build with --base MODEL --rl MODEL --trained-on DATASET",
+        )
+    ]
+
+
 # ------------------------------------------------------------------ the runs
 
 
+@on_page
 def runs_table(conn: sqlite3.Connection) -> Table:
     t = Table(
         "runs",

@@ -330,19 +330,29 @@ def test_ingest_finds_every_run_in_a_multi_node_output_tree(tmp_path, capsys):
         assert sorted(r["model"] for r in conn.execute("SELECT model FROM runs")) == ["ckpt-100", "ckpt-200"]
 
 
-def test_a_new_table_is_one_function_and_one_entry_in_both_outputs(tmp_path, monkeypatch):
+def test_a_new_table_is_one_decorated_function_in_both_outputs(tmp_path, monkeypatch):
+    from medbridge.leaderboard import tables
     from medbridge.leaderboard.cells import Cell, Table
 
-    def extra(ctx):
-        t = Table("extra", "Extra table <b>", "caption", ["Model", "Runs"])
-        t.add([Cell("all"), Cell(str(len(ctx.view.entries)))])
-        return [lb_build.Section(t.id, t.title, table=t)]
+    monkeypatch.setattr(tables, "SECTIONS", list(tables.SECTIONS))  # the registration below is this test's only
 
-    monkeypatch.setattr(lb_build, "SECTIONS", lb_build.SECTIONS + [extra])
+    @tables.on_page
+    def extra(view):
+        t = Table("extra", "Extra table <b>", "caption", ["Model", "Runs"])
+        t.add([Cell("all"), Cell(str(len(view.entries)))])
+        return t
+
+    assert tables.SECTIONS[-1].__name__ == "extra" and extra.__name__ == "extra"  # the function itself is kept
     index = build_leaderboard(tmp_path / "none.sqlite", tmp_path / "site")
     assert '<table class="sortable" id="extra">' in index.read_text() and "Extra table &lt;b&gt;" in index.read_text()
     md = (tmp_path / "site" / "leaderboard.md").read_text()
     assert "## Extra table &lt;b&gt;" in md and "| all | 0 |" in md
+    assert md.index("## Ingested runs") < md.index("## Extra table")  # page order is definition order
+    with pytest.raises(TypeError, match=r"@on_page typo: parameter\(s\) \['veiw'\] are not Page fields"):
+
+        @tables.on_page
+        def typo(veiw):
+            return None
 
 
 def test_recorded_decoding_is_a_pin_and_partial_groups_are_not_stored(tmp_path):
