@@ -10,9 +10,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.lmms_eval_cli import lmms_eval_command
+from medbridge.harness_ext.runs import RESULTS_SUFFIX
+
+
+def results_files(folder: Path) -> dict[Path, int]:
+    """Each lmms-eval results file under ``folder`` with its modification time (ns); empty without the folder."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob(f"*{RESULTS_SUFFIX}")} if folder.is_dir() else {}
+
+
+def results_written_since(folder: Path, before: Mapping[Path, int]) -> Path:
+    """The one results file lmms-eval wrote under ``folder`` since ``before`` (``results_files`` then): the
+    demo's own run, named, so an earlier demo's run in the same --out is never read in its place."""
+    written = sorted(p for p, mtime in results_files(folder).items() if before.get(p) != mtime)
+    if len(written) != 1:
+        found = "; ".join(map(str, written)) if written else "none"
+        raise MedbridgeError(
+            f"lmms-eval should have written one *{RESULTS_SUFFIX} under {folder} for this demo run, found {found}"
+        )
+    return written[0]
 
 
 def offline_env(data_root: Path) -> dict[str, str]:
@@ -58,15 +78,16 @@ def run_demo(out: Path, *, max_new_tokens: int = 24, test_per_class: int = 1, ba
         "--log_samples",
     ]
     print("[3/3] " + " ".join(cmd), flush=True)
+    before = results_files(results_dir)  # an earlier demo in the same --out left its runs there
     proc = subprocess.run(cmd, env=offline_env(data_root))
     if proc.returncode != 0:
         # lmms-eval's own message (or medbridge's one paragraph from inside it) is just above.
         print(f"medbridge demo: lmms-eval exited with code {proc.returncode} (its message is above)", file=sys.stderr)
         return proc.returncode if proc.returncode in (1, 2) else 1
     try:
-        run = load_run(results_dir, latest=True)  # an earlier demo in the same --out left older runs there
-    except FileNotFoundError as err:
-        print(f"medbridge demo: lmms-eval wrote no results: {err}", file=sys.stderr)
+        run = load_run(results_written_since(results_dir, before))
+    except MedbridgeError as err:
+        print(f"medbridge demo: {err}", file=sys.stderr)
         return 1
     summary = summarize_run(run)
     print()

@@ -68,3 +68,28 @@ def test_demo_runs_lmms_eval_through_the_shared_builder_at_224_px():
     assert demo.lmms_eval_command is lmms_eval_cli.lmms_eval_command  # one builder for demo, training, tests
     args = dict(kv.split("=", 1) for kv in demo.qwen_cpu_model_args(Path("/m")).split(","))
     assert (args["min_pixels"], args["max_pixels"], args["device"]) == ("3136", "50176", "cpu")
+
+
+def test_the_demo_reads_the_results_file_its_own_run_wrote(tmp_path):
+    # An earlier demo in the same --out left a newer-named run there: the demo names its own, not "the newest".
+    import os
+
+    from medbridge.harness_ext.errors import MedbridgeError
+
+    from medbridge.demo import results_files, results_written_since
+
+    from .synthetic_runs import medmnist_run
+
+    folder = tmp_path / "results"
+    assert results_files(folder) == {}
+    earlier = medmnist_run(folder, ("breast",), n_items=2, stamp="20990101_000000")
+    before = results_files(folder)
+    with pytest.raises(MedbridgeError, match=r"one \*_results.json under .* for this demo run, found none"):
+        results_written_since(folder, before)
+    ours = medmnist_run(folder, ("breast",), n_items=2, stamp="20260101_000000")
+    os.utime(ours, (1_700_000_000, 1_700_000_000))  # even an older clock on our file does not matter
+    assert results_written_since(folder, before) == ours
+    earlier.write_text(earlier.read_text())  # rewritten in place during the run: it is one of the run's too
+    os.utime(earlier, ns=(before[earlier] + 1, before[earlier] + 1))
+    with pytest.raises(MedbridgeError, match="found .*20260101_000000_results.json; .*20990101_000000_results.json"):
+        results_written_since(folder, before)
