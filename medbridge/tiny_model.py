@@ -33,7 +33,6 @@ this module (e.g. from the CLI) stays cheap.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -56,12 +55,6 @@ from medbridge.tiny_tokenizer import (
 # 2: generation_config carries the Qwen2.5-VL sampling defaults; 3: preprocessor_config.json as real checkpoints
 TINY_MODEL_VERSION = "3"
 MARKER_FILENAME = "medbridge_tiny_model.json"
-
-
-FINE_TUNE_HELP = (
-    "train it briefly so its answers depend on the item: <answer>X</answer>, the letter read from the image "
-    "(about 10 s more CPU)"
-)
 
 
 class OutputFolderError(MedbridgeError, FileExistsError):
@@ -449,23 +442,11 @@ def _write_flat_preprocessor_config(work: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="medbridge build-tiny-model",
-        description="Build a tiny random-weight Qwen2.5-VL checkpoint for offline tests and demos.",
-    )
-    parser.add_argument("--out", required=True, help="output directory for the checkpoint")
-    parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed (default: 0)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild even if a matching checkpoint exists")
-    parser.add_argument("--fine-tune", action="store_true", help=FINE_TUNE_HELP)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        path = build_tiny_qwen2_5_vl(args.out, seed=args.seed, overwrite=args.overwrite, fine_tune=args.fine_tune)
-    except OutputFolderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    """``python -m medbridge.tiny_model ARGS`` is ``medbridge build-tiny-model ARGS``: one parser, the same
+    checks and errors, and the path alone on stdout (what libraries print while building goes to stderr)."""
+    from medbridge.cli import main as medbridge_main
+
+    return medbridge_main(["build-tiny-model", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

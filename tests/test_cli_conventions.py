@@ -118,13 +118,15 @@ def test_lmms_eval_logger_is_plain_unless_a_terminal(monkeypatch, stream, env, c
 
 
 @pytest.mark.slow
-def test_build_tiny_model_stdout_is_the_path_alone(tmp_path):
+@pytest.mark.parametrize("entry", [["medbridge.cli", "build-tiny-model"], ["medbridge.tiny_model"]])
+def test_build_tiny_model_stdout_is_the_path_alone(tmp_path, entry):
     """`$(medbridge build-tiny-model --out DIR)` in the README: libraries' notices (deepspeed's accelerator
-    warning, a logging handler bound to the real stdout) went into the captured path before."""
+    warning, a logging handler bound to the real stdout) went into the captured path before; the module's
+    own entry point (`python -m medbridge.tiny_model`) is the same command."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "medbridge.cli", "build-tiny-model", "--out", str(tmp_path / "m")],
+    done = subprocess.run([sys.executable, "-m", *entry, "--out", str(tmp_path / "m")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == f"{tmp_path / 'm'}\n"
