@@ -43,7 +43,8 @@ _TABLE = (
     Setting("MEDBRIDGE_MEDMNIST_SEED", "1234", "Seed of the class-balanced subset and the option order.", kind="int"),
     Setting("MEDBRIDGE_MEDMNIST_DOWNLOAD", "0", "`1`: let a run download missing files through medmnist.", kind="flag"),
     Setting("MEDBRIDGE_DATA_CACHE", "~/.cache/medbridge/data",
-            "Data files' sha256 memo, and MedMNIST image caches when the data folder is read-only.", kind="path"),
+            "The sha256 memo of data files and of checkpoint files (the model fingerprint), and MedMNIST "
+            "image caches when the data folder is read-only.", kind="path"),
     # Medical VQA tasks
     Setting("MEDBRIDGE_MEDVQA_SOURCE", "UCSC-VLAA/MedVLThinker-Eval",
             "Hub id or local folder of the VQA data; `MEDBRIDGE_MEDVQA_SOURCE_<NAME>` per benchmark."),
