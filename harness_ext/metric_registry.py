@@ -92,25 +92,27 @@ def _score(name: str, label: str, kind: Kind, per_item: Callable[[Record], float
 
 
 def acc1() -> Metric:
-    return _score("acc1", "Acc@1", "greedy", metrics.item_acc1, 1, "the greedy answer is right")
+    return _score("acc1", "Acc@1", "greedy", metrics.item_acc1, 1,
+                  "Accuracy@1: the greedy answer (temperature 0, one sample per item) is right")
 
 
 def pass_at(k: int) -> Metric:
     """Unbiased Pass@k from the item's n >= k samples (1 - C(n-c, k) / C(n, k))."""
     return _score(f"pass_at_{k:02d}", f"Pass@{k}", "sampled", lambda r: metrics.item_pass_at_k(r, k), k,
-                  f"unbiased Pass@{k}: at least one of {k} samples is right")
+                  f"unbiased Pass@{k} from the item's n samples (c right): 1 - C(n-c, {k})/C(n, {k}), the chance "
+                  f"that a draw of {k} holds a right one")
 
 
 def maj_at(k: int) -> Metric:
     """Majority vote over the first k samples (ties split, unreadable samples do not vote)."""
     return _score(f"maj_at_{k:02d}", f"maj@{k}", "sampled", lambda r: metrics.item_maj_at_k(r, k), k,
-                  f"the majority vote of {k} samples is right")
+                  f"the majority vote of the first {k} samples is right (ties split; unreadable samples do not vote)")
 
 
 def pass_hat(k: int) -> Metric:
     """Unbiased pass^k: all k samples right (C(c, k) / C(n, k)). Reported as ``all_at_<k>``."""
     return _score(f"all_at_{k:02d}", f"pass^{k}", "sampled", lambda r: metrics.item_pass_hat_k(r, k), k,
-                  f"unbiased pass^{k}: all {k} samples are right")
+                  f"unbiased pass^{k}: all {k} samples are right, C(c, {k})/C(n, {k})")
 
 
 def unparsed(kind: Literal["greedy", "sampled"]) -> Metric:
@@ -151,7 +153,8 @@ _ALL: tuple[Metric, ...] = (
     pass_hat(N_SAMPLES),
     unparsed("sampled"),
     Metric("distinct_per_item", "distinct", True, "sampled", metrics.aggregate_diversity, group_mean=True,
-           description="mean distinct responses among an item's samples (the collapse check reads it)"),
+           description="mean number of distinct responses (whitespace-stripped) among an item's samples; "
+           "the sampler (collapse) check reads it"),
     _excluded_count(metrics.REQUEST_FAILED, "failed requests",
                     "items left out of every score because the backend got no answer"),
     _judge_stat("n_by_rules", "settled by rules", True, "samples the rule extractor settled"),
@@ -160,7 +163,8 @@ _ALL: tuple[Metric, ...] = (
     _judge_stat("n_judge_invalid", "judge invalid", False, "samples the judge answered outside the options"),
     # Samples whose verdict failed (judge down, deadline): their items are left out of every score, like
     # failed requests; the aggregation warns naming them, and report refuses the run without --allow-partial.
-    _judge_stat("n_judge_down", "judge failures", False, "samples the judge gave no verdict for",
+    _judge_stat("n_judge_down", "judge failures", False,
+                "samples the judge gave no verdict for; their items are left out of every score",
                 warn=metrics.JUDGE_FAILED),
     _judge_stat("rule_judge_agree", "rule-judge agreement", True, "share of samples where rules and judge agree"),
     _judge_stat("rule_judge_kappa", "rule-judge kappa", True, "Cohen's kappa of rules vs judge"),

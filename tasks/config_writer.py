@@ -216,9 +216,10 @@ def _markers(block: str) -> tuple[str, str]:
     return f"<!-- BEGIN generated: {block} -->", f"<!-- END generated: {block} -->"
 
 
-def readme_with_blocks(text: str, blocks: Mapping[str, str], generator: str) -> str:
+def readme_with_blocks(text: str, blocks: Mapping[str, str], generator: str, source: str = "the catalog") -> str:
     """``text`` with each block's lines between its marker lines replaced by the block; a missing or
-    doubled marker pair is a ValueError naming the block (the README must hold each pair once)."""
+    doubled marker pair is a ValueError naming the block (the README must hold each pair once).
+    ``source``: what the blocks are written from, named in the note under the first marker."""
     for block, body in blocks.items():
         begin, end = _markers(block)
         if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
@@ -226,7 +227,7 @@ def readme_with_blocks(text: str, blocks: Mapping[str, str], generator: str) -> 
                              f"(the block {generator} writes)")
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)
-        note = f"<!-- written by {generator} from the catalog; edit the catalog and rerun it -->"
+        note = f"<!-- written by {generator} from {source}; edit {source} and rerun it -->"
         text = f"{head}{begin}\n{note}\n{body.rstrip()}\n{end}{tail}"
     return text
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from medbridge.harness_ext import decoding, metric_registry, scoring
-from medbridge.tasks import config_writer
+from medbridge.tasks import config_writer, generate
 from medbridge.tasks.families import FAMILIES as REGISTRY
 from medbridge.tasks.medmnist import _generate_configs as medmnist_gen
 from medbridge.tasks.medmnist import catalog as medmnist_catalog
@@ -18,8 +18,8 @@ from medbridge.tasks.medvqa import catalog as medvqa_catalog
 from medbridge.tasks.medvqa_medvlthinker import _generate_configs as medvlthinker_gen
 
 FAMILIES = [(medmnist_gen, medmnist_catalog), (medvqa_gen, medvqa_catalog)]  # families with Pass@K twins
-# Every family of the registry and its generator.
-GENERATORS = {"medmnist": medmnist_gen, "medvqa": medvqa_gen, "medvqa_medvlthinker": medvlthinker_gen}
+# Every family of the registry and its generator: the list `python -m medbridge.tasks.generate` runs.
+GENERATORS = generate.generators()
 
 
 class _TagLoader(yaml.SafeLoader):
@@ -34,8 +34,41 @@ def _load(path: Path) -> dict:
 
 
 def test_every_registry_family_has_its_generator():
-    assert {f.folder for f in REGISTRY} == set(GENERATORS)
+    assert {f.folder for f in REGISTRY} == set(GENERATORS) == {"medmnist", "medvqa", "medvqa_medvlthinker"}
     assert all(GENERATORS[f.folder].FOLDER.name == f.folder for f in REGISTRY)
+    assert GENERATORS["medvqa"] is medvqa_gen and GENERATORS["medvqa_medvlthinker"] is medvlthinker_gen
+
+
+def test_a_family_without_a_generator_is_an_error(monkeypatch):
+    monkeypatch.setattr(generate, "GENERATORS", (medmnist_gen, medvqa_gen))
+    with pytest.raises(RuntimeError, match=r"GENERATORS cover \['medmnist', 'medvqa'\], the families are"):
+        generate.generators()
+
+
+def test_the_one_command_writes_every_family_and_the_readme_in_step(tmp_path):
+    """`python -m medbridge.tasks.generate` on a copy: every family's files are the checked-in ones and
+    the README (in step) is unchanged; a stale metric table is rewritten from the registry."""
+    readme = tmp_path / "README.md"
+    checked_in = config_writer.README_PATH.read_text()
+    readme.write_text(checked_in)
+    generate.main(["--out-root", str(tmp_path / "tasks"), "--readme", str(readme)])
+    for folder, gen in GENERATORS.items():
+        assert config_writer.generated_paths(tmp_path / "tasks" / folder) == config_writer.generated_paths(gen.FOLDER)
+    assert readme.read_text() == checked_in
+    begin, end = config_writer._markers(generate.METRICS_BLOCK)
+    head, rest = checked_in.split(begin, 1)
+    readme.write_text(head + begin + "\n| `maj_at_16` | stale |\n" + end + rest.split(end, 1)[1])
+    generate.main(["--out-root", str(tmp_path / "tasks"), "--readme", str(readme)])
+    assert readme.read_text() == checked_in
+
+
+def test_the_readme_metric_table_is_the_registry_s():
+    readme = config_writer.README_PATH.read_text()
+    written = config_writer.readme_with_blocks(readme, generate.readme_blocks(), generate.GENERATOR,
+                                               generate.METRICS_SOURCE)
+    assert written == readme, "README metric table drifted from the registry: rerun python -m medbridge.tasks.generate"
+    for name in [*metric_registry.METRICS, metric_registry.GAP.name]:  # every metric has its row
+        assert f"| `{name}` | {metric_registry.get(name).label} |" in readme, name
 
 
 @pytest.mark.parametrize("gen", GENERATORS.values(), ids=GENERATORS)
@@ -43,9 +76,9 @@ def test_checked_in_files_equal_a_fresh_generation(gen, tmp_path):
     gen.main(["--out", str(tmp_path)])
     fresh = config_writer.generated_paths(tmp_path)
     checked_in = config_writer.generated_paths(gen.FOLDER)
-    assert fresh == checked_in, f"stale or missing files: rerun python -m {gen.__name__}"
+    assert fresh == checked_in, "stale or missing files: rerun python -m medbridge.tasks.generate"
     drifted = [rel for rel in sorted(fresh) if (tmp_path / rel).read_text() != (gen.FOLDER / rel).read_text()]
-    assert not drifted, f"{drifted} differ from the generator's output: rerun python -m {gen.__name__}"
+    assert not drifted, f"{drifted} differ from the generator's output: rerun python -m medbridge.tasks.generate"
 
 
 def test_drift_is_detected_and_rewritten(tmp_path):
@@ -90,7 +123,7 @@ def test_the_readme_tables_are_the_generator_s(family):
     written = gen.family()
     assert written.readme_blocks, "every family documents its tasks in the README"
     drift = config_writer.readme_drift(written)
-    assert not drift, f"README blocks {drift} differ from the catalog: rerun python -m {gen.__name__}"
+    assert not drift, f"README blocks {drift} differ from the catalog: rerun python -m medbridge.tasks.generate"
     readme = config_writer.README_PATH.read_text()
     for task in family.greedy_tasks:  # every catalog entry has its row
         assert f"| `{task}` " in readme, task
