@@ -66,6 +66,22 @@ def test_reward_functions_accept_trl_call_and_plain_strings():
         rewards.get_reward_funcs(["accuracy", "nope"])
 
 
+def test_every_registered_reward_takes_trl_s_call_and_is_named_in_the_help():
+    """A reward added to REWARDS is called the way TRL calls it (dataset columns as lists, extra keywords)
+    and returns one float in [0, 1] per completion; --reward_names' help lists it (from the table)."""
+    import dataclasses
+
+    right, wrong = "<think>x</think><answer>C</answer>", "C is my answer, maybe"
+    columns = {"answer_letter": ["C", "C"], "options": [OPTIONS, json.dumps(OPTIONS)]}
+    for name, fn in rewards.REWARDS.items():
+        out = fn(prompts=[[{"role": "user", "content": "q"}]] * 2, completions=[right, wrong],
+                 completion_ids=[[1], [2]], trainer_state=None, **columns)
+        assert len(out) == 2 and all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in out), name
+        assert out[0] == 1.0, name  # a right answer in the strict format earns every reward
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(MedGRPOConfig)}
+    assert all(repr(name) in helps["reward_names"] for name in rewards.REWARDS)
+
+
 def _verl_rows():
     # verl parquet rows: ground truth under reward_model, the options in extra_info.
     return [

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 
 from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.training.rewards import REWARDS
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 __all__ = [
@@ -127,8 +128,8 @@ class MedGRPOConfig(GRPOConfig, _PixelBudget):
     reward_names: list[str] = field(
         default_factory=lambda: ["accuracy", "format"],
         metadata={
-            "help": "Reward functions: 'accuracy', 'format' (medbridge.training.rewards.REWARDS) or "
-            "package.module:function."
+            "help": f"Reward functions: {', '.join(repr(name) for name in REWARDS)} "
+            "(medbridge.training.rewards.REWARDS) or package.module:function."
         },
     )
 
