@@ -30,7 +30,7 @@ API (stable; backends, the task generator and scoring build on it):
 * ``record_effective(task_name, settings)`` / ``effective_for(task_name)`` -- a process-global
   registry: a backend records what it actually passed for a task; scoring (``process_results`` cannot
   see the model) copies ``effective_for(task)`` into each sample record as ``decoding``.
-  ``clear_effective()`` empties it (tests).
+  ``clear_effective()`` empties it (the plugin does so before each evaluation builds its model).
 """
 
 from __future__ import annotations

@@ -159,3 +159,17 @@ def test_invalid_decoding_is_a_user_error():
         Decoding(do_sample=True, temperature=0.7, top_p=0.9, top_k=None, repetition_penalty=0, max_new_tokens=8)
     with pytest.raises(MedbridgeError, match="greedy decoding takes temperature 0"):
         Decoding(do_sample=False, temperature=0.7, top_p=1.0, top_k=None, repetition_penalty=1.0, max_new_tokens=8)
+
+
+@pytest.mark.slow  # imports lmms-eval's model registry
+def test_a_new_evaluation_forgets_the_previous_models_records():
+    """lmms-eval looks up the model class once per evaluation: what an earlier evaluation in the same
+    process recorded (its model and its decoding) must not be stamped on the next one's records."""
+    from lmms_eval.models import get_model
+    from medbridge.harness_ext.backend.identity import record_model, recorded_model
+
+    record_model({"name": "earlier-model", "fingerprint": "sha256:0"})
+    decoding.record_effective("medmnist_mcq_breast", {"temperature": 0.0})
+    get_model("qwen2_5_vl")
+    assert recorded_model() is None
+    assert decoding.effective_for("medmnist_mcq_breast") is None

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from medbridge.harness_ext import decoding, served
+from medbridge.harness_ext.backend.identity import clear_model
 from medbridge.harness_ext.errors import MedbridgeError
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,10 @@ def enforce_task_decoding() -> None:
 
     @functools.wraps(original)
     def get_model_class(self, *args, **kwargs):
+        # lmms-eval looks a class up once per evaluation, right before building the model: forget what an
+        # earlier evaluation in this process recorded, so its model and decoding never reach these records.
+        clear_model()
+        decoding.clear_effective()
         cls = original(self, *args, **kwargs)
         if cls.__module__.startswith("lmms_eval.") and hasattr(cls, "generate_until"):
             wrap_generate_until(cls)
