@@ -335,7 +335,8 @@ def ingest_probe(
 
     bundle = probe_bundle(model_dir, results, model=model, layer=layer)
     with open_store(store or default_store_path(), write=True) as conn:
-        return write_bundle(conn, bundle, now_iso())
+        added = write_bundle(conn, bundle, now_iso())
+    return 0 if added is None else added  # None: the same probe run was already in the store
 
 
 def format_results(results: Sequence[ProbeResult]) -> str:
