@@ -42,6 +42,23 @@ def written_at(path: Path) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def results_files(folder: Path) -> dict[Path, int]:
+    """Each lmms-eval results file under ``folder`` with its modification time (ns); empty without the folder."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob(f"*{RESULTS_SUFFIX}")} if folder.is_dir() else {}
+
+
+def results_written_since(folder: Path, before: Mapping[Path, int]) -> Path:
+    """The one results file lmms-eval wrote under ``folder`` since ``before`` (``results_files`` then): this
+    run's own file, named, so an earlier run left in the same output folder is never read in its place."""
+    written = sorted(p for p, mtime in results_files(folder).items() if before.get(p) != mtime)
+    if len(written) != 1:
+        found = "; ".join(map(str, written)) if written else "none"
+        raise MedbridgeError(
+            f"lmms-eval should have written one *{RESULTS_SUFFIX} under {folder} for this run, found {found}"
+        )
+    return written[0]
+
+
 def find_all_results(path: str | Path) -> list[Path]:
     """Every lmms-eval ``*_results.json`` under a folder tree, oldest first (a file is itself)."""
     path = Path(path)

@@ -10,29 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.lmms_eval_cli import lmms_eval_command
-from medbridge.harness_ext.runs import RESULTS_SUFFIX
-
-
-def results_files(folder: Path) -> dict[Path, int]:
-    """Each lmms-eval results file under ``folder`` with its modification time (ns); empty without the folder."""
-    return {p: p.stat().st_mtime_ns for p in folder.rglob(f"*{RESULTS_SUFFIX}")} if folder.is_dir() else {}
-
-
-def results_written_since(folder: Path, before: Mapping[Path, int]) -> Path:
-    """The one results file lmms-eval wrote under ``folder`` since ``before`` (``results_files`` then): the
-    demo's own run, named, so an earlier demo's run in the same --out is never read in its place."""
-    written = sorted(p for p, mtime in results_files(folder).items() if before.get(p) != mtime)
-    if len(written) != 1:
-        found = "; ".join(map(str, written)) if written else "none"
-        raise MedbridgeError(
-            f"lmms-eval should have written one *{RESULTS_SUFFIX} under {folder} for this demo run, found {found}"
-        )
-    return written[0]
+from medbridge.harness_ext.runs import results_files, results_written_since
 
 
 def offline_env(data_root: Path) -> dict[str, str]:

@@ -75,8 +75,7 @@ def test_the_demo_reads_the_results_file_its_own_run_wrote(tmp_path):
     import os
 
     from medbridge.harness_ext.errors import MedbridgeError
-
-    from medbridge.demo import results_files, results_written_since
+    from medbridge.harness_ext.runs import results_files, results_written_since
 
     from .synthetic_runs import medmnist_run
 
@@ -84,7 +83,7 @@ def test_the_demo_reads_the_results_file_its_own_run_wrote(tmp_path):
     assert results_files(folder) == {}
     earlier = medmnist_run(folder, ("breast",), n_items=2, stamp="20990101_000000")
     before = results_files(folder)
-    with pytest.raises(MedbridgeError, match=r"one \*_results.json under .* for this demo run, found none"):
+    with pytest.raises(MedbridgeError, match=r"one \*_results.json under .* for this run, found none"):
         results_written_since(folder, before)
     ours = medmnist_run(folder, ("breast",), n_items=2, stamp="20260101_000000")
     os.utime(ours, (1_700_000_000, 1_700_000_000))  # even an older clock on our file does not matter

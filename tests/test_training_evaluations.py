@@ -145,3 +145,27 @@ def test_evaluator_command_exit_codes(tmp_path, fake_lmms_eval, capsys):
     assert main([str(out)]) == 1  # step 2 fails the first time: recorded, printed, exit 1
     assert main([str(out), "--retry-failed"]) == 0
     assert json.loads((out / "evaluations" / "evaluations.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+
+def test_a_retried_evaluation_reads_the_results_file_it_wrote(tmp_path, monkeypatch):
+    """An earlier attempt left a run in the same output folder (newer by name and by clock): the checkpoint's
+    evaluation reads the file its own lmms-eval process wrote, never "the newest" one there."""
+    import os
+    import sys
+
+    from medbridge.training import callbacks
+
+    from .synthetic_runs import medmnist_run
+
+    out = tmp_path / "evaluations" / "step-2"
+    earlier = medmnist_run(out, ("breast",), n_items=2, sampled=False, stamp="20990101_000000")
+    os.utime(earlier, (2_000_000_000, 2_000_000_000))
+    writer = (
+        "import os, sys; from medbridge.tests.synthetic_runs import medmnist_run; "
+        "p = medmnist_run(sys.argv[1], ('blood',), n_items=2, sampled=False, stamp='20260101_000000'); "
+        "os.utime(p, (1_700_000_000, 1_700_000_000))"
+    )
+    monkeypatch.setattr(callbacks, "build_eval_command", lambda ckpt, s, o: [sys.executable, "-c", writer, str(o)])
+    settings = callbacks.EvalSettings(["medmnist_mcq_blood"])
+    results = callbacks.evaluate_checkpoint(tmp_path / "checkpoint-2", settings, out)
+    assert results.name.endswith("20260101_000000_results.json") and results != earlier

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.lmms_eval_cli import lmms_eval_command
 from transformers import TrainerCallback
 
@@ -120,9 +121,11 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings, output_p
     names every requested task (or group). The subprocess output goes to ``output_path/lmms_eval.log``.
     """
     from medbridge.harness_ext.report import load_run
+    from medbridge.harness_ext.runs import results_files, results_written_since
 
     output_path = Path(output_path)
     output_path.mkdir(parents=True, exist_ok=True)
+    before = results_files(output_path)  # a retried evaluation finds the failed attempt's files there
     cmd = build_eval_command(checkpoint, settings, output_path)
     env = dict(os.environ)
     env.update(settings.env)
@@ -134,8 +137,8 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings, output_p
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=settings.timeout_s, check=False
         )
     try:
-        run = load_run(output_path)
-    except (FileNotFoundError, ValueError) as err:
+        run = load_run(results_written_since(output_path, before))
+    except (FileNotFoundError, ValueError, MedbridgeError) as err:
         raise CheckpointEvalError(
             f"lmms-eval (exit {proc.returncode}) wrote no results for {checkpoint}: {err}; see {log_path}"
         ) from None
@@ -147,12 +150,13 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings, output_p
 
 
 def ingest_into_leaderboard(
-    store: str | Path, results_dir: str | Path, *, model: str | None, run: str | None, step: int | None
+    store: str | Path, results_file: str | Path, *, model: str | None, run: str | None, step: int | None
 ) -> int:
-    """Append an evaluated run to the leaderboard store; returns the rows added."""
+    """Append one evaluated run (its results file, as ``evaluate_checkpoint`` returned it) to the
+    leaderboard store; returns the rows added."""
     from medbridge.leaderboard.ingest import ingest_run
 
-    return ingest_run(store, results_dir, model=model, run=run, step=step)
+    return ingest_run(store, results_file, model=model, run=run, step=step)
 
 
 def write_training_marker(folder: str | Path, **fields: Any) -> Path:
@@ -300,7 +304,6 @@ class CheckpointEvalCallback(TrainerCallback):
     @classmethod
     def from_plan(cls, eval_root: str | Path) -> CheckpointEvalCallback:
         """The callback a run's ``plan.json`` describes (for evaluations in another process)."""
-        from medbridge.harness_ext.errors import MedbridgeError
         from medbridge.harness_ext.limited_io import load_json
 
         path = Path(eval_root) / PLAN_FILE
@@ -374,7 +377,7 @@ class CheckpointEvalCallback(TrainerCallback):
             record["results"] = str(evaluate_checkpoint(checkpoint, self.settings, out))
             if self.leaderboard_store is not None:
                 record["leaderboard_rows"] = ingest_into_leaderboard(
-                    self.leaderboard_store, out, model=self.model_name, run=self.run_name, step=step
+                    self.leaderboard_store, record["results"], model=self.model_name, run=self.run_name, step=step
                 )
         except Exception as err:  # noqa: BLE001 - a failed evaluation must never kill training; it is recorded
             record["error"] = f"{type(err).__name__}: {err}"

@@ -121,7 +121,7 @@ def _cmd_eval_checkpoint(args: argparse.Namespace) -> int:
     print(f"results: {results}")
     if args.store:
         store = Path(args.store).resolve()
-        rows = ingest_into_leaderboard(store, output, model=args.model_name, run=args.run_name, step=args.step)
+        rows = ingest_into_leaderboard(store, results, model=args.model_name, run=args.run_name, step=args.step)
         tag = "".join(f", {k} {v}" for k, v in (("run", args.run_name), ("step", args.step)) if v is not None)
         print(f"leaderboard {store}: {rows} row(s) added{tag}")
     else:
