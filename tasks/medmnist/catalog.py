@@ -3,8 +3,8 @@
 MedMNIST's own label names (``medmnist.INFO[flag]["label"]``) are terse ("pleural", "0", "normal,
 benign"); the option texts below are the clinical names we show the model instead, one per class,
 in the class-index order of the official files. Adding a dataset is one entry in ``SETS``, then
-``python -m medbridge.tasks.medmnist._generate_configs`` (task YAMLs, pointer files, the README's
-table); task names, groups and report rows follow from tasks/families.py.
+``python -m medbridge.tasks.generate`` (task YAMLs, pointer files, the README's tables); task names,
+groups and report rows follow from tasks/families.py.
 """
 
 from __future__ import annotations

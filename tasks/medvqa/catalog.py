@@ -10,7 +10,8 @@ options extracted for the yes/no questions); the second adds ``MMMU-medical`` an
 ``MedXpertQA-MM`` and renumbers ``dataset_index`` over the combined set. A third-party README
 lists the same names as the subsets of that set. A source whose names differ can be mapped
 with ``source_names`` (every alias is accepted). Adding a benchmark is one entry in ``SETS``, then
-``python -m medbridge.tasks.medvqa._generate_configs``.
+``python -m medbridge.tasks.generate`` (every family built from this catalog: ``medvqa`` and
+``medvqa_medvlthinker``, and the README's tables).
 """
 
 from __future__ import annotations
