@@ -308,12 +308,12 @@ def bundle_from_run(
     iters: int = 2000,
     allow_partial: bool = False,
 ) -> RunBundle:
-    """Read one lmms-eval output folder (or results JSON) into what the store keeps.
+    """Read one lmms-eval run (its results JSON, or a folder holding exactly one run) into what the store keeps.
 
     Every problem (unreadable files, inconsistent records, failed requests without
-    ``allow_partial``, values out of range) raises IngestError naming the file."""
+    ``allow_partial``, values out of range, a folder holding several runs) raises IngestError naming the file."""
     try:
-        results_path = find_results(run_path)
+        results_path = find_results(run_path, latest=False)  # never "the newest" of several: name the run
         loaded = load_run(results_path)
     except MedbridgeError as err:
         raise IngestError(str(err)) from None
@@ -400,10 +400,10 @@ def ingest_run(
     base_model: str | None = None,
     allow_partial: bool = False,
 ) -> int:
-    """Ingest one lmms-eval output folder; returns the number of result rows added (0 when the
-    run is already in the store, or when a partial run had no item answered). Raises IngestError
-    naming the file when it cannot be read (nothing of a failed run is written) and StoreError when
-    the store is damaged or not a store."""
+    """Ingest one lmms-eval run (its results JSON, or a folder holding only that run); returns the number
+    of result rows added (0 when the run is already in the store, or when a partial run had no item
+    answered). Raises IngestError naming the file when it cannot be read or a folder holds several runs
+    (nothing of a failed run is written) and StoreError when the store is damaged or not a store."""
     bundle = bundle_from_run(
         run_path,
         model=model,

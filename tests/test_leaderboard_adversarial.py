@@ -976,3 +976,16 @@ def test_a_medvlthinker_run_lands_in_that_table_with_deltas_to_the_same_models_p
     # a protocol run is not a Table 3 number: that table keeps the paper's rows only
     t3 = table3(view, refs)
     assert all(cls == "reference" for cls in t3.row_classes)
+
+
+def test_adversarial_ingest_api_refuses_a_folder_holding_several_runs(tmp_path):
+    """ingest_run on a folder with two runs names both and writes nothing; it never stores "the newest"."""
+    folder = tmp_path / "out"
+    first = medmnist_run(folder, ("breast",), n_items=2, stamp="20260101_000000")
+    second = medmnist_run(folder, ("blood",), n_items=2, stamp="20260102_000000")
+    store = tmp_path / "lb.sqlite"
+    with pytest.raises(IngestError, match="holds 2 lmms-eval runs") as err:
+        ingest_run(store, folder)
+    assert str(first) in str(err.value) and str(second) in str(err.value)
+    assert not store.exists()
+    assert ingest_run(store, second) > 0  # naming the run works
