@@ -295,18 +295,8 @@ class JudgeClient:
         try:
             self._check_limits()
             key = verdict_key(await self.identity(), template.key, inputs)
-        except _Stop as stop:
-            self.stats["short_circuited"] += 1
-            self.stats["failed"] += 1
-            return Verdict("failed", error=str(stop))
-        except JudgeRefused:
-            self.stats["failed"] += 1
-            return Verdict("failed", error="JudgeRefused")
         except Exception as exc:  # noqa: BLE001 -- identity unknown (judge down or wrong model): failed, never cached
-            self._record_failure()
-            self.stats["failed"] += 1
-            log.warning("judge identity could not be fetched: %s", self._describe(exc))
-            return Verdict("failed", error=_reason(exc))
+            return self._failed(exc, "judge identity could not be fetched")
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -363,18 +353,8 @@ class JudgeClient:
             content = await self._with_retries(lambda: self._attempt(chat, tried))
         except NotJSON:
             content = None  # a 200 whose body is not JSON: invalid, and asked again next run (not cached)
-        except _Stop as stop:
-            self.stats["short_circuited"] += 1
-            self.stats["failed"] += 1
-            return Verdict("failed", error=str(stop))
-        except JudgeRefused:
-            self.stats["failed"] += 1
-            return Verdict("failed", error="JudgeRefused")
         except Exception as exc:  # noqa: BLE001 -- after the retries: judge_failed, never cached
-            self._record_failure()
-            self.stats["failed"] += 1
-            log.warning("judge request failed after retries: %s", self._describe(exc))
-            return Verdict("failed", error=_reason(exc))
+            return self._failed(exc, "judge request failed after retries")
         self._record_reply()
         try:
             status, value = template.parse(content, inputs)
@@ -395,6 +375,19 @@ class JudgeClient:
         elif status not in template.statuses:
             self._session[key] = verdict
         return verdict
+
+    def _failed(self, exc: Exception, what: str) -> Verdict:
+        """The ``failed`` verdict (never cached) for a question that got no reply: the breaker or the call
+        budget stopped it, a replica set was refused, or the judge was down or wrong after the retries."""
+        self.stats["failed"] += 1
+        if isinstance(exc, _Stop):
+            self.stats["short_circuited"] += 1
+            return Verdict("failed", error=str(exc))
+        if isinstance(exc, JudgeRefused):
+            return Verdict("failed", error="JudgeRefused")
+        self._record_failure()
+        log.warning("%s: %s", what, self._describe(exc))
+        return Verdict("failed", error=_reason(exc))
 
     async def _attempt(self, call, tried: list[Replica] | None = None) -> Any:
         """One try of ``call(replica)`` on the least busy replica that is up (another than the last one in
