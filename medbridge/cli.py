@@ -7,16 +7,12 @@ paragraph and exit code 2, anything else names the log file that holds its trace
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 from medbridge import __version__
 from medbridge.cli_args import SEED_MAX, add_flag, int_range
-from medbridge.error_handling import run_guarded
-from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.cli_run import folder_to_write, run_command, stdout_for_the_result_only
+from medbridge.tiny_model import add_parser as add_tiny_model_command
 
 # Upper bounds of counts: far above any real use, low enough that a typo cannot exhaust memory.
 MAX_PER_CLASS = 1_000
@@ -40,17 +36,6 @@ def medmnist_flag(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown MedMNIST dataset {text!r}; known: {', '.join(BY_NAME)}") from None
 
 
-def folder_to_write(path: str | Path, what: str) -> Path:
-    """``path`` as a folder we may create or write into; an existing file there is a user error."""
-    folder = Path(path).expanduser()
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise MedbridgeError(f"{what} {folder}: {parent} is a file, not a folder; pass a folder path")
-            break
-    return folder
-
-
 def _cmd_build_fixtures(args: argparse.Namespace) -> int:
     from medbridge.tasks.medmnist.fixtures import build_all
 
@@ -58,36 +43,6 @@ def _cmd_build_fixtures(args: argparse.Namespace) -> int:
     paths = build_all(root, test_per_class=args.test_per_class, train_per_class=args.train_per_class,
                       val_per_class=args.val_per_class, seed=args.seed)
     print(f"wrote {len(paths)} MedMNIST-format files to {root}")
-    return 0
-
-
-@contextlib.contextmanager
-def stdout_for_the_result_only() -> Iterator[None]:
-    """While a command works, whatever libraries print to stdout (deepspeed's accelerator notice is a
-    logging handler bound to the real stdout) goes to stderr, so ``$(medbridge build-tiny-model ...)``
-    captures the one line the command prints after."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no file descriptor 1 (an embedded interpreter): nothing to protect
-        yield
-        return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
-    from medbridge.tiny_model import build_tiny_qwen2_5_vl
-
-    with stdout_for_the_result_only():
-        path = build_tiny_qwen2_5_vl(folder_to_write(args.out, "--out"), seed=args.seed, overwrite=args.overwrite,
-                                     fine_tune=args.fine_tune)
-    print(path)
     return 0
 
 
@@ -177,15 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_range(0, SEED_MAX), default=0, help="pixel-noise seed (default: %(default)s)")
     p.set_defaults(func=_cmd_build_fixtures)
 
-    p = sub.add_parser("build-tiny-model", help="write a tiny random-weight Qwen2.5-VL checkpoint")
-    p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--seed", type=int_range(0, SEED_MAX), default=0,
-                   help="weight-initialisation seed (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="rebuild even when a matching checkpoint is there")
-    p.add_argument("--fine-tune", action="store_true",
-                   help="train it briefly so its answers depend on the item: <answer>X</answer>, the letter read "
-                        "from the image (about 10 s more CPU)")
-    p.set_defaults(func=_cmd_build_tiny_model)
+    add_tiny_model_command(sub)  # build-tiny-model (also `python -m medbridge.tiny_model`)
 
     p = sub.add_parser("data", help="fetch datasets")
     dsub = p.add_subparsers(dest="dataset", required=True)
@@ -222,33 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     from medbridge.training.cli import add_parser as add_training_commands
 
     add_training_commands(sub)  # train, eval-checkpoint, data build-medmnist-train|build-pmc-vqa
-    _name_commands(parser)
     return parser
-
-
-def _name_commands(parser: argparse.ArgumentParser) -> None:
-    """Give every (sub)command its full name (e.g. "medbridge judge check") for error messages."""
-    parser.set_defaults(command_name=parser.prog)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _name_commands(child)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. argparse's own exits (a usage error: 2, --help: 0) leave as SystemExit."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    for stream in (sys.stdout, sys.stderr):
-        # A path that is not UTF-8 (a surrogate escape) prints as \udcff instead of failing the command.
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-    parsed: list[argparse.Namespace] = []
-
-    def parse_and_run() -> int:
-        parsed.append(build_parser().parse_args(argv))
-        return parsed[0].func(parsed[0])
-
-    return run_guarded(parse_and_run, argv, lambda: parsed[0].command_name if parsed else "medbridge")
+    return run_command(build_parser, argv)
 
 
 if __name__ == "__main__":

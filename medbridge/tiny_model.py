@@ -27,12 +27,17 @@ backend that does not set every decoding field; the pixel limits are the real ``
 a ``max_pixels`` of 224x224 = 50176 instead of the real 12845056, so a MedMNIST image is 64 image tokens
 and anything larger is shrunk (a real checkpoint would keep up to 3584x3584).
 
+The command lives here too: ``add_parser`` declares ``medbridge build-tiny-model`` (medbridge/cli.py
+registers it) and ``main`` runs it alone as ``python -m medbridge.tiny_model``, both through
+medbridge/cli_run.py (the guarded run, the path alone on stdout).
+
 Heavy libraries (torch, transformers, tokenizers) are imported lazily so that importing
 this module (e.g. from the CLI) stays cheap.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -42,6 +47,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from medbridge.cli_args import SEED_MAX, int_range
+from medbridge.cli_run import folder_to_write, run_command, stdout_for_the_result_only
 from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.tiny_tokenizer import (
     CHAT_TEMPLATE,
@@ -441,12 +448,39 @@ def _write_flat_preprocessor_config(work: Path) -> None:
     (work / "preprocessor_config.json").write_text(json.dumps(flat, indent=2) + "\n", encoding="utf-8")
 
 
+def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
+    with stdout_for_the_result_only():
+        path = build_tiny_qwen2_5_vl(folder_to_write(args.out, "--out"), seed=args.seed, overwrite=args.overwrite,
+                                     fine_tune=args.fine_tune)
+    print(path)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``medbridge build-tiny-model`` (medbridge/cli.py registers it; ``main`` below runs it alone)."""
+    p = sub.add_parser("build-tiny-model", help="write a tiny random-weight Qwen2.5-VL checkpoint")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--seed", type=int_range(0, SEED_MAX), default=0,
+                   help="weight-initialisation seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even when a matching checkpoint is there")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="train it briefly so its answers depend on the item: <answer>X</answer>, the letter read "
+                        "from the image (about 10 s more CPU)")
+    p.set_defaults(func=_cmd_build_tiny_model)
+
+
+def _build_tiny_model_parser() -> argparse.ArgumentParser:
+    """The `medbridge` parser with this one command: ``python -m medbridge.tiny_model ARGS`` parses
+    ``build-tiny-model ARGS`` as the full command does (same help, names in messages, log line)."""
+    parser = argparse.ArgumentParser(prog="medbridge")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m medbridge.tiny_model ARGS`` is ``medbridge build-tiny-model ARGS``: one parser, the same
     checks and errors, and the path alone on stdout (what libraries print while building goes to stderr)."""
-    from medbridge.cli import main as medbridge_main
-
-    return medbridge_main(["build-tiny-model", *(sys.argv[1:] if argv is None else argv)])
+    return run_command(_build_tiny_model_parser, ["build-tiny-model", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
