@@ -130,11 +130,9 @@ def _excluded_count(outcome: str, label: str, description: str) -> Metric:
 
 def _judge_stat(name: str, label: str, higher_is_better: bool, description: str, warn: str = "") -> Metric:
     def aggregate(records: Sequence[Record]) -> float:
-        from medbridge.judges import judge_stats  # judges.cascade imports this registry: a lazy import
-
         if warn:
             metrics.n_excluded(records, warn, task=metrics.task_of(records))
-        return float(judge_stats(records)[name])
+        return float(metrics.judge_stats(records)[name])
 
     return Metric(name, label, higher_is_better, "both", aggregate, judged_only=True, description=description)
 

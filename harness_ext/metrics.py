@@ -1,4 +1,5 @@
-"""Sample-level metrics: Acc@1, unbiased Pass@K, pass^K, maj@K, excluded outcomes, the sampler check.
+"""Sample-level metrics: Acc@1, unbiased Pass@K, pass^K, maj@K, excluded outcomes, judge counts, the
+sampler check.
 
 Every function here works on plain numbers or on per-item *records* (the dicts our tasks'
 ``process_results`` return), so lmms-eval aggregations, the re-scoring command and the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -214,6 +216,64 @@ def outcome_rate(records: Sequence[Mapping[str, Any]], outcome: str) -> float:
     if total == 0:
         return math.nan
     return sum(o == outcome for r in records for o in r["outcomes"]) / total
+
+
+# ---------------------------------------------------------------- who settled each sample (rules / judge)
+
+
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
+    """Cohen's kappa of two raters' labels on the same items (scikit-learn); nan when undefined,
+    1.0 when both raters gave the same single label to every item."""
+    if len(a) != len(b):
+        raise ValueError("kappa needs two label lists of equal length")
+    if not a:
+        return math.nan
+    if len(set(a) | set(b)) == 1:
+        return 1.0
+    from sklearn.metrics import cohen_kappa_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 when chance agreement is total: nan
+        return float(cohen_kappa_score(list(a), list(b)))
+
+
+def judge_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Counts of how each sample was settled plus rule-vs-judge agreement, over a task's settled records
+    (the judge's own ``medbridge.judges.judge_stats`` settles outstanding verdicts first).
+
+    Records without a ``sources`` field (rules-only scoring) count every readable sample as
+    settled by rules. A record that still shows "pending" outcomes is an error, never a count.
+    """
+    for r in records:
+        if "pending" in (r.get("outcomes") or ()):
+            raise RuntimeError(f"item {r.get('item_id')}: judge verdicts are still pending; settle the records "
+                               "first (medbridge.judges.settle_records)")
+    out = dict.fromkeys(("n_by_rules", "n_by_judge", "n_unparseable", "n_judge_invalid", "n_judge_down"), 0)
+    both_rule, both_judge = [], []
+    for r in records:
+        sources = r.get("sources") or ["rules"] * r["n"]
+        judged = r.get("judge_choices") or [None] * r["n"]
+        rules = r.get("rule_choices") or r["choices"]
+        for src, outcome, jc, rc in zip(sources, r["outcomes"], judged, rules):
+            if outcome == "unparsed":
+                out["n_unparseable"] += 1
+            if src == "rules" and outcome != "unparsed":
+                out["n_by_rules"] += 1
+            elif src == "judge":
+                if outcome == "invalid":
+                    out["n_judge_invalid"] += 1
+                elif outcome == JUDGE_FAILED:
+                    out["n_judge_down"] += 1
+                else:
+                    out["n_by_judge"] += 1
+            if rc is not None and jc is not None and len(jc) == 1:
+                both_rule.append(rc)
+                both_judge.append(jc)
+    agree = sum(x == y for x, y in zip(both_rule, both_judge))
+    out["rule_judge_agree"] = agree / len(both_rule) if both_rule else math.nan
+    out["rule_judge_kappa"] = cohen_kappa(both_rule, both_judge)
+    out["n_both"] = len(both_rule)
+    return out
 
 
 # ---------------------------------------------------------------- the sampler check (collapse)

@@ -11,7 +11,8 @@
   everything shown, logged or stored
 - ``cache.py``: the SQLite verdict cache keyed by judge identity
 - ``cascade.py``: rules first, the judge for the rest; per-item records that settle before a
-  distributed gather; judge counts and rule-vs-judge agreement
+  distributed gather; ``judge_stats`` settles them, then counts who settled each sample and how often
+  rules and judge agree (the counting is harness_ext/metrics.py's, which the metric registry reports)
 - ``classify.py``: imaging-modality labels through the judge (PMC-VQA balancing)
 - ``verifiers.py``: lmms-eval verifier adapters (import ``medbridge.judges.verifiers``; it needs lmms_eval)
 - ``server.py`` / ``cli.py`` / ``install_vllm_cpu.sh``: serving and checking a judge
@@ -21,7 +22,7 @@ A new judge prompt is one entry in prompts.yaml, asked with ``pool.judge_many(te
 
 The dependency runs one way: ``medbridge.harness_ext``'s scoring and report call the judge; the judge
 uses only harness_ext's leaf modules (settings, errors, sqlite_store, the answer extractor, the outcome
-names in metrics, the metric registry's names), never scoring, report or the plugin.
+names and judge counts in metrics, the metric registry's names), never scoring, report or the plugin.
 """
 
 from medbridge.judges.cache import VerdictCache, default_cache_path, verdict_key

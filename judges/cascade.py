@@ -21,14 +21,13 @@ after aggregation shows the verdicts too. ``settle_records(records)`` does the s
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medbridge.harness_ext import metric_registry, metrics
 from medbridge.harness_ext.answers import extract_choice
+from medbridge.harness_ext.metrics import cohen_kappa  # judges.cohen_kappa: the agreement statistic
 from medbridge.judges.client import JudgePool, Verdict, get_pool
 from medbridge.judges.config import JudgeConfig
 from medbridge.judges.prompts import MCQ_CHOICE
@@ -44,7 +43,7 @@ __all__ = [
 ]
 
 # The per-task metrics judge_stats computes, as the metric registry declares them (judged_only); their
-# lmms-eval aggregations are the registry's (harness_ext/scoring.py builds them).
+# lmms-eval aggregations are the registry's (harness_ext/scoring.py builds them; metrics.judge_stats counts).
 JUDGE_METRICS = tuple(m.name for m in metric_registry.METRICS.values() if m.judged_only)
 
 _JUDGE_OUTCOME = {"none": "unparsed", "invalid": "invalid", "failed": "judge_failed"}
@@ -150,52 +149,9 @@ def resolve_pending(records: Sequence[Any]) -> int:
     return settle_records(records)
 
 
-def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
-    """Cohen's kappa of two raters' labels on the same items (scikit-learn); nan when undefined,
-    1.0 when both raters gave the same single label to every item."""
-    if len(a) != len(b):
-        raise ValueError("kappa needs two label lists of equal length")
-    if not a:
-        return math.nan
-    if len(set(a) | set(b)) == 1:
-        return 1.0
-    from sklearn.metrics import cohen_kappa_score
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 when chance agreement is total: nan
-        return float(cohen_kappa_score(list(a), list(b)))
-
-
 def judge_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Counts of how each sample was settled plus rule-vs-judge agreement, over a task's records.
-
-    Records without a ``sources`` field (rules-only scoring) count every readable sample as
-    settled by rules.
-    """
+    """Settle the task's records (see ``settle_records``), then count how each sample was settled and how
+    often rules and judge agree (harness_ext/metrics.py's ``judge_stats``, which the metric registry's
+    judge metrics report)."""
     settle_records(records)
-    out = dict.fromkeys(("n_by_rules", "n_by_judge", "n_unparseable", "n_judge_invalid", "n_judge_down"), 0)
-    both_rule, both_judge = [], []
-    for r in records:
-        sources = r.get("sources") or ["rules"] * r["n"]
-        judged = r.get("judge_choices") or [None] * r["n"]
-        rules = r.get("rule_choices") or r["choices"]
-        for src, outcome, jc, rc in zip(sources, r["outcomes"], judged, rules):
-            if outcome == "unparsed":
-                out["n_unparseable"] += 1
-            if src == "rules" and outcome != "unparsed":
-                out["n_by_rules"] += 1
-            elif src == "judge":
-                if outcome == "invalid":
-                    out["n_judge_invalid"] += 1
-                elif outcome == "judge_failed":
-                    out["n_judge_down"] += 1
-                else:
-                    out["n_by_judge"] += 1
-            if rc is not None and jc is not None and len(jc) == 1:
-                both_rule.append(rc)
-                both_judge.append(jc)
-    agree = sum(x == y for x, y in zip(both_rule, both_judge))
-    out["rule_judge_agree"] = agree / len(both_rule) if both_rule else math.nan
-    out["rule_judge_kappa"] = cohen_kappa(both_rule, both_judge)
-    out["n_both"] = len(both_rule)
-    return out
+    return metrics.judge_stats(records)
