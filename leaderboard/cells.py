@@ -47,6 +47,11 @@ def short_path(path: str | None, parts: int = 2) -> str:
     return "/".join(Path(path).parts[-parts:])
 
 
+def slug(text: str) -> str:
+    """A file- and id-safe form of a name (a table's id, a figure's file name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "run"
+
+
 def utc_text(stamp: str | None) -> str:
     """A stored run date as ``2026-01-01 04:00 UTC``. Dates stored with an offset are converted;
     dates without one (stores ingested before dates were stored in UTC) are lmms-eval's local time

@@ -18,8 +18,8 @@ from typing import Any
 from medbridge.harness_ext import metric_registry as registry
 from medbridge.harness_ext import metrics
 from medbridge.harness_ext.statistics import PairedResult, paired_difference
-from medbridge.leaderboard.cells import DASH, Cell, Table, pct, short_path
-from medbridge.leaderboard.figures import slug
+from medbridge.leaderboard.cells import DASH, Cell, Table, pct, short_path, slug
+from medbridge.leaderboard.figures import StepCurve
 from medbridge.leaderboard.store import fetch_items
 from medbridge.leaderboard.view import Entry, View, entry_of
 from medbridge.tasks.families import MEDMNIST, is_sampled, passk_twin
@@ -73,16 +73,6 @@ def same_settings(view: View, a: Entry, b: Entry) -> bool:
 
 
 # ------------------------------------------------------------------ checkpoints over steps
-
-
-@dataclass
-class StepCurve:
-    """What the steps figure of one training run draws."""
-
-    run: str
-    steps: list[int]
-    acc1: list[float | None]
-    pass16: list[float | None]
 
 
 def training_runs(view: View) -> dict[str, list[Entry]]:

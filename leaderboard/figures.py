@@ -7,17 +7,17 @@ Model and run names are user text: every figure is drawn with math parsing off, 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medbridge.harness_ext import metric_registry as registry
+from medbridge.leaderboard.cells import slug
 from medbridge.tasks.families import MEDMNIST
 
 if TYPE_CHECKING:
-    from medbridge.leaderboard.comparisons import StepCurve
     from medbridge.leaderboard.view import View
 
 PASS_KS = registry.PASS_KS
@@ -29,9 +29,14 @@ ACC1 = registry.acc1().name
 TEXT_ONLY = {"text.parse_math": False, "text.usetex": False}
 
 
-def slug(text: str) -> str:
-    """A file- and id-safe form of a name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "run"
+@dataclass
+class StepCurve:
+    """What the steps figure of one training run draws (comparisons.checkpoint_table fills it)."""
+
+    run: str
+    steps: list[int]
+    acc1: list[float | None]
+    pass16: list[float | None]
 
 
 @contextmanager
@@ -99,11 +104,9 @@ def _save(fig: Any, path: Path) -> Path:
 
 def passk_figures(view: View, out: Path) -> list[tuple[str, Path]]:
     """One Pass@K-vs-K figure per modality with a sampled group row in the store."""
-    from medbridge.leaderboard.tables import group_label
-
     made = []
     for m in MEDMNIST.modalities:
-        task = group_label(m)
+        task = MEDMNIST.group_label(m)
         pins = view.pins.get((task, PASS16), [])
         lines = []
         for e in view.entries:
