@@ -15,7 +15,9 @@ catalog under MedVLThinker's protocol).
     entry_of("medvqa_pmc_passk").title  # 'PMC-VQA'
 
 Adding a dataset or benchmark is one catalog entry: the generators, the README's option tables,
-the counts in comments and titles and the tests all read the catalogs through this module.
+the counts in comments and titles and the tests all read the catalogs through this module. The
+catalogs are the bottom: their entries carry no task names and never import this module; ask the
+family (``MEDMNIST.task(entry)``, ``MEDVQA.passk_task(entry)``, ``entry_of(task)``).
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ import json
 
 import pytest
 from medbridge.harness_ext import metrics
-from medbridge.tasks.families import MEDVLTHINKER
+from medbridge.tasks.families import MEDVLTHINKER, MEDVQA
 from medbridge.tasks.medvqa import data
 from medbridge.tasks.medvqa import medvlthinker as protocol
-from medbridge.tasks.medvqa.catalog import SETS, get_set
+from medbridge.tasks.medvqa.catalog import SETS
 from medbridge.tasks.medvqa.fixtures import SHAPES, build_medvqa_fixture
 
 from .conftest import run_lmms_eval
@@ -281,4 +281,4 @@ def test_lmms_eval_runs_the_group_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert "MedVLThinker protocol" in report.stdout and MEDVLTHINKER.task("pmc") in report.stdout
     summary = json.loads(next((tmp_path / "out").rglob("*_medbridge_summary.json")).read_text())
     assert set(summary["medvlthinker"]["tasks"]) == set(MEDVLTHINKER.greedy_tasks)
-    assert get_set("pmc").task != MEDVLTHINKER.task("pmc")
+    assert MEDVQA.task("pmc") != MEDVLTHINKER.task("pmc")

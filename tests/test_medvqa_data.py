@@ -261,7 +261,8 @@ def test_yaml_files_pointer_files_and_report_groups_agree_with_the_catalog():
     for spec in SETS:
         pointer = [json.loads(x) for x in (TASK_DIR / "data_pointers" / f"{spec.name}.jsonl").read_text().splitlines()]
         assert pointer == [{"dataset_name": spec.dataset_name}]
-        for task, template in ((spec.task, "_template.yaml"), (spec.task_passk, "_template_passk.yaml")):
+        for task, template in ((MEDVQA.task(spec), "_template.yaml"),
+                               (MEDVQA.passk_task(spec), "_template_passk.yaml")):
             cfg = yaml.safe_load((TASK_DIR / f"{task}.yaml").read_text())
             assert cfg == {
                 "task": task,
@@ -270,9 +271,9 @@ def test_yaml_files_pointer_files_and_report_groups_agree_with_the_catalog():
             }
     group = yaml.safe_load((TASK_DIR / "_group_all.yaml").read_text())
     assert group["group"] == "medvqa"
-    assert group["task"] == [t for s in SETS for t in (s.task, s.task_passk)]
+    assert group["task"] == [t for s in SETS for t in (MEDVQA.task(s), MEDVQA.passk_task(s))]
     assert all(m["weight_by_size"] is False and m["aggregation"] == "mean" for m in group["aggregate_metric_list"])
-    assert MEDVQA.report_groups() == {"medvqa average": [s.task for s in SETS]}
+    assert MEDVQA.report_groups() == {"medvqa average": [MEDVQA.task(s) for s in SETS]}
     titles = [s.title for s in SETS]
     assert len(set(titles)) == len(titles) and all(titles)
 

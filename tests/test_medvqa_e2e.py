@@ -70,16 +70,16 @@ def test_oracle_numbers_are_the_intended_ones(oracle_run):
     res = run.results["results"]
     group_checks(res)
     for spec in SETS:
-        greedy = run.samples[spec.task]
+        greedy = run.samples[MEDVQA.task(spec)]
         assert len(greedy) == min(SUBSET, SIZES[spec.name])
         acc = np.mean([s["filtered_resps"].endswith(f"<answer>{s['target']}</answer>") for s in greedy])
-        assert res[spec.task]["acc1,none"] == pytest.approx(acc)
+        assert res[MEDVQA.task(spec)]["acc1,none"] == pytest.approx(acc)
         per_item = []
-        for s in run.samples[spec.task_passk]:
+        for s in run.samples[MEDVQA.passk_task(spec)]:
             assert len(s["filtered_resps"]) == 16
             c = sum(x.endswith(f"<answer>{s['target']}</answer>") for x in s["filtered_resps"])
             per_item.append(metrics.pass_at_k(16, c, 4))
-        assert res[spec.task_passk]["pass_at_04,none"] == pytest.approx(np.mean(per_item))
+        assert res[MEDVQA.passk_task(spec)]["pass_at_04,none"] == pytest.approx(np.mean(per_item))
     # Our report's Table 3 row (mean of the six, with a CI) agrees with lmms-eval's group value.
     average = summarize(run.records, groups=MEDVQA.report_groups(), iters=200)["groups"]["medvqa average"]
     assert average["acc1"] == pytest.approx(res["medvqa"]["acc1,none"])
@@ -91,7 +91,7 @@ def test_logged_item_ids_are_the_seeded_subset(oracle_run):
     run, source, proc = oracle_run
     for spec in SETS:
         want, _ = data.build_items(spec.name, source=source, subset=SUBSET, seed=1234, skip_bad=True)
-        for task in (spec.task, spec.task_passk):
+        for task in (MEDVQA.task(spec), MEDVQA.passk_task(spec)):
             recs = run.records[task]
             assert sorted(r["item_id"] for r in recs) == sorted(it["item_id"] for it in want), task
             assert {r["subset"] for r in recs} == {f"seeded{SUBSET}-seed1234"}
@@ -151,9 +151,9 @@ def test_tiny_qwen_runs_the_group_and_reports_the_average(tmp_path, tiny_model_d
     group_checks(res)
     assert set(MEDVQA.greedy_tasks + MEDVQA.sampled_tasks) <= set(res)
     for spec in SETS:
-        assert run.results["n-samples"][spec.task]["effective"] == 2
-        assert all(r["n"] == 16 for r in run.records[spec.task_passk])
-        cfg = run.results["configs"][spec.task_passk]["generation_kwargs"]
+        assert run.results["n-samples"][MEDVQA.task(spec)]["effective"] == 2
+        assert all(r["n"] == 16 for r in run.records[MEDVQA.passk_task(spec)])
+        cfg = run.results["configs"][MEDVQA.passk_task(spec)]["generation_kwargs"]
         assert cfg["max_new_tokens"] == 8 and cfg["temperature"] == 0.7 and cfg["top_p"] == 0.9
     # The printed table has every benchmark and the group row.
     printed = proc.stdout + proc.stderr

@@ -11,13 +11,15 @@ import yaml
 from medbridge.harness_ext import decoding, metric_registry, scoring
 from medbridge.tasks import config_writer, generate
 from medbridge.tasks.families import FAMILIES as REGISTRY
+from medbridge.tasks.families import MEDMNIST, MEDVQA
 from medbridge.tasks.medmnist import _generate_configs as medmnist_gen
 from medbridge.tasks.medmnist import catalog as medmnist_catalog
 from medbridge.tasks.medvqa import _generate_configs as medvqa_gen
 from medbridge.tasks.medvqa import catalog as medvqa_catalog
 from medbridge.tasks.medvqa_medvlthinker import _generate_configs as medvlthinker_gen
 
-FAMILIES = [(medmnist_gen, medmnist_catalog), (medvqa_gen, medvqa_catalog)]  # families with Pass@K twins
+# The families with Pass@K twins: generator, catalog, registry entry.
+FAMILIES = [(medmnist_gen, medmnist_catalog, MEDMNIST), (medvqa_gen, medvqa_catalog, MEDVQA)]
 # Every family of the registry and its generator: the list `python -m medbridge.tasks.generate` runs.
 GENERATORS = generate.generators()
 
@@ -90,8 +92,8 @@ def test_drift_is_detected_and_rewritten(tmp_path):
     assert "_template.yaml" in (tmp_path / "medmnist_mcq_oct.yaml").read_text()
 
 
-@pytest.mark.parametrize("gen, catalog", FAMILIES, ids=["medmnist", "medvqa"])
-def test_every_catalog_entry_has_both_tasks_with_explicit_decoding(gen, catalog):
+@pytest.mark.parametrize("gen, catalog, family", FAMILIES, ids=["medmnist", "medvqa"])
+def test_every_catalog_entry_has_both_tasks_with_explicit_decoding(gen, catalog, family):
     folder = gen.FOLDER
     greedy = _load(folder / "_template.yaml")["generation_kwargs"]
     sampled = _load(folder / "_template_passk.yaml")["generation_kwargs"]
@@ -107,7 +109,7 @@ def test_every_catalog_entry_has_both_tasks_with_explicit_decoding(gen, catalog)
     ) == (0.7, 0.9, None, 1.0)
     assert not catalog.GREEDY_DECODING.do_sample
     for spec in catalog.SETS:
-        for task, sampled_task in ((spec.task, False), (spec.task_passk, True)):
+        for task, sampled_task in ((family.task(spec), False), (family.passk_task(spec), True)):
             cfg = _load(folder / f"{task}.yaml")
             assert cfg["task"] == task
             assert cfg["include"] == ("_template_passk.yaml" if sampled_task else "_template.yaml")
@@ -165,10 +167,10 @@ def test_every_hook_a_yaml_names_resolves_where_lmms_eval_looks(gen):
 def test_lmms_eval_loads_every_task_config_with_our_hooks():
     from lmms_eval.utils import load_yaml_config
 
-    for gen, catalog in FAMILIES:
+    for gen, catalog, family in FAMILIES:
         spec = catalog.SETS[0]
-        greedy = load_yaml_config(str(gen.FOLDER / f"{spec.task}.yaml"))
-        sampled = load_yaml_config(str(gen.FOLDER / f"{spec.task_passk}.yaml"))
+        greedy = load_yaml_config(str(gen.FOLDER / f"{family.task(spec)}.yaml"))
+        sampled = load_yaml_config(str(gen.FOLDER / f"{family.passk_task(spec)}.yaml"))
         assert greedy["process_results"] is scoring.process_greedy
         assert sampled["process_results"] is scoring.process_sampled
         assert greedy["doc_to_text"] is scoring.doc_to_text

@@ -45,7 +45,7 @@ def readme_blocks() -> dict[str, str]:
     for spec in SETS:
         options = "; ".join(f"{i}: {text}" for i, text in enumerate(spec.classes))
         n_test = medmnist_info()[spec.flag]["n_samples"]["test"]
-        lines.append(f"| `{spec.task}` | {spec.flag} | {spec.modality} | {n_test} | {options} |")
+        lines.append(f"| `{MEDMNIST.task(spec)}` | {spec.flag} | {spec.modality} | {n_test} | {options} |")
     return {"medmnist_mcq tasks": "\n".join(lines)}
 
 
@@ -54,14 +54,14 @@ def family() -> Family:
     for spec in SETS:
         pointer = f"{spec.flag}.jsonl"
         tasks += [
-            TaskFile(spec.task, False, pointer, {"flag": spec.flag}),
-            TaskFile(spec.task_passk, True, pointer, {"flag": spec.flag}),
+            TaskFile(MEDMNIST.task(spec), False, pointer, {"flag": spec.flag}),
+            TaskFile(MEDMNIST.passk_task(spec), True, pointer, {"flag": spec.flag}),
         ]
     groups = [
         GroupFile(
             f"_group_{m}.yaml",
             MEDMNIST.group(m),
-            [t for s in sets_of_modality(m) for t in (s.task, s.task_passk)],
+            [t for s in sets_of_modality(m) for t in (MEDMNIST.task(s), MEDMNIST.passk_task(s))],
             alias=MODALITY_TITLES[m],
         )
         for m in MODALITIES

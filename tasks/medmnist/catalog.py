@@ -34,19 +34,6 @@ class MedMNISTSet:
     def n_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def task(self) -> str:
-        """Its greedy lmms-eval task; task names are made in one place, tasks/families.py."""
-        from medbridge.tasks.families import MEDMNIST
-
-        return MEDMNIST.task(self)
-
-    @property
-    def task_passk(self) -> str:
-        from medbridge.tasks.families import MEDMNIST
-
-        return MEDMNIST.passk_task(self)
-
 
 # How the tasks decode (harness_ext/decoding.py): the paper's greedy Acc@1 and Pass@K sampling.
 GREEDY_DECODING: Decoding = GREEDY

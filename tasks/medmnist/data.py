@@ -26,6 +26,7 @@ from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt, lettered
 from medbridge.harness_ext.subsets import seed_from_env, size_from_env
 from medbridge.tasks.content_hash import data_cache_dir, file_sha256
+from medbridge.tasks.families import MEDMNIST
 from medbridge.tasks.medmnist.catalog import MedMNISTSet, get_set
 
 log = logging.getLogger(__name__)
@@ -404,7 +405,7 @@ def build_items(
         answer = list(options)[order.index(int(y[idx]))]
         item = {
             "item_id": f"{spec.flag}/{split}/{idx}",
-            "task": spec.task,  # the greedy task's name: scoring finds the recorded decoding by it
+            "task": MEDMNIST.task(spec),  # the greedy task's name: scoring finds the recorded decoding by it
             "dataset": spec.name,
             "flag": spec.flag,
             "modality": spec.modality,

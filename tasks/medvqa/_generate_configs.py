@@ -36,8 +36,9 @@ def readme_blocks() -> dict[str, str]:
     ]
     for spec in SETS:
         subset = f"{spec.n_rows} (all)" if spec.n_rows <= DEFAULT_SUBSET else str(DEFAULT_SUBSET)
-        passk = spec.task_passk.removeprefix(spec.task)
-        lines.append(f"| `{spec.task}` / `{passk}` | {spec.title} | {spec.n_rows} | {subset} | {spec.original} |")
+        greedy = MEDVQA.task(spec)
+        passk = MEDVQA.passk_task(spec).removeprefix(greedy)
+        lines.append(f"| `{greedy}` / `{passk}` | {spec.title} | {spec.n_rows} | {subset} | {spec.original} |")
     return {"medvqa tasks": "\n".join(lines)}
 
 
@@ -46,9 +47,10 @@ def family() -> Family:
     for spec in SETS:
         pointer = f"{spec.name}.jsonl"
         row = {"dataset_name": spec.dataset_name}
-        tasks += [TaskFile(spec.task, False, pointer, row), TaskFile(spec.task_passk, True, pointer, row)]
+        tasks += [TaskFile(MEDVQA.task(spec), False, pointer, row),
+                  TaskFile(MEDVQA.passk_task(spec), True, pointer, row)]
     groups = [
-        GroupFile("_group_all.yaml", MEDVQA.name, [t for s in SETS for t in (s.task, s.task_passk)],
+        GroupFile("_group_all.yaml", MEDVQA.name, [t for s in SETS for t in (MEDVQA.task(s), MEDVQA.passk_task(s))],
                   comment="Table 3: each benchmark's greedy Acc@1 and sampled Pass@K, and their unweighted average."),
         GroupFile("_group_greedy.yaml", MEDVQA.group("greedy"), MEDVQA.greedy_tasks,
                   comment=f"Acc@1 only (greedy), the {MEDVQA.count_word} benchmarks and their unweighted average.",

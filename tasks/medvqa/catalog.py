@@ -43,19 +43,6 @@ class MedVQASet:
     original: str  # where the questions come from and which part of it
 
     @property
-    def task(self) -> str:
-        """Its greedy lmms-eval task; task names are made in one place, tasks/families.py."""
-        from medbridge.tasks.families import MEDVQA
-
-        return MEDVQA.task(self)
-
-    @property
-    def task_passk(self) -> str:
-        from medbridge.tasks.families import MEDVQA
-
-        return MEDVQA.passk_task(self)
-
-    @property
     def dataset_name(self) -> str:
         return self.source_names[0]
 
@@ -82,10 +69,8 @@ _BY_NAME = {s.name: s for s in SETS}
 
 
 def get_set(name: str) -> MedVQASet:
-    """A benchmark by short name (``pmc``), task name (``medvqa_pmc``, ``medvqa_pmc_passk``) or any source name."""
-    from medbridge.tasks.families import MEDVQA
-
-    spec = _BY_NAME.get(name) or MEDVQA.entry(name)
+    """A benchmark by short name (``pmc``) or any source name (a task name's entry: ``MEDVQA.entry(task)``)."""
+    spec = _BY_NAME.get(name)
     if spec is not None:
         return spec
     for spec in SETS:

@@ -27,6 +27,7 @@ from medbridge.harness_ext.errors import MedbridgeError
 from medbridge.harness_ext.prompts import PROMPT_VERSION, format_mcq_prompt
 from medbridge.harness_ext.subsets import seed_from_env, size_from_env
 from medbridge.tasks.content_hash import file_sha256
+from medbridge.tasks.families import MEDVQA
 from medbridge.tasks.medvqa.catalog import HUB_ID, HUB_SPLIT, MedVQASet, get_set
 
 SOURCE_ENV = "MEDBRIDGE_MEDVQA_SOURCE"  # hub id or local folder; MEDBRIDGE_MEDVQA_SOURCE_<NAME> per benchmark
@@ -252,7 +253,7 @@ def row_to_item(row: dict[str, Any], spec: MedVQASet, base: Path | None = None) 
         raise BadRow(f"dataset_index is {row.get('dataset_index')!r}, not an integer")
     return {
         "item_id": item_id_of(row, spec),
-        "task": spec.task,  # the greedy task's name: scoring finds the recorded decoding by it
+        "task": MEDVQA.task(spec),  # the greedy task's name: scoring finds the recorded decoding by it
         "dataset": spec.name,
         "benchmark": spec.title,
         "source_dataset_name": str(row["dataset_name"]),
@@ -341,14 +342,14 @@ def build_items(
             f"; ... ({len(bad) - 20} more)" if len(bad) > 20 else ""
         )
         raise MedVQADataError(
-            f"{len(bad)} bad row(s) in {spec.title} (task {spec.task}) from {src!r}: {listed}. "
+            f"{len(bad)} bad row(s) in {spec.title} (task {MEDVQA.task(spec)}) from {src!r}: {listed}. "
             f"Fix the source, or set {SKIP_BAD_ENV}=1 to skip them (the count is logged and recorded in every item)."
         )
     if bad:
         from loguru import logger
 
         logger.warning(
-            f"MEDVQA: SKIPPED {len(bad)} bad row(s) of {spec.title} (task {spec.task}) from {src!r} "
+            f"MEDVQA: SKIPPED {len(bad)} bad row(s) of {spec.title} (task {MEDVQA.task(spec)}) from {src!r} "
             f"because skipping bad rows is on ({SKIP_BAD_ENV}); kept {len(items)} items. Skipped: "
             + "; ".join(f"{i}: {why}" for i, why in bad)
         )
