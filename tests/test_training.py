@@ -648,7 +648,8 @@ def test_trainer_and_vllm_see_the_same_number_of_image_tokens(tiny_model_dir):
     """vLLM builds its processor with ``from_pretrained(model, **mm_processor_kwargs)``; with the recipe's
     budget passed as mm_processor_kwargs it cuts every image into the trainer's grid, and without it
     (the checkpoint's own defaults) it does not."""
-    from medbridge.training.model_utils import image_geometry, load_processor
+    from medbridge.training.image_budget import image_geometry
+    from medbridge.training.model_utils import load_processor
     from PIL import Image
     from transformers import AutoProcessor
 
@@ -667,7 +668,7 @@ def test_trainer_and_vllm_see_the_same_number_of_image_tokens(tiny_model_dir):
 
 
 def test_colocated_vllm_engine_and_server_get_the_recipes_image_budget():
-    from medbridge.training import model_utils
+    from medbridge.training import model_utils, vllm_server
 
     built = []
 
@@ -689,7 +690,7 @@ def test_colocated_vllm_engine_and_server_get_the_recipes_image_budget():
         {"model": "m", "tensor_parallel_size": 1, "mm_processor_kwargs": {"max_pixels": 802816, "min_pixels": 3136}}
     ]
 
-    cmd = model_utils.vllm_serve_command(
+    cmd = vllm_server.vllm_serve_command(
         "OctoMed/OctoMed-7B", max_pixels=802816, min_pixels=3136, tensor_parallel_size=2
     )
     assert cmd[:3] == ["vllm", "serve", "OctoMed/OctoMed-7B"]
@@ -697,7 +698,7 @@ def test_colocated_vllm_engine_and_server_get_the_recipes_image_budget():
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     assert json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1]) == {"max_pixels": 802816, "min_pixels": 3136}
     assert "--weight-transfer-config" in cmd and "--logprobs-mode" in cmd  # what TRL's client needs
-    shell = model_utils.vllm_serve_shell(str(RECIPES / "final_octomed7b_pmcvqa8k_care.yaml"), 1, 8000)
+    shell = vllm_server.vllm_serve_shell(str(RECIPES / "final_octomed7b_pmcvqa8k_care.yaml"), 1, 8000)
     assert shell.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve OctoMed/OctoMed-7B ") and '"max_pixels": 802816' in shell
     # The multi-node script starts exactly that command, not the deprecated `trl vllm-serve` with data parallel 8.
     slurm = (RECIPES.parent / "slurm" / "train_multinode.slurm").read_text()

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 
 from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.training.image_budget import DEFAULT_MIN_PIXELS, PAPER_MAX_PIXELS
 from medbridge.training.rewards import REWARDS
 from trl import GRPOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
@@ -23,11 +24,6 @@ __all__ = [
     "parse_recipe",
     "print_recipe_help",
 ]
-
-# The paper's image budget for its final run (Qwen2.5-VL pixels: 1024 * 28 * 28).
-PAPER_MAX_PIXELS = 802816
-DEFAULT_MIN_PIXELS = 3136
-
 
 @dataclass
 class MedScriptArguments(ScriptArguments):

@@ -2,26 +2,26 @@
 
 One image geometry: the processor of the trainer, the vLLM engine that generates (colocated or served)
 and the lmms-eval run that evaluates a checkpoint all get the same ``min_pixels`` / ``max_pixels``, so a
-prompt has the same number of image tokens everywhere (:func:`image_geometry`).
+prompt has the same number of image tokens everywhere (training/image_budget.py's ``image_geometry``).
+``python -m medbridge.training.model_utils vllm-serve ...`` runs the vLLM server node (training/vllm_server.py,
+which builds the server command).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
-import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from medbridge.training.image_budget import image_geometry
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "image_geometry",
     "load_processor",
     "load_weights_from_checkpoint",
     "model_init_kwargs",
@@ -30,17 +30,7 @@ __all__ = [
     "fp32_master_policy",
     "uses_deepspeed",
     "vllm_image_geometry",
-    "vllm_serve_command",
 ]
-
-
-def image_geometry(max_pixels: int, min_pixels: int) -> dict[str, int]:
-    """The processor keyword arguments that fix the image budget (also vLLM's ``mm_processor_kwargs``)."""
-    if min_pixels > max_pixels:
-        raise ValueError(
-            f"min_pixels {min_pixels} > max_pixels {max_pixels}: lower min_pixels or raise max_pixels in the recipe"
-        )
-    return {"max_pixels": int(max_pixels), "min_pixels": int(min_pixels)}
 
 
 def load_processor(
@@ -200,85 +190,6 @@ def with_mm_processor_kwargs(engine_cls: Callable[..., Any], mm_kwargs: dict[str
     return build
 
 
-# vLLM registers the routes TRL's client needs for multimodal prompts only with this flag (vLLM >= 0.30).
-SCALE_OUT_FLAG = "--enable-scale-out"
-SCALE_OUT_MIN_VLLM = "0.30.0"
-
-
-def vllm_serve_command(
-    model: str,
-    *,
-    max_pixels: int,
-    min_pixels: int,
-    tensor_parallel_size: int = 1,
-    port: int = 8000,
-    host: str = "0.0.0.0",
-    revision: str | None = None,
-    python: str | None = None,
-    vllm_version: str | None = None,
-) -> list[str]:
-    """The vLLM server command that TRL 1.16's server mode talks to, with the recipe's image budget.
-
-    ``trl vllm-serve`` is deprecated in TRL 1.16 (it only re-runs ``vllm serve``); this asks TRL's own
-    command builder for the flags its client needs (weight transfer, processed logprobs) and runs vLLM's
-    server directly (with ``VLLM_SERVER_DEV_MODE=1`` in the environment). Data parallel stays 1: TRL's
-    server documents that data parallel > 1 errors on dense models (vLLM PR #30739).
-
-    ``python``: the interpreter of the environment vLLM is installed in (the command becomes
-    ``python -m vllm.entrypoints.cli.main serve ...``); default the ``vllm`` program. ``vllm_version``: the
-    version that will run, which decides ``--enable-scale-out`` (TRL decides it from the vLLM importable
-    here, which is not the server's when vLLM has an environment of its own); None keeps TRL's decision.
-    """
-    from packaging.version import Version
-    from trl.scripts.vllm_serve import ScriptArguments, build_command
-
-    script_args = ScriptArguments(
-        model=model,
-        revision=revision,
-        tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=1,
-        host=host,
-        port=port,
-    )
-    command = build_command(script_args, ["--mm-processor-kwargs", json.dumps(image_geometry(max_pixels, min_pixels))])
-    serve = command[command.index("serve") :]
-    if vllm_version is not None:
-        serve = [arg for arg in serve if arg != SCALE_OUT_FLAG]
-        if Version(vllm_version) >= Version(SCALE_OUT_MIN_VLLM):
-            serve.insert(serve.index("--weight-transfer-config"), SCALE_OUT_FLAG)
-    prefix = ["vllm"] if python is None else [python, "-m", "vllm.entrypoints.cli.main"]
-    return [*prefix, *serve]
-
-
-def vllm_serve_shell(recipe: str, tensor_parallel_size: int, port: int, **command_kwargs: Any) -> str:
-    """``VLLM_SERVER_DEV_MODE=1 vllm serve ...`` for a recipe's model and image budget (used by the SLURM script);
-    ``command_kwargs`` go to :func:`vllm_serve_command` (``python``, ``vllm_version``)."""
-    config = recipe_fields(recipe)
-    from medbridge.training.configs import DEFAULT_MIN_PIXELS, PAPER_MAX_PIXELS
-
-    command = vllm_serve_command(
-        config["model_name_or_path"],
-        max_pixels=config.get("max_pixels", PAPER_MAX_PIXELS),
-        min_pixels=config.get("min_pixels", DEFAULT_MIN_PIXELS),
-        tensor_parallel_size=tensor_parallel_size,
-        port=port,
-        revision=config.get("model_revision"),
-        **command_kwargs,
-    )
-    return "VLLM_SERVER_DEV_MODE=1 " + shlex.join(command)
-
-
-def recipe_fields(recipe: str) -> dict[str, Any]:
-    """A recipe file's mapping (size-limited read), with model_name_or_path required."""
-    from medbridge.harness_ext.errors import MedbridgeError
-    from medbridge.harness_ext.limited_io import CONFIG_LIMIT_BYTES, load_yaml
-
-    config = load_yaml(recipe, what="recipe", limit=CONFIG_LIMIT_BYTES) or {}
-    if not isinstance(config, dict) or not config.get("model_name_or_path"):
-        raise MedbridgeError(f"recipe {recipe}: model_name_or_path is not set")
-    return config
-
-
 def load_weights_from_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> None:
     """Load a saved checkpoint's weights into ``model`` in place, every key matched (strict).
 
@@ -304,7 +215,7 @@ def load_weights_from_checkpoint(model: torch.nn.Module, checkpoint: str | Path)
     del loaded, state
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m medbridge.training.model_utils vllm-serve ...`: the command of training/slurm/
     import sys
 
     from medbridge.training.vllm_server import serve_main

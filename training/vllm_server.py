@@ -14,10 +14,16 @@ model load:
   names its interpreter (default: the one of the ``vllm`` program on PATH, else this Python). Its installed
   version is read there, and ``--enable-scale-out`` (the routes TRL's client uses for multimodal prompts,
   vLLM >= 0.30) is set from that version, not from whatever vLLM this environment can import.
+
+The command itself is built here too (``vllm_serve_command``, ``vllm_serve_shell``): TRL's own flags for its
+client, data parallel 1, and the recipe's image budget (training/image_budget.py) as ``--mm-processor-kwargs``.
+The entry point lives in training/model_utils.py (``python -m medbridge.training.model_utils vllm-serve``),
+which imports this module; this module imports nothing of model_utils.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -28,13 +34,17 @@ from typing import Any
 
 from medbridge.harness_ext import settings
 from medbridge.harness_ext.errors import MedbridgeError
+from medbridge.training.image_budget import DEFAULT_MIN_PIXELS, PAPER_MAX_PIXELS, image_geometry
 
 __all__ = [
     "installed_vllm_version",
+    "recipe_fields",
     "serve_main",
     "valid_tensor_parallel_sizes",
     "visible_gpu_count",
     "vllm_python",
+    "vllm_serve_command",
+    "vllm_serve_shell",
 ]
 
 ALLOW_IDLE_ENV = "MEDBRIDGE_ALLOW_IDLE_GPUS"
@@ -135,6 +145,88 @@ def valid_tensor_parallel_sizes(model: str, upto: int, revision: str | None = No
     ]
 
 
+# ------------------------------------------------------------ the server command TRL's server mode talks to
+
+
+# vLLM registers the routes TRL's client needs for multimodal prompts only with this flag (vLLM >= 0.30).
+SCALE_OUT_FLAG = "--enable-scale-out"
+SCALE_OUT_MIN_VLLM = "0.30.0"
+
+
+def vllm_serve_command(
+    model: str,
+    *,
+    max_pixels: int,
+    min_pixels: int,
+    tensor_parallel_size: int = 1,
+    port: int = 8000,
+    host: str = "0.0.0.0",
+    revision: str | None = None,
+    python: str | None = None,
+    vllm_version: str | None = None,
+) -> list[str]:
+    """The vLLM server command that TRL 1.16's server mode talks to, with the recipe's image budget.
+
+    ``trl vllm-serve`` is deprecated in TRL 1.16 (it only re-runs ``vllm serve``); this asks TRL's own
+    command builder for the flags its client needs (weight transfer, processed logprobs) and runs vLLM's
+    server directly (with ``VLLM_SERVER_DEV_MODE=1`` in the environment). Data parallel stays 1: TRL's
+    server documents that data parallel > 1 errors on dense models (vLLM PR #30739).
+
+    ``python``: the interpreter of the environment vLLM is installed in (the command becomes
+    ``python -m vllm.entrypoints.cli.main serve ...``); default the ``vllm`` program. ``vllm_version``: the
+    version that will run, which decides ``--enable-scale-out`` (TRL decides it from the vLLM importable
+    here, which is not the server's when vLLM has an environment of its own); None keeps TRL's decision.
+    """
+    from packaging.version import Version
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    script_args = ScriptArguments(
+        model=model,
+        revision=revision,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=1,
+        host=host,
+        port=port,
+    )
+    command = build_command(script_args, ["--mm-processor-kwargs", json.dumps(image_geometry(max_pixels, min_pixels))])
+    serve = command[command.index("serve") :]
+    if vllm_version is not None:
+        serve = [arg for arg in serve if arg != SCALE_OUT_FLAG]
+        if Version(vllm_version) >= Version(SCALE_OUT_MIN_VLLM):
+            serve.insert(serve.index("--weight-transfer-config"), SCALE_OUT_FLAG)
+    prefix = ["vllm"] if python is None else [python, "-m", "vllm.entrypoints.cli.main"]
+    return [*prefix, *serve]
+
+
+def vllm_serve_shell(recipe: str, tensor_parallel_size: int, port: int, **command_kwargs: Any) -> str:
+    """``VLLM_SERVER_DEV_MODE=1 vllm serve ...`` for a recipe's model and image budget (used by the SLURM script);
+    ``command_kwargs`` go to :func:`vllm_serve_command` (``python``, ``vllm_version``)."""
+    config = recipe_fields(recipe)
+    command = vllm_serve_command(
+        config["model_name_or_path"],
+        max_pixels=config.get("max_pixels", PAPER_MAX_PIXELS),
+        min_pixels=config.get("min_pixels", DEFAULT_MIN_PIXELS),
+        tensor_parallel_size=tensor_parallel_size,
+        port=port,
+        revision=config.get("model_revision"),
+        **command_kwargs,
+    )
+    return "VLLM_SERVER_DEV_MODE=1 " + shlex.join(command)
+
+
+def recipe_fields(recipe: str) -> dict[str, Any]:
+    """A recipe file's mapping (size-limited read), with model_name_or_path required."""
+    from medbridge.harness_ext.limited_io import CONFIG_LIMIT_BYTES, load_yaml
+
+    config = load_yaml(recipe, what="recipe", limit=CONFIG_LIMIT_BYTES) or {}
+    if not isinstance(config, dict) or not config.get("model_name_or_path"):
+        raise MedbridgeError(f"recipe {recipe}: model_name_or_path is not set")
+    return config
+
+
+# ------------------------------------------------------------ vllm-serve: check the node, print the command, run it
+
+
 def _usage() -> int:
     print(
         "usage: python -m medbridge.training.model_utils vllm-serve RECIPE.yaml [TENSOR_PARALLEL|auto] [PORT] "
@@ -145,8 +237,6 @@ def _usage() -> int:
 
 
 def _serve(recipe: str, tensor_parallel: str, port: int, dry_run: bool) -> int:
-    from medbridge.training.model_utils import recipe_fields, vllm_serve_shell
-
     config = recipe_fields(recipe)
     model, revision = config["model_name_or_path"], config.get("model_revision")
     gpus = visible_gpu_count()
