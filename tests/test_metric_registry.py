@@ -55,6 +55,18 @@ def test_the_judge_counts_are_the_ones_the_judge_computes():
         {n: stats[n] for n in JUDGE_METRICS}, nan_ok=True)
 
 
+def test_the_registrys_judge_counts_refuse_records_whose_verdicts_are_pending():
+    """Counting lives in harness_ext/metrics.py (the registry imports no judge); a record still waiting for
+    verdicts is an error there, never counted as settled (scoring.aggregation and judges.judge_stats settle first)."""
+    rec = metrics.make_record("x/1", "x", "A", ["A", None])
+    rec.update(outcomes=["correct", "pending"], sources=["rules", "judge"], judge_choices=[None, None],
+               rule_choices=["A", None])
+    with pytest.raises(RuntimeError, match="x/1: judge verdicts are still pending"):
+        mr.get("n_by_judge").aggregation([rec])
+    rec["outcomes"][1], rec["judge_choices"][1] = "correct", "A"
+    assert mr.get("n_by_judge").aggregation([rec]) == 1.0 and mr.get("n_by_rules").aggregation([rec]) == 1.0
+
+
 def test_scores_average_the_scorable_items_only():
     ok = metrics.make_record("x/1", "x", "A", ["A"])
     wrong = metrics.make_record("x/2", "x", "A", ["B"])
