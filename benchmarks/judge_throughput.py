@@ -176,7 +176,7 @@ def replica_throughput(answers, replicas: int, capacity: int, delay_s: float, wa
     failed = sum(v.status == "failed" for v in verdicts)
     throughput, ideal = n / seconds, replicas * capacity / delay_s
     print(
-        f"replicas={replicas} throughput={throughput:.1f}/s ideal={ideal:.1f}/s efficiency={throughput / ideal:.3f} "
+        f"replicas={replicas} throughput={throughput:.2f}/s ideal={ideal:.1f}/s efficiency={throughput / ideal:.3f} "
         f"verdicts={n} seconds={seconds:.2f} per_server={answered} failed={failed}",
         flush=True,
     )
