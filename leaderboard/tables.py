@@ -106,20 +106,12 @@ def on_page(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def mcq_task(name: str) -> str:
-    return MEDMNIST.task(name)
-
-
-def group_label(modality: str) -> str:
-    return MEDMNIST.group_label(modality)
-
-
 def _medmnist_specs(metric: str) -> list[tuple[str, str, str, str]]:
     """One column per MedMNIST dataset (banded by modality) and one per modality mean."""
     specs = [
         (MEDMNIST.task(s), metric, s.name, m) for m in MEDMNIST.modalities for s in MEDMNIST.entries if s.modality == m
     ]
-    return specs + [(group_label(m), metric, m, MEANS_BAND) for m in MEDMNIST.modalities]
+    return specs + [(MEDMNIST.group_label(m), metric, m, MEANS_BAND) for m in MEDMNIST.modalities]
 
 
 def _finish(t: Table, legend: PinLegend, marks: DecodingMarks) -> None:
@@ -272,7 +264,7 @@ def passk_table(view: View) -> Table:
     differing = []
     for e in view.entries:
         for m in MEDMNIST.modalities + (MEDMNIST.overall_label,):
-            task = group_label(m)
+            task = MEDMNIST.group_label(m)
             if not view.has(task, PASS16):
                 continue
             rows = (

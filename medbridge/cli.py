@@ -21,11 +21,6 @@ MAX_BATCH_SIZE = 4_096
 MAX_BOOTSTRAP = 100_000  # resamples x items integers are drawn at once
 
 
-def at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (cli_args.int_range without an upper bound)."""
-    return int_range(minimum)
-
-
 def medmnist_flag(text: str) -> str:
     """An argparse type: a MedMNIST dataset name or flag (e.g. breast, breastmnist) -> its flag."""
     from medbridge.tasks.medmnist.catalog import BY_NAME, get_set
