@@ -64,17 +64,19 @@ def _gauge_max(base_url: str, stop: threading.Event, out: list) -> None:
     asyncio.run(watch())
 
 
-def test_concurrent_judging_malformed_replies_and_cached_rerun(vllm_judge, tmp_path):  # noqa: F811
-    cfg = _cfg(vllm_judge, tmp_path / "cache.sqlite", concurrency=16)
-    jobs = _jobs(48, "concurrency")
+def test_the_server_itself_holds_several_judge_requests_at_once(vllm_judge, tmp_path):  # noqa: F811
+    """The client's 16 requests in flight overlap on the server, as its own gauges show. Replies of 64 tokens keep
+    each request on the server long enough for a scrape to see it: at the judge's 8 tokens a wave of 16 lasted
+    about 0.15 s, and a fresh-clone run on a loaded machine scraped only zeros."""
+    cfg = _cfg(vllm_judge, tmp_path / "cache.sqlite", concurrency=16, max_tokens=64)
     before = vllm_judge.successes()
-    running: list[float] = []
+    held: list[float] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_gauge_max, args=(vllm_judge.base_url, stop, running))
+    watcher = threading.Thread(target=_gauge_max, args=(vllm_judge.base_url, stop, held))
     watcher.start()
     pool = judge.JudgePool(cfg)
     try:
-        verdicts = pool.judge_many(MCQ_CHOICE, jobs)
+        pool.judge_many(MCQ_CHOICE, _jobs(48, "overlap"))
         stats = dict(pool.stats)
     finally:
         stop.set()
@@ -82,7 +84,21 @@ def test_concurrent_judging_malformed_replies_and_cached_rerun(vllm_judge, tmp_p
         pool.close()
     assert vllm_judge.successes() - before == 48
     assert stats["requests"] == 48 and stats["peak_inflight"] == 16
-    assert max(running, default=0) >= 2  # the server itself held several requests at once
+    assert max(held, default=0) >= 2  # the server itself held several requests at once
+
+
+def test_concurrent_judging_malformed_replies_and_cached_rerun(vllm_judge, tmp_path):  # noqa: F811
+    cfg = _cfg(vllm_judge, tmp_path / "cache.sqlite", concurrency=16)
+    jobs = _jobs(48, "concurrency")
+    before = vllm_judge.successes()
+    pool = judge.JudgePool(cfg)
+    try:
+        verdicts = pool.judge_many(MCQ_CHOICE, jobs)
+        stats = dict(pool.stats)
+    finally:
+        pool.close()
+    assert vllm_judge.successes() - before == 48
+    assert stats["requests"] == 48 and stats["peak_inflight"] == 16
     # A random tiny model never writes an exact verdict line: all invalid, none correct.
     assert {v.status for v in verdicts} == {"invalid"}
     assert all(v.raw is not None for v in verdicts)
