@@ -261,3 +261,15 @@ def test_build_pmc_vqa_command_passes_retries_and_share_and_exits_2_when_refused
     err = capsys.readouterr().err
     assert code == 2 and "no usable label for 2 of 2 questions" in err and "Traceback" not in err
     assert not (tmp_path / "z").exists()
+
+
+def test_pmc_vqa_bad_rows_name_the_file_and_row(tmp_path):
+    from medbridge.training.data import read_pmc_vqa_csv
+
+    csv_path = _write_pmc_csv(tmp_path, [("What CT?", "B"), ("What MRI?", "E")])
+    with pytest.raises(ValueError, match=r"train\.csv:3: Answer_label 'E'"):
+        read_pmc_vqa_csv(csv_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Figure_path,Question\nx.jpg,q\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_pmc_vqa_csv(bad)

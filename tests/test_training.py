@@ -3,7 +3,6 @@ recipe parsing, CLI wiring. The trainers themselves run in test_training_trainer
 
 import argparse
 import copy
-import csv
 import json
 import math
 from pathlib import Path
@@ -418,24 +417,6 @@ def test_sft_rows_answer_in_the_evaluated_format(medmnist_root):
         assert extract_choice(target, json.loads(row["options"])) == row["answer_letter"]
 
 
-def _write_pmc_csv(folder: Path, rows: list[tuple[str, str]]) -> Path:
-    from PIL import Image
-
-    images = folder / "images"
-    images.mkdir(parents=True)
-    path = folder / "train.csv"
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"]
-        )
-        for i, (question, label) in enumerate(rows):
-            name = f"PMC{i}_fig.jpg"
-            Image.new("RGB", (40 + i, 30), (i * 3 % 255, 80, 120)).save(images / name)
-            w.writerow([name, question, "second", " A:first ", " B:second", " C:third", " D:fourth ", label])
-    return path
-
-
 def test_keyword_fallback_labels_are_in_the_one_vocabulary():
     from medbridge.judges.prompts import MODALITIES
     from medbridge.training.data import keyword_modalities, keyword_modality, modality_vocabulary
@@ -461,18 +442,6 @@ def test_judge_modalities_without_a_judge_names_the_settings(monkeypatch):
     monkeypatch.delenv("MEDBRIDGE_JUDGE_MODEL", raising=False)
     with pytest.raises(MedbridgeError, match="MEDBRIDGE_JUDGE_BASE_URL"):
         judge_modalities(["What does this CT show?"])
-
-
-def test_pmc_vqa_bad_rows_name_the_file_and_row(tmp_path):
-    from medbridge.training.data import read_pmc_vqa_csv
-
-    csv_path = _write_pmc_csv(tmp_path, [("What CT?", "B"), ("What MRI?", "E")])
-    with pytest.raises(ValueError, match=r"train\.csv:3: Answer_label 'E'"):
-        read_pmc_vqa_csv(csv_path)
-    bad = tmp_path / "bad.csv"
-    bad.write_text("Figure_path,Question\nx.jpg,q\n")
-    with pytest.raises(ValueError, match="missing column"):
-        read_pmc_vqa_csv(bad)
 
 
 def test_balanced_subset_spreads_spare_places():
