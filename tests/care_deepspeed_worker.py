@@ -26,18 +26,9 @@ import os
 import sys
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / "training" / "recipes" / "tiny_cpu_care.yaml"
+from medbridge.tests.care_gather_worker import ANSWERS, RECIPE  # the same group of 8 completions and recipe
+
 DENSE = "medbridge.tests.training_rewards:low_token_share"
-ANSWERS = [
-    "no tags at all",
-    "I cannot tell",
-    "<think>x</think><answer>{right}</answer>",
-    "<think>only reasoning</think>",
-    "<think>first look</think><answer>{right}</answer>",
-    "<think>a quite different and longer look at it</think><answer>{right}</answer>",
-    "<think>x</think><answer>{wrong}</answer>",
-    "<think>hmm</think><answer>{right} or {wrong}</answer>",
-]
 
 
 def _deepspeed_config(stage: int, persist: bool) -> str:
