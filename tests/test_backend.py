@@ -224,19 +224,23 @@ def test_a_hub_id_is_fingerprinted_by_the_revision_and_weights_it_loads(tmp_path
 
 
 # ---------------------------------------------------------------------------- engine (tiny model)
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
+def _cpu_engine(model_dir):
     from medbridge.harness_ext.backend.transformers_engine import TransformersEngine
 
     # float32 so that one-row and K-row forwards agree to the last bit with transformers' generate.
     return TransformersEngine(
-        str(tiny_model_dir),
+        str(model_dir),
         device="cpu",
         dtype="float32",
         attn_implementation="sdpa",
         min_pixels=3136,
         max_pixels=50176,
     )
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return _cpu_engine(tiny_model_dir)
 
 
 def _image(seed: int, size: int = 56) -> Image.Image:
@@ -339,16 +343,7 @@ def test_seed_makes_sampling_reproducible(engine):
 def answering_engine(tiny_answering_model_dir):
     """The engine on the tiny model fine-tuned to answer <answer>X</answer>, X read from the image (conftest):
     its greedy answers differ between items, so the equality tests below compare answers, not constants."""
-    from medbridge.harness_ext.backend.transformers_engine import TransformersEngine
-
-    return TransformersEngine(
-        str(tiny_answering_model_dir),
-        device="cpu",
-        dtype="float32",
-        attn_implementation="sdpa",
-        min_pixels=3136,
-        max_pixels=50176,
-    )
+    return _cpu_engine(tiny_answering_model_dir)
 
 
 def _answering_prompts(engine, n: int, *, same_text: bool = False):
